@@ -1,0 +1,200 @@
+//! The glass-box Llama: load it, run it, look inside.
+
+pub mod cache;
+pub mod config;
+pub(crate) mod forward;
+pub mod gguf;
+mod summary;
+pub mod trace;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+pub use cache::KvCache;
+pub use config::{Config, RopeScaling};
+pub use trace::{Trace, TraceOptions};
+pub use weights::{BlockWeights, Linear, RopeStyle, Weights};
+
+use crate::error::{Error, Result};
+use crate::tokenizer::Tokenizer;
+
+/// A Llama-family language model whose every internal can be inspected.
+///
+/// ```no_run
+/// use llm_lab::prelude::*;
+/// let model = Model::load_default()?;
+/// println!("{} layers, {} heads", model.config.n_layers, model.config.n_heads);
+/// # Ok::<(), llm_lab::Error>(())
+/// ```
+pub struct Model {
+    /// The model's shape.
+    pub config: Config,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// Its parameters.
+    pub weights: Weights,
+    /// The file or folder it was loaded from.
+    pub source: PathBuf,
+}
+
+impl Model {
+    /// The course's default model (SmolLM2-135M-Instruct), fetched on first use.
+    pub fn load_default() -> Result<Self> {
+        Self::load(crate::models::fetch(crate::models::DEFAULT_MODEL)?)
+    }
+
+    /// A registry name (see [`crate::models::registry`]) or a path.
+    pub fn load_named(name_or_path: &str) -> Result<Self> {
+        let p = Path::new(name_or_path);
+        if p.exists() {
+            Self::load(p)
+        } else if crate::models::spec(name_or_path).is_ok() {
+            Self::load(crate::models::fetch(name_or_path)?)
+        } else {
+            Err(Error::invalid(format!(
+                "`{name_or_path}` is neither a file, a folder, nor a known model ({})",
+                crate::models::registry().iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+            )))
+        }
+    }
+
+    /// Loads a Llama GGUF file, or a Hugging Face folder (config.json, *.safetensors, tokenizer.json).
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let device = Device::Cpu;
+        if path.is_dir() {
+            return Self::load_hf_folder(path, &device);
+        }
+        let mut g = gguf::Gguf::open(path)?;
+        let config = g.config()?;
+        let tokenizer = Tokenizer::from_gguf(&g)?;
+        let weights = Weights::from_gguf(&mut g, &config, &device)?;
+        Ok(Model { config, tokenizer, weights, source: path.to_path_buf() })
+    }
+
+    fn load_hf_folder(dir: &Path, device: &Device) -> Result<Self> {
+        let config = Config::from_hf_json(&dir.join("config.json"))?;
+        let mut config = config;
+        let tok_path = dir.join("tokenizer.json");
+        if !tok_path.exists() {
+            return Err(Error::model_file(dir, "has no tokenizer.json; a Hugging Face model folder needs config.json, tokenizer.json and *.safetensors"));
+        }
+        let tokenizer = Tokenizer::from_file(&tok_path)?;
+        if let Ok(text) = std::fs::read_to_string(dir.join("tokenizer_config.json")) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                config.chat_template = v.get("chat_template").and_then(|t| t.as_str()).map(str::to_string);
+                if let Some(b) = v.get("add_bos_token").and_then(|b| b.as_bool()) {
+                    config.add_bos_token = b;
+                }
+            }
+        }
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io("cannot list", dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(Error::model_file(dir, "has no *.safetensors file; download the model's weights into it"));
+        }
+        let weights = Weights::from_safetensors(&files, &config, device)?;
+        Ok(Model { config, tokenizer, weights, source: dir.to_path_buf() })
+    }
+
+    /// Loads a model from a Hugging Face hub cache folder (as `huggingface-cli download` leaves it),
+    /// without any network access.
+    pub fn load_from_hub_cache(cache_dir: impl AsRef<Path>, repo_id: &str) -> Result<Self> {
+        let cache = hf_hub::Cache::new(cache_dir.as_ref().to_path_buf());
+        let repo = cache.model(repo_id.to_string());
+        let config = repo.get("config.json").ok_or_else(|| {
+            Error::model_file(cache_dir.as_ref(), format!("holds no snapshot of `{repo_id}` with a config.json; download it first"))
+        })?;
+        let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::load(dir)
+    }
+
+    /// Downloads `repo_id` from the Hugging Face hub (needs the `hub` feature, network access and,
+    /// for gated models such as meta-llama, a token in `HF_TOKEN`).
+    #[cfg(feature = "hub")]
+    pub fn load_from_hub(repo_id: &str) -> Result<Self> {
+        let api = hf_hub::api::sync::Api::new().map_err(|e| Error::Fetch { what: repo_id.into(), problem: e.to_string() })?;
+        let repo = api.model(repo_id.to_string());
+        let get = |f: &str| repo.get(f).map_err(|e| Error::Fetch { what: format!("{repo_id}/{f}"), problem: format!("{e}; check your token and network") });
+        let config = get("config.json")?;
+        get("tokenizer.json")?;
+        let _ = get("tokenizer_config.json");
+        get("model.safetensors")?;
+        Self::load(config.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// Text → token ids, with the BOS token in front when the model expects one.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        if self.config.add_bos_token {
+            ids.extend(self.config.bos_token_id);
+        }
+        ids.extend(self.tokenizer.encode(text)?);
+        Ok(ids)
+    }
+
+    /// Token ids → text.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids)
+    }
+
+    fn check_tokens(&self, tokens: &[u32], cache: &KvCache) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::invalid("no tokens to run: give the model at least one token"));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.d_vocab) {
+            return Err(Error::invalid(format!("token id {bad} is outside the vocabulary (0..{})", self.config.d_vocab)));
+        }
+        if cache.len() + tokens.len() > self.config.n_ctx {
+            return Err(Error::invalid(format!(
+                "{} tokens do not fit in the context window of {} tokens; shorten the prompt or keep only the last {} tokens",
+                cache.len() + tokens.len(),
+                self.config.n_ctx,
+                self.config.n_ctx
+            )));
+        }
+        Ok(())
+    }
+
+    /// Logits for every position of `tokens`: `[seq, d_vocab]`. Row `i` predicts token `i + 1`.
+    pub fn forward_all(&self, tokens: &[u32]) -> Result<Tensor> {
+        let mut cache = KvCache::new();
+        self.check_tokens(tokens, &cache)?;
+        forward::forward(&self.config, &self.weights, tokens, &mut cache, None, true)
+    }
+
+    /// Logits of the last position, `[d_vocab]`, reading `tokens` after what `cache` holds and
+    /// adding them to it: the step of incremental decoding.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        self.check_tokens(tokens, cache)?;
+        Ok(forward::forward(&self.config, &self.weights, tokens, cache, None, false)?.squeeze(0)?)
+    }
+
+    /// Like [`Model::forward_all`], recording attention patterns and the residual stream.
+    pub fn run_with_trace(&self, tokens: &[u32], options: TraceOptions) -> Result<(Tensor, Trace)> {
+        let mut cache = KvCache::new();
+        self.check_tokens(tokens, &cache)?;
+        let mut trace = Trace::new(options, tokens);
+        let logits = forward::forward(&self.config, &self.weights, tokens, &mut cache, Some(&mut trace), true)?;
+        Ok((logits, trace))
+    }
+
+    /// Like [`Model::forward`], also recording this step into a trace.
+    pub fn forward_traced(&self, tokens: &[u32], cache: &mut KvCache, options: TraceOptions) -> Result<(Tensor, Trace)> {
+        self.check_tokens(tokens, cache)?;
+        let mut trace = Trace::new(options, tokens);
+        let logits = forward::forward(&self.config, &self.weights, tokens, cache, Some(&mut trace), false)?.squeeze(0)?;
+        Ok((logits, trace))
+    }
+
+    /// Number of parameters.
+    pub fn n_params(&self) -> usize {
+        self.weights.n_params(&self.config)
+    }
+}

@@ -1,0 +1,211 @@
+//! The model's parameters, loaded from a GGUF file or a Hugging Face folder into the same structs.
+
+use std::path::Path;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+use super::config::Config;
+use super::gguf::Gguf;
+use crate::error::{Error, Result};
+
+/// A weight matrix `[out, in]`, possibly quantized, applied as `x · Wᵀ`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub(crate) weight: QMatMul,
+    /// Output width.
+    pub out_features: usize,
+    /// Input width.
+    pub in_features: usize,
+    /// Storage format (`F32`, `Q8_0`, `Q4_1`, …).
+    pub format: String,
+}
+
+impl Linear {
+    fn from_qtensor(q: QTensor) -> Result<Self> {
+        let (out_features, in_features) = q.shape().dims2()?;
+        let format = format!("{:?}", q.dtype());
+        Ok(Linear { weight: QMatMul::from_qtensor(q)?, out_features, in_features, format })
+    }
+
+    fn from_tensor(t: Tensor) -> Result<Self> {
+        let (out_features, in_features) = t.dims2()?;
+        let format = format!("{:?}", t.dtype()).to_uppercase();
+        Ok(Linear { weight: QMatMul::Tensor(t.to_dtype(DType::F32)?), out_features, in_features, format })
+    }
+
+    /// `x · Wᵀ`: `[seq, in] → [seq, out]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_core::Module::forward(&self.weight, x)
+    }
+
+    /// The weight as an `f32` tensor `[out, in]` (dequantized), for students to inspect.
+    pub fn weight(&self) -> Result<Tensor> {
+        Ok(match &self.weight {
+            QMatMul::QTensor(q) => q.dequantize(&q.device())?,
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
+        })
+    }
+
+    /// Number of parameters.
+    pub fn n_params(&self) -> usize {
+        self.out_features * self.in_features
+    }
+}
+
+/// How query and key dimensions are paired for rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Pairs (2i, 2i+1): the layout of GGUF files, whose converter permutes Q and K rows.
+    Interleaved,
+    /// Pairs (i, i + d/2): the layout of Hugging Face checkpoints.
+    HalfSplit,
+}
+
+/// One transformer block's parameters.
+#[derive(Debug, Clone)]
+pub struct BlockWeights {
+    /// RMSNorm gain before attention, `[d_model]`.
+    pub attn_norm: Tensor,
+    /// Query projection W_Q, `[n_heads·d_head, d_model]`.
+    pub w_q: Linear,
+    /// Key projection W_K, `[n_kv_heads·d_head, d_model]`.
+    pub w_k: Linear,
+    /// Value projection W_V, `[n_kv_heads·d_head, d_model]`.
+    pub w_v: Linear,
+    /// Output projection W_O, `[d_model, n_heads·d_head]`.
+    pub w_o: Linear,
+    /// RMSNorm gain before the MLP, `[d_model]`.
+    pub mlp_norm: Tensor,
+    /// MLP gate projection, `[d_mlp, d_model]`.
+    pub w_gate: Linear,
+    /// MLP up projection, `[d_mlp, d_model]`.
+    pub w_up: Linear,
+    /// MLP down projection, `[d_model, d_mlp]`.
+    pub w_down: Linear,
+}
+
+/// All parameters of the model.
+#[derive(Debug, Clone)]
+pub struct Weights {
+    /// Token embeddings, `[d_vocab, d_model]`.
+    pub embed: Linear,
+    /// The blocks, first to last.
+    pub blocks: Vec<BlockWeights>,
+    /// Final RMSNorm gain, `[d_model]`.
+    pub final_norm: Tensor,
+    /// Output projection to logits, `[d_vocab, d_model]`; a copy of `embed` when tied.
+    pub lm_head: Linear,
+    /// RoPE pairing used by these weights.
+    pub rope_style: RopeStyle,
+}
+
+impl Weights {
+    pub(crate) fn from_gguf(g: &mut Gguf, config: &Config, device: &Device) -> Result<Self> {
+        let lin = |g: &mut Gguf, name: &str| Linear::from_qtensor(g.tensor(name, device)?);
+        let vec = |g: &mut Gguf, name: &str| -> Result<Tensor> { Ok(g.tensor(name, device)?.dequantize(device)?) };
+        let embed = lin(g, "token_embd.weight")?;
+        let mut blocks = Vec::with_capacity(config.n_layers);
+        for l in 0..config.n_layers {
+            let n = |s: &str| format!("blk.{l}.{s}.weight");
+            blocks.push(BlockWeights {
+                attn_norm: vec(g, &n("attn_norm"))?,
+                w_q: lin(g, &n("attn_q"))?,
+                w_k: lin(g, &n("attn_k"))?,
+                w_v: lin(g, &n("attn_v"))?,
+                w_o: lin(g, &n("attn_output"))?,
+                mlp_norm: vec(g, &n("ffn_norm"))?,
+                w_gate: lin(g, &n("ffn_gate"))?,
+                w_up: lin(g, &n("ffn_up"))?,
+                w_down: lin(g, &n("ffn_down"))?,
+            });
+        }
+        let final_norm = vec(g, "output_norm.weight")?;
+        let lm_head = if g.has("output.weight") { lin(g, "output.weight")? } else { embed.clone() };
+        let w = Weights { embed, blocks, final_norm, lm_head, rope_style: RopeStyle::Interleaved };
+        w.check_shapes(config, &g.path)?;
+        Ok(w)
+    }
+
+    pub(crate) fn from_safetensors(files: &[std::path::PathBuf], config: &Config, device: &Device) -> Result<Self> {
+        let mut all = std::collections::HashMap::new();
+        for f in files {
+            let t = candle_core::safetensors::load(f, device)
+                .map_err(|e| Error::model_file(f, format!("is not a readable safetensors file ({e}); download it again")))?;
+            all.extend(t);
+        }
+        let dir = files.first().and_then(|f| f.parent()).unwrap_or(Path::new("."));
+        let mut take = |name: &str| -> Result<Tensor> {
+            all.remove(name)
+                .ok_or_else(|| Error::model_file(dir, format!("lacks the tensor `{name}`; is it a complete Llama checkpoint?")))
+        };
+        let embed = Linear::from_tensor(take("model.embed_tokens.weight")?)?;
+        let mut blocks = Vec::with_capacity(config.n_layers);
+        for l in 0..config.n_layers {
+            let p = format!("model.layers.{l}");
+            let mut lin = |s: &str| Linear::from_tensor(take(&format!("{p}.{s}.weight"))?);
+            blocks.push(BlockWeights {
+                w_q: lin("self_attn.q_proj")?,
+                w_k: lin("self_attn.k_proj")?,
+                w_v: lin("self_attn.v_proj")?,
+                w_o: lin("self_attn.o_proj")?,
+                w_gate: lin("mlp.gate_proj")?,
+                w_up: lin("mlp.up_proj")?,
+                w_down: lin("mlp.down_proj")?,
+                attn_norm: take(&format!("{p}.input_layernorm.weight"))?.to_dtype(DType::F32)?,
+                mlp_norm: take(&format!("{p}.post_attention_layernorm.weight"))?.to_dtype(DType::F32)?,
+            });
+        }
+        let final_norm = take("model.norm.weight")?.to_dtype(DType::F32)?;
+        let lm_head = match take("lm_head.weight") {
+            Ok(t) => Linear::from_tensor(t)?,
+            Err(_) => embed.clone(),
+        };
+        let w = Weights { embed, blocks, final_norm, lm_head, rope_style: RopeStyle::HalfSplit };
+        w.check_shapes(config, dir)?;
+        Ok(w)
+    }
+
+    /// Every matrix must have the shape the config promises, or the forward pass would fail later
+    /// with an obscure broadcasting error.
+    fn check_shapes(&self, c: &Config, path: &Path) -> Result<()> {
+        let (q, kv) = (c.n_heads * c.d_head, c.n_kv_heads * c.d_head);
+        let mut expect = vec![("token embeddings", &self.embed, c.d_vocab, c.d_model), ("output", &self.lm_head, c.d_vocab, c.d_model)];
+        for b in &self.blocks {
+            expect.extend([
+                ("W_Q", &b.w_q, q, c.d_model),
+                ("W_K", &b.w_k, kv, c.d_model),
+                ("W_V", &b.w_v, kv, c.d_model),
+                ("W_O", &b.w_o, c.d_model, q),
+                ("MLP gate", &b.w_gate, c.d_mlp, c.d_model),
+                ("MLP up", &b.w_up, c.d_mlp, c.d_model),
+                ("MLP down", &b.w_down, c.d_model, c.d_mlp),
+            ]);
+        }
+        for (what, l, o, i) in expect {
+            if (l.out_features, l.in_features) != (o, i) {
+                return Err(Error::model_file(
+                    path,
+                    format!("has a {what} matrix of shape [{}, {}], but its config implies [{o}, {i}]", l.out_features, l.in_features),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of parameters (the tied output counted once).
+    pub fn n_params(&self, config: &Config) -> usize {
+        let per_block: usize = self.blocks.first().map_or(0, |b| {
+            [&b.w_q, &b.w_k, &b.w_v, &b.w_o, &b.w_gate, &b.w_up, &b.w_down].iter().map(|l| l.n_params()).sum::<usize>()
+                + 2 * config.d_model
+        });
+        let head = if config.tied_embeddings { 0 } else { self.lm_head.n_params() };
+        self.embed.n_params() + per_block * self.blocks.len() + config.d_model + head
+    }
+}
+
+/// Whether a format is quantized (for display).
+pub fn is_quantized(format: &str) -> bool {
+    !matches!(format, "F32" | "F16" | "BF16")
+}
+

@@ -1,0 +1,157 @@
+//! Text ↔ token ids. A model's tokenizer is rebuilt from its GGUF metadata (byte-level BPE) or read
+//! from a Hugging Face `tokenizer.json`; either way it is a plain [`tokenizers::Tokenizer`].
+
+use std::path::Path;
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
+
+use crate::error::{Error, Result};
+use crate::model::gguf::Gguf;
+
+/// Llama 3's pre-tokenizer pattern: contractions, words with one leading non-letter, numbers in
+/// groups of up to three digits, punctuation runs, newlines, other whitespace.
+const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// A tokenizer plus the few facts about special tokens that generation needs.
+#[derive(Clone)]
+pub struct Tokenizer {
+    /// The underlying Hugging Face tokenizer.
+    pub inner: tokenizers::Tokenizer,
+}
+
+impl Tokenizer {
+    /// Reads a Hugging Face `tokenizer.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| Error::model_file(path, format!("is not a usable tokenizer.json ({e}); download it again")))?;
+        Ok(Tokenizer { inner })
+    }
+
+    /// Rebuilds the tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata.
+    pub(crate) fn from_gguf(gguf: &Gguf) -> Result<Self> {
+        let path = &gguf.path;
+        let model = gguf.meta_str("tokenizer.ggml.model").unwrap_or("");
+        if model != "gpt2" {
+            return Err(Error::model_file(
+                path,
+                format!("has a `{model}` tokenizer; llm-lab rebuilds byte-level BPE (`gpt2`) tokenizers only — use a Hugging Face folder with tokenizer.json instead"),
+            ));
+        }
+        let tokens = gguf
+            .meta_strings("tokenizer.ggml.tokens")
+            .ok_or_else(|| Error::model_file(path, "lacks `tokenizer.ggml.tokens`"))?;
+        let merges = gguf.meta_strings("tokenizer.ggml.merges").unwrap_or_default();
+        let types = gguf.meta_ints("tokenizer.ggml.token_type").unwrap_or_default();
+        let pre = gguf.meta_str("tokenizer.ggml.pre").unwrap_or("default");
+
+        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
+        let merges = merges
+            .iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| Error::model_file(path, format!("has a malformed BPE merge `{m}`")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| Error::model_file(path, format!("has an inconsistent BPE vocabulary ({e})")))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(pre_tokenizer(pre).map_err(|p| Error::model_file(path, p))?));
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        // Control tokens (type 3) such as <|im_start|> must never be split into pieces.
+        let specials: Vec<AddedToken> = types
+            .iter()
+            .enumerate()
+            .filter(|(_, &t)| t == 3)
+            .filter_map(|(i, _)| tokens.get(i))
+            .map(|t| AddedToken::from(t.to_string(), true))
+            .collect();
+        inner.add_special_tokens(specials)?;
+        Ok(Tokenizer { inner })
+    }
+
+    /// Token ids of `text`, without any special token added.
+    ///
+    /// ```
+    /// # let tok = llm_lab::tokenizer::Tokenizer::byte_level_for_docs();
+    /// let ids = tok.encode("ab")?;
+    /// assert_eq!(tok.decode(&ids)?, "ab");
+    /// # Ok::<(), llm_lab::Error>(())
+    /// ```
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.inner.encode(text, false)?.get_ids().to_vec())
+    }
+
+    /// The text of `ids`, special tokens included.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        Ok(self.inner.decode(ids, false)?)
+    }
+
+    /// The text of one token, as it appears inside decoded text (spaces as spaces).
+    pub fn token_text(&self, id: u32) -> String {
+        self.decode(&[id]).unwrap_or_else(|_| format!("<{id}>"))
+    }
+
+    /// The vocabulary entry of `id` as stored (byte-level symbols such as `Ġ` for a space).
+    pub fn token_piece(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// The id of an exact vocabulary entry, such as `<|im_end|>`.
+    pub fn token_id(&self, piece: &str) -> Option<u32> {
+        self.inner.token_to_id(piece)
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// A tiny byte-level tokenizer (256 single-byte tokens, no merges), for examples and tests.
+    pub fn byte_level_for_docs() -> Self {
+        let vocab: Vocab = ByteLevel::alphabet()
+            .into_iter()
+            .map(|c| c.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| (s, i as u32))
+            .collect();
+        let bpe = BPE::builder().vocab_and_merges(vocab, vec![]).build().expect("a byte vocabulary is valid");
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        Tokenizer { inner }
+    }
+}
+
+/// The pre-tokenizer llama.cpp uses for a given `tokenizer.ggml.pre`.
+fn pre_tokenizer(pre: &str) -> std::result::Result<PreTokenizerWrapper, String> {
+    let byte_level = |regex: bool| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, regex));
+    Ok(match pre {
+        // SmolLM: every digit is its own word, then GPT-2's byte-level split.
+        "smollm" => PreTokenizerWrapper::Sequence(Sequence::new(vec![
+            PreTokenizerWrapper::Digits(Digits::new(true)),
+            byte_level(true),
+        ])),
+        "llama-bpe" | "llama3" => {
+            let split = Split::new(SplitPattern::Regex(LLAMA3_PATTERN.into()), SplitDelimiterBehavior::Isolated, false)
+                .map_err(|e| format!("could not compile the Llama 3 pre-tokenizer ({e})"))?;
+            PreTokenizerWrapper::Sequence(Sequence::new(vec![PreTokenizerWrapper::Split(split), byte_level(false)]))
+        }
+        "default" | "gpt2" | "gpt-2" => byte_level(true),
+        other => {
+            return Err(format!(
+                "uses the pre-tokenizer `{other}`, which llm-lab does not know (known: smollm, llama-bpe, gpt2/default); use a Hugging Face folder with tokenizer.json instead"
+            ))
+        }
+    })
+}

@@ -1,0 +1,118 @@
+//! Argument parsing and the model-facing commands.
+
+use anyhow::{anyhow, bail, Context, Result};
+use llm_lab::models;
+use llm_lab::Model;
+
+const HELP: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  fetch [NAME…]                      fetch models into the cache (default: all known)
+  inspect [--model NAME|PATH]        print the model's module tree and its numbers
+  tokenize [--model NAME|PATH] (--text T | --file F)
+                                     print tokens, then their ids as a JSON array
+  test                               run the whole test suite (what CI runs)
+";
+
+/// Options shared by commands: `--key value` pairs and bare words.
+pub struct Args {
+    pub words: Vec<String>,
+    pairs: Vec<(String, String)>,
+    flags: Vec<String>,
+}
+
+impl Args {
+    pub fn parse(raw: &[String], flag_names: &[&str]) -> Result<Self> {
+        let (mut words, mut pairs, mut flags) = (vec![], vec![], vec![]);
+        let mut it = raw.iter();
+        while let Some(a) = it.next() {
+            if let Some(key) = a.strip_prefix("--") {
+                if let Some((k, v)) = key.split_once('=') {
+                    pairs.push((k.to_string(), v.to_string()));
+                } else if flag_names.contains(&key) {
+                    flags.push(key.to_string());
+                } else {
+                    let v = it.next().ok_or_else(|| anyhow!("--{key} needs a value"))?;
+                    pairs.push((key.to_string(), v.clone()));
+                }
+            } else {
+                words.push(a.clone());
+            }
+        }
+        Ok(Args { words, pairs, flags })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    pub fn parsed<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>>
+    where
+        T::Err: std::fmt::Display,
+    {
+        self.get(key)
+            .map(|v| v.parse::<T>().map_err(|e| anyhow!("--{key} {v}: {e}")))
+            .transpose()
+    }
+
+    pub fn flag(&self, name: &str) -> bool {
+        self.flags.iter().any(|f| f == name)
+    }
+
+    pub fn model(&self) -> Result<Model> {
+        let name = self.get("model").unwrap_or(models::DEFAULT_MODEL);
+        Ok(Model::load_named(name)?)
+    }
+}
+
+pub fn run(raw: &[String]) -> Result<()> {
+    let Some((cmd, rest)) = raw.split_first() else {
+        print!("{HELP}");
+        return Ok(());
+    };
+    match cmd.as_str() {
+        "fetch" => fetch(&Args::parse(rest, &[])?),
+        "inspect" => inspect(&Args::parse(rest, &[])?),
+        "tokenize" => tokenize(&Args::parse(rest, &[])?),
+        "-h" | "--help" | "help" => {
+            print!("{HELP}");
+            Ok(())
+        }
+        other => bail!("unknown command `{other}`\n\n{HELP}"),
+    }
+}
+
+fn fetch(args: &Args) -> Result<()> {
+    let names: Vec<&str> = if args.words.is_empty() {
+        models::registry().iter().map(|m| m.name).collect()
+    } else {
+        args.words.iter().map(String::as_str).collect()
+    };
+    for name in names {
+        let path = models::fetch(name)?;
+        println!("{name}: {}", path.display());
+    }
+    Ok(())
+}
+
+fn inspect(args: &Args) -> Result<()> {
+    let model = args.model()?;
+    println!("{model}");
+    println!("source: {}", model.source.display());
+    Ok(())
+}
+
+fn tokenize(args: &Args) -> Result<()> {
+    let text = match (args.get("text"), args.get("file")) {
+        (Some(t), None) => t.to_string(),
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("cannot read {f}"))?,
+        _ => bail!("give exactly one of --text T or --file F"),
+    };
+    let model = args.model()?;
+    let ids = model.encode(&text)?;
+    let pieces: Vec<String> = ids.iter().map(|&i| format!("{:?}", model.tokenizer.token_text(i))).collect();
+    println!("{} tokens: {}", ids.len(), pieces.join(" "));
+    println!("{}", serde_json::to_string(&ids)?);
+    Ok(())
+}
