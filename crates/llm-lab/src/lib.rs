@@ -17,6 +17,7 @@ pub mod display;
 pub mod error;
 pub mod model;
 pub mod models;
+pub mod testing;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

