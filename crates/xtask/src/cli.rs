@@ -75,6 +75,7 @@ pub fn run(raw: &[String]) -> Result<()> {
         "fetch" => fetch(&Args::parse(rest, &[])?),
         "inspect" => inspect(&Args::parse(rest, &[])?),
         "tokenize" => tokenize(&Args::parse(rest, &[])?),
+        "test" => crate::test::test(&Args::parse(rest, &[])?),
         "-h" | "--help" | "help" => {
             print!("{HELP}");
             Ok(())
