@@ -13,10 +13,14 @@
 //! # Ok::<(), llm_lab::Error>(())
 //! ```
 
+pub mod chat;
 pub mod display;
 pub mod error;
+pub mod generate;
+pub mod logits;
 pub mod model;
 pub mod models;
+pub mod sampling;
 pub mod testing;
 pub mod tokenizer;
 
@@ -27,7 +31,11 @@ pub use model::{Config, KvCache, Model, Trace, TraceOptions};
 pub mod prelude {
     pub use crate::error::{Error, Result};
     pub use crate::model::{Config, KvCache, Model, Trace, TraceOptions};
+    pub use crate::chat::Message;
+    pub use crate::generate::{GenerateOptions, Generated, Generation, LanguageModel, StopReason};
+    pub use crate::logits::{softmax, softmax_with_temperature, Logits};
     pub use crate::models;
+    pub use crate::sampling::{Sampler, SamplerConfig};
     pub use crate::tokenizer::Tokenizer;
     pub use candle_core::{DType, Device, IndexOp, Tensor};
 }

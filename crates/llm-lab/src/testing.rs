@@ -60,25 +60,12 @@ pub fn tiny_vocab() -> Vec<String> {
     v
 }
 
-/// A small deterministic pseudo-random generator (SplitMix64), so fixtures do not depend on `rand`.
-struct SplitMix(u64);
-impl SplitMix {
-    fn next_f32(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-}
-
 /// The tiny model's weights in GGUF naming, as f32 tensors `[out, in]`.
 pub fn tiny_weights(spec: &TinySpec) -> Result<Vec<(String, Tensor)>> {
-    let mut rng = SplitMix(spec.seed);
+    let mut rng = crate::sampling::Rng::new(spec.seed);
     let dev = Device::Cpu;
     let mut rand = |shape: (usize, usize), scale: f32| -> Result<Tensor> {
-        let v: Vec<f32> = (0..shape.0 * shape.1).map(|_| rng.next_f32() * scale).collect();
+        let v: Vec<f32> = (0..shape.0 * shape.1).map(|_| (rng.next_f64() as f32 * 2.0 - 1.0) * scale).collect();
         Ok(Tensor::from_vec(v, shape, &dev)?)
     };
     let d = spec.d_model;
@@ -224,4 +211,62 @@ pub fn write_tiny_hf_folder(dir: &Path, spec: &TinySpec) -> Result<()> {
     let tok = crate::tokenizer::Tokenizer::from_gguf(&g)?;
     tok.inner.save(dir.join("tokenizer.json"), false)?;
     Ok(())
+}
+
+/// A language model whose logits come from a function of the tokens it is shown: for testing
+/// loops and checks on designed logits. It records every sequence it was asked about.
+pub struct ScriptedModel {
+    /// Text of each token id.
+    pub vocab: Vec<String>,
+    /// Logits for the next token, given the tokens shown.
+    pub script: Box<dyn Fn(&[u32]) -> Vec<f32>>,
+    /// Tokens that end the text.
+    pub stop_tokens: Vec<u32>,
+    /// Longest sequence accepted.
+    pub context_length: usize,
+    /// Every sequence the model was shown, in order.
+    pub calls: std::cell::RefCell<Vec<Vec<u32>>>,
+}
+
+impl ScriptedModel {
+    /// A model over `vocab` whose logits are `script(tokens)`.
+    pub fn new(vocab: &[&str], script: impl Fn(&[u32]) -> Vec<f32> + 'static) -> Self {
+        ScriptedModel {
+            vocab: vocab.iter().map(|s| s.to_string()).collect(),
+            script: Box::new(script),
+            stop_tokens: vec![],
+            context_length: 1024,
+            calls: Default::default(),
+        }
+    }
+
+    /// A model that always puts logit 10 on `next(last token)` and 0 elsewhere.
+    pub fn counting(n_vocab: usize, next: impl Fn(u32) -> u32 + 'static) -> Self {
+        let vocab: Vec<String> = (0..n_vocab).map(|i| format!("<{i}>")).collect();
+        let refs: Vec<&str> = vocab.iter().map(String::as_str).collect();
+        Self::new(&refs, move |t| {
+            let mut l = vec![0.0; n_vocab];
+            l[next(*t.last().unwrap_or(&0)) as usize % n_vocab] = 10.0;
+            l
+        })
+    }
+}
+
+impl crate::generate::LanguageModel for &ScriptedModel {
+    fn next_token_logits(&mut self, tokens: &[u32]) -> Result<crate::logits::Logits> {
+        if tokens.len() > self.context_length {
+            return Err(crate::Error::invalid(format!("{} tokens exceed the context of {}", tokens.len(), self.context_length)));
+        }
+        self.calls.borrow_mut().push(tokens.to_vec());
+        crate::logits::Logits::new((self.script)(tokens))
+    }
+    fn stop_tokens(&self) -> Vec<u32> {
+        self.stop_tokens.clone()
+    }
+    fn context_length(&self) -> usize {
+        self.context_length
+    }
+    fn decode(&self, tokens: &[u32]) -> String {
+        tokens.iter().map(|&t| self.vocab.get(t as usize).map(String::as_str).unwrap_or("?")).collect()
+    }
 }

@@ -12,6 +12,9 @@ commands:
   inspect [--model NAME|PATH]        print the model's module tree and its numbers
   tokenize [--model NAME|PATH] (--text T | --file F)
                                      print tokens, then their ids as a JSON array
+  generate --prompt P [--chat] [--max-new-tokens N] [--temperature T] [--top-k K]
+           [--top-p P] [--min-p M] [--repetition-penalty R] [--seed S] [--model NAME|PATH]
+                                     stream a continuation (or, with --chat, an answer)
   test                               run the whole test suite (what CI runs)
 ";
 
@@ -75,6 +78,7 @@ pub fn run(raw: &[String]) -> Result<()> {
         "fetch" => fetch(&Args::parse(rest, &[])?),
         "inspect" => inspect(&Args::parse(rest, &[])?),
         "tokenize" => tokenize(&Args::parse(rest, &[])?),
+        "generate" => generate(&Args::parse(rest, &["chat"])?),
         "test" => crate::test::test(&Args::parse(rest, &[])?),
         "-h" | "--help" | "help" => {
             print!("{HELP}");
@@ -115,5 +119,35 @@ fn tokenize(args: &Args) -> Result<()> {
     let pieces: Vec<String> = ids.iter().map(|&i| format!("{:?}", model.tokenizer.token_text(i))).collect();
     println!("{} tokens: {}", ids.len(), pieces.join(" "));
     println!("{}", serde_json::to_string(&ids)?);
+    Ok(())
+}
+
+fn generate(args: &Args) -> Result<()> {
+    use llm_lab::chat::Message;
+    use llm_lab::generate::{GenerateOptions, Generation, CachedModel};
+    use llm_lab::sampling::SamplerConfig;
+    let prompt = args.get("prompt").ok_or_else(|| anyhow!("give --prompt P"))?;
+    let d = SamplerConfig::default();
+    let sampler = SamplerConfig {
+        temperature: args.parsed("temperature")?.unwrap_or(d.temperature),
+        top_k: args.parsed("top-k")?,
+        top_p: args.parsed("top-p")?,
+        min_p: args.parsed("min-p")?,
+        repetition_penalty: args.parsed("repetition-penalty")?.unwrap_or(d.repetition_penalty),
+        seed: args.parsed("seed")?.unwrap_or(d.seed),
+        ..d
+    };
+    sampler.validate()?;
+    let options = GenerateOptions { max_new_tokens: args.parsed("max-new-tokens")?.unwrap_or(64), sampler, stream: true, ..Default::default() };
+    let model = args.model()?;
+    let out = if args.flag("chat") {
+        let text = model.render_chat(&[Message::user(prompt)])?;
+        let tokens = model.tokenizer.encode(&text)?;
+        Generation::new(CachedModel::new(&model), &tokens, options)?.finish()?
+    } else {
+        print!("{prompt}");
+        model.generate(prompt, options)?
+    };
+    eprintln!("[{} tokens, stopped by {:?}]", out.steps.len(), out.stop);
     Ok(())
 }

@@ -15,7 +15,7 @@ use candle_core::{Device, Tensor};
 pub use cache::KvCache;
 pub use config::{Config, RopeScaling};
 pub use trace::{Trace, TraceOptions};
-pub use weights::{BlockWeights, Linear, RopeStyle, Weights};
+pub use weights::{BlockWeights, Linear, RopeStyle, WeightFormat, Weights};
 
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
@@ -62,7 +62,17 @@ impl Model {
 
     /// Loads a Llama GGUF file, or a Hugging Face folder (config.json, *.safetensors, tokenizer.json).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
+        Self::load_with(path, WeightFormat::default())
+    }
+
+    /// Like [`Model::load`], keeping the weights in `format`.
+    pub fn load_with(path: impl AsRef<Path>, format: WeightFormat) -> Result<Self> {
+        let mut model = Self::load_as_stored(path.as_ref())?;
+        model.weights.convert(format)?;
+        Ok(model)
+    }
+
+    fn load_as_stored(path: &Path) -> Result<Self> {
         let device = Device::Cpu;
         if path.is_dir() {
             return Self::load_hf_folder(path, &device);

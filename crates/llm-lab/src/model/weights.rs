@@ -51,6 +51,29 @@ impl Linear {
     pub fn n_params(&self) -> usize {
         self.out_features * self.in_features
     }
+
+    /// Converts the stored matrix to `format` (a no-op when it already is).
+    fn convert(&mut self, format: WeightFormat) -> Result<()> {
+        let QMatMul::QTensor(q) = &self.weight else { return Ok(()) };
+        match format {
+            WeightFormat::AsStored => {}
+            WeightFormat::F32 => {
+                self.weight = QMatMul::Tensor(q.dequantize(&q.device())?);
+                self.format = "F32".into();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How the weight matrices are kept in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// Exactly as the file stores them (quantized matrices multiply against quantized activations).
+    #[default]
+    AsStored,
+    /// Dequantized to f32: the exact maths of the stored weights, ~4× the memory, slower.
+    F32,
 }
 
 /// How query and key dimensions are paired for rotation.
@@ -164,6 +187,17 @@ impl Weights {
         let w = Weights { embed, blocks, final_norm, lm_head, rope_style: RopeStyle::HalfSplit };
         w.check_shapes(config, dir)?;
         Ok(w)
+    }
+
+    /// Converts every matrix to `format`.
+    pub(crate) fn convert(&mut self, format: WeightFormat) -> Result<()> {
+        for b in &mut self.blocks {
+            for l in [&mut b.w_q, &mut b.w_k, &mut b.w_v, &mut b.w_o, &mut b.w_gate, &mut b.w_up, &mut b.w_down] {
+                l.convert(format)?;
+            }
+        }
+        self.embed.convert(format)?;
+        self.lm_head.convert(format)
     }
 
     /// Every matrix must have the shape the config promises, or the forward pass would fail later

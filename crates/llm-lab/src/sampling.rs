@@ -1,0 +1,265 @@
+//! Choosing the next token from the logits.
+//!
+//! The stages run in Hugging Face's order (the lecture's Colab uses `transformers.generate`):
+//!
+//! 1. repetition penalty on tokens seen in the last `repetition_window` tokens
+//! 2. ÷ temperature (T = 0: greedy, skip the rest)
+//! 3. top-k: keep the k highest logits
+//! 4. top-p: keep the smallest set of most likely tokens whose probability adds up to ≥ p
+//! 5. min-p: keep tokens whose probability is ≥ min_p × the highest probability
+//! 6. softmax over what is kept, and one draw from a seeded, portable random generator
+
+use crate::error::{Error, Result};
+use crate::logits::{argmax, check_temperature, softmax};
+
+/// A small portable random generator (SplitMix64): the same seed gives the same draws on every
+/// machine and every version of this crate.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator started at `seed`.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The sampler's settings. `Default` is greedy decoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplerConfig {
+    /// T: 0 = greedy, 1 = the model's own distribution, > 1 flatter, < 1 sharper.
+    pub temperature: f32,
+    /// Keep only the k most likely tokens.
+    pub top_k: Option<usize>,
+    /// Nucleus sampling: keep the most likely tokens until their probability adds up to p, in (0, 1].
+    pub top_p: Option<f32>,
+    /// Keep tokens at least `min_p` times as likely as the best one, in [0, 1].
+    pub min_p: Option<f32>,
+    /// > 1 discourages repeating recent tokens (1 = off).
+    pub repetition_penalty: f32,
+    /// How many recent tokens the penalty looks at.
+    pub repetition_window: usize,
+    /// Seed of the random generator.
+    pub seed: u64,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig { temperature: 0.0, top_k: None, top_p: None, min_p: None, repetition_penalty: 1.0, repetition_window: 64, seed: 42 }
+    }
+}
+
+impl SamplerConfig {
+    /// Greedy decoding: always the most likely token.
+    pub fn greedy() -> Self {
+        Self::default()
+    }
+
+    /// Sampling at temperature `t` with `seed`.
+    pub fn with_temperature(t: f32, seed: u64) -> Self {
+        SamplerConfig { temperature: t, seed, ..Self::default() }
+    }
+
+    /// Checks every parameter, with a message that says the allowed range.
+    pub fn validate(&self) -> Result<()> {
+        check_temperature(self.temperature)?;
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(Error::invalid(format!("top_p must be in (0, 1] (1 keeps every token), got {p}")));
+            }
+        }
+        if self.top_k == Some(0) {
+            return Err(Error::invalid("top_k must be at least 1 (use None to keep every token)"));
+        }
+        if let Some(m) = self.min_p {
+            if !(0.0..=1.0).contains(&m) {
+                return Err(Error::invalid(format!("min_p must be in [0, 1], got {m}")));
+            }
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return Err(Error::invalid(format!(
+                "repetition_penalty must be a finite number > 0 (1 = off), got {}",
+                self.repetition_penalty
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What each stage of one sampling step did, for lessons that show the pipeline.
+#[derive(Debug, Clone)]
+pub struct SamplingSteps {
+    /// The logits as given.
+    pub logits: Vec<f32>,
+    /// After the repetition penalty.
+    pub penalized: Vec<f32>,
+    /// After ÷ T.
+    pub scaled: Vec<f32>,
+    /// Which tokens survived top-k, top-p and min-p.
+    pub kept: Vec<bool>,
+    /// Probabilities over the kept tokens (0 elsewhere).
+    pub probs: Vec<f32>,
+    /// The uniform number drawn (None for greedy).
+    pub draw: Option<f64>,
+    /// The chosen token.
+    pub token: u32,
+}
+
+/// Picks tokens according to a [`SamplerConfig`].
+///
+/// ```
+/// use llm_lab::sampling::{Sampler, SamplerConfig};
+/// let logits = [1.0, 3.0, 2.0];
+/// let mut greedy = Sampler::new(SamplerConfig::greedy())?;
+/// assert_eq!(greedy.sample(&logits, &[])?, 1);
+/// let mut hot = Sampler::new(SamplerConfig { temperature: 1.0, top_k: Some(2), ..Default::default() })?;
+/// assert_ne!(hot.sample(&logits, &[])?, 0); // token 0 is outside the top 2
+/// # Ok::<(), llm_lab::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    config: SamplerConfig,
+    rng: Rng,
+}
+
+impl Sampler {
+    /// A sampler; invalid settings are an error.
+    pub fn new(config: SamplerConfig) -> Result<Self> {
+        config.validate()?;
+        let rng = Rng::new(config.seed);
+        Ok(Sampler { config, rng })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &SamplerConfig {
+        &self.config
+    }
+
+    /// The next token after `history`.
+    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> Result<u32> {
+        Ok(self.explain(logits, history)?.token)
+    }
+
+    /// Like [`Sampler::sample`], returning what every stage did.
+    pub fn explain(&mut self, logits: &[f32], history: &[u32]) -> Result<SamplingSteps> {
+        if logits.is_empty() {
+            return Err(Error::invalid("cannot sample from an empty logits vector"));
+        }
+        if let Some(i) = logits.iter().position(|x| x.is_nan()) {
+            return Err(Error::invalid(format!("logit {i} is NaN: the model produced invalid numbers; reload the model file")));
+        }
+        let c = &self.config;
+        let penalized = repetition_penalty(logits, history, c.repetition_penalty, c.repetition_window);
+        if c.temperature == 0.0 {
+            let token = argmax(&penalized).unwrap_or(0);
+            let mut probs = vec![0.0; logits.len()];
+            probs[token] = 1.0;
+            let kept = probs.iter().map(|&p| p > 0.0).collect();
+            return Ok(SamplingSteps { logits: logits.to_vec(), scaled: penalized.clone(), penalized, kept, probs, draw: None, token: token as u32 });
+        }
+        let scaled: Vec<f32> = penalized.iter().map(|&x| x / c.temperature).collect();
+        let mut kept: Vec<bool> = scaled.iter().map(|x| *x > f32::NEG_INFINITY).collect();
+        if let Some(k) = c.top_k {
+            keep_top_k(&scaled, k, &mut kept);
+        }
+        if let Some(p) = c.top_p {
+            keep_top_p(&scaled, p, &mut kept);
+        }
+        if let Some(m) = c.min_p {
+            keep_min_p(&scaled, m, &mut kept);
+        }
+        let masked: Vec<f32> = scaled.iter().zip(&kept).map(|(&x, &k)| if k { x } else { f32::NEG_INFINITY }).collect();
+        let probs = softmax(&masked);
+        let draw = self.rng.next_f64();
+        let token = draw_from(&probs, draw);
+        Ok(SamplingSteps { logits: logits.to_vec(), penalized, scaled, kept, probs, draw: Some(draw), token })
+    }
+}
+
+/// CTRL's penalty, as Hugging Face applies it: positive logits ÷ penalty, negative × penalty.
+fn repetition_penalty(logits: &[f32], history: &[u32], penalty: f32, window: usize) -> Vec<f32> {
+    let mut out = logits.to_vec();
+    if penalty == 1.0 {
+        return out;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for &t in history.iter().rev().take(window) {
+        let i = t as usize;
+        if i < out.len() && seen.insert(i) {
+            out[i] = if out[i] > 0.0 { out[i] / penalty } else { out[i] * penalty };
+        }
+    }
+    out
+}
+
+/// Token ids by decreasing score (ties: smaller id first), only those still kept.
+fn ranked(scores: &[f32], kept: &[bool]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).filter(|&i| kept[i]).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    idx
+}
+
+fn keep_top_k(scores: &[f32], k: usize, kept: &mut [bool]) {
+    for &i in ranked(scores, kept).iter().skip(k) {
+        kept[i] = false;
+    }
+}
+
+/// The smallest prefix of the ranking whose probability reaches `p` (the token that crosses the
+/// line is kept).
+fn keep_top_p(scores: &[f32], p: f32, kept: &mut [bool]) {
+    let masked: Vec<f32> = scores.iter().zip(kept.iter()).map(|(&x, &k)| if k { x } else { f32::NEG_INFINITY }).collect();
+    let probs = softmax(&masked);
+    let mut cumulative = 0.0f64;
+    let mut reached = false;
+    for i in ranked(scores, kept) {
+        if reached {
+            kept[i] = false;
+        } else {
+            cumulative += probs[i] as f64;
+            // A hair of tolerance so that p = 1 keeps every token despite rounding.
+            reached = cumulative >= p as f64 - 1e-7;
+        }
+    }
+}
+
+fn keep_min_p(scores: &[f32], min_p: f32, kept: &mut [bool]) {
+    let masked: Vec<f32> = scores.iter().zip(kept.iter()).map(|(&x, &k)| if k { x } else { f32::NEG_INFINITY }).collect();
+    let probs = softmax(&masked);
+    let top = probs.iter().copied().fold(0.0f32, f32::max);
+    for (i, k) in kept.iter_mut().enumerate() {
+        if probs[i] < min_p * top {
+            *k = false;
+        }
+    }
+}
+
+/// The token where the cumulative probability first exceeds `u` (inverse-CDF sampling).
+fn draw_from(probs: &[f32], u: f64) -> u32 {
+    let mut cumulative = 0.0f64;
+    let mut last = 0;
+    for (i, &p) in probs.iter().enumerate() {
+        if p > 0.0 {
+            cumulative += p as f64;
+            last = i;
+            if u < cumulative {
+                return i as u32;
+            }
+        }
+    }
+    last as u32
+}

@@ -1,0 +1,48 @@
+//! The command line as a user runs it, on the real default model.
+
+use std::process::Command;
+
+fn xtask(args: &[&str]) -> (String, String, bool) {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).env("CANDLE_NUM_THREADS", "1").output().unwrap();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned(), out.status.success())
+}
+
+#[test]
+fn inspect_reads_layers_and_heads() {
+    let (out, err, ok) = xtask(&["inspect"]);
+    assert!(ok, "{err}");
+    for line in ["layers: 30", "heads: 9", "kv heads: 3"] {
+        assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
+    }
+    assert!(out.contains("(layers): 30 × LlamaDecoderLayer("));
+}
+
+#[test]
+fn tokenize_prints_json_ids_last() {
+    let (out, err, ok) = xtask(&["tokenize", "--text", "Certa vez, ele resolveu que não seria"]);
+    assert!(ok, "{err}");
+    let last = out.lines().last().unwrap();
+    let ids: Vec<u32> = serde_json::from_str(last).unwrap();
+    assert_eq!(ids, [36134, 81, 1590, 106, 28, 1427, 10575, 101, 10168, 304, 17031, 1236, 542]);
+    let dir = std::env::temp_dir().join(format!("xtask-tok-{}", std::process::id()));
+    std::fs::write(&dir, "Certa vez").unwrap();
+    let (out, _, ok) = xtask(&["tokenize", "--file", dir.to_str().unwrap()]);
+    assert!(ok);
+    assert_eq!(out.lines().last().unwrap(), "[36134,81,1590,106]");
+    let (_, err, ok) = xtask(&["tokenize"]);
+    assert!(!ok && err.contains("--text"), "{err}");
+}
+
+#[test]
+fn generate_with_a_seed_repeats_and_bad_values_are_refused() {
+    let args = ["generate", "--prompt", "Once upon a time", "--max-new-tokens", "12", "--temperature", "0.9", "--top-p", "0.9", "--seed", "7"];
+    let (a, err, ok) = xtask(&args);
+    assert!(ok, "{err}");
+    let (b, _, _) = xtask(&args);
+    assert_eq!(a, b);
+    assert!(a.starts_with("Once upon a time") && a.len() > "Once upon a time".len() + 5, "{a}");
+    let (_, err, ok) = xtask(&["generate", "--prompt", "x", "--top-p", "1.5"]);
+    assert!(!ok && err.contains("top_p must be in (0, 1]"), "{err}");
+    let (_, err, ok) = xtask(&["generate", "--prompt", "x", "--temperature", "-1"]);
+    assert!(!ok && err.contains("temperature"), "{err}");
+}
