@@ -15,6 +15,8 @@ commands:
   generate --prompt P [--chat] [--max-new-tokens N] [--temperature T] [--top-k K]
            [--top-p P] [--min-p M] [--repetition-penalty R] [--seed S] [--model NAME|PATH]
                                      stream a continuation (or, with --chat, an answer)
+  bench [--json FILE] [--prompt-tokens N] [--gen-tokens N] [--repeats N]
+                                     tokens/s: glass-box (tracing off/on) vs candle's quantized_llama
   test                               run the whole test suite (what CI runs)
 ";
 
@@ -79,6 +81,7 @@ pub fn run(raw: &[String]) -> Result<()> {
         "inspect" => inspect(&Args::parse(rest, &[])?),
         "tokenize" => tokenize(&Args::parse(rest, &[])?),
         "generate" => generate(&Args::parse(rest, &["chat"])?),
+        "bench" => crate::bench::bench(&Args::parse(rest, &[])?),
         "test" => crate::test::test(&Args::parse(rest, &[])?),
         "-h" | "--help" | "help" => {
             print!("{HELP}");

@@ -1,5 +1,6 @@
 //! `cargo xtask …`: the project's commands, in Rust so they run wherever cargo does.
 
+mod bench;
 mod cli;
 mod test;
 

@@ -46,3 +46,16 @@ fn generate_with_a_seed_repeats_and_bad_values_are_refused() {
     let (_, err, ok) = xtask(&["generate", "--prompt", "x", "--temperature", "-1"]);
     assert!(!ok && err.contains("temperature"), "{err}");
 }
+
+#[test]
+fn bench_reports_all_engines_as_json() {
+    let json = std::env::temp_dir().join(format!("bench-{}.json", std::process::id()));
+    let (out, err, ok) = xtask(&["bench", "--prompt-tokens", "8", "--gen-tokens", "2", "--repeats", "1", "--json", json.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("glass-box / quantized_llama"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["engines"].as_array().unwrap().len(), 3);
+    for key in ["prompt", "generation", "traced_prompt", "traced_generation"] {
+        assert!(v["ratios"][key].as_f64().unwrap() > 0.0, "{key}");
+    }
+}
