@@ -14,6 +14,7 @@
 //! ```
 
 pub mod chat;
+pub mod check;
 pub mod display;
 pub mod error;
 pub mod generate;
@@ -21,6 +22,7 @@ pub mod logits;
 pub mod model;
 pub mod models;
 pub mod sampling;
+pub mod scratch;
 pub mod testing;
 pub mod tokenizer;
 

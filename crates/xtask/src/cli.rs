@@ -8,6 +8,11 @@ const HELP: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
+  lab [--port N] [--no-browser]      set up if needed, then open JupyterLab on the course
+  setup                              install Jupyter (.venv), the evcxr kernel, the models; warm the cache
+  check [NOTEBOOK…]                  run your exercise notebooks and list each exercise ✅/❌
+  notebooks                          re-execute lessons and solutions, writing their outputs back
+  exercises [--check]                generate exercises/ from solutions/ (--check: fail on drift)
   fetch [NAME…]                      fetch models into the cache (default: all known)
   inspect [--model NAME|PATH]        print the model's module tree and its numbers
   tokenize [--model NAME|PATH] (--text T | --file F)
@@ -81,6 +86,11 @@ pub fn run(raw: &[String]) -> Result<()> {
         "inspect" => inspect(&Args::parse(rest, &[])?),
         "tokenize" => tokenize(&Args::parse(rest, &[])?),
         "generate" => generate(&Args::parse(rest, &["chat"])?),
+        "setup" => crate::lab::setup(&Args::parse(rest, &[])?),
+        "lab" => crate::lab::lab(&Args::parse(rest, &["no-browser"])?),
+        "notebooks" => crate::notebooks::notebooks(&Args::parse(rest, &[])?),
+        "exercises" => crate::notebooks::exercises(&Args::parse(rest, &["check"])?),
+        "check" => crate::notebooks::check(&Args::parse(rest, &[])?),
         "bench" => crate::bench::bench(&Args::parse(rest, &[])?),
         "test" => crate::test::test(&Args::parse(rest, &[])?),
         "-h" | "--help" | "help" => {

@@ -2,6 +2,8 @@
 
 mod bench;
 mod cli;
+mod lab;
+mod notebooks;
 mod test;
 
 use std::process::ExitCode;

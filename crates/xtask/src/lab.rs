@@ -1,0 +1,213 @@
+//! The notebook stack: a local Python environment with JupyterLab, the evcxr Rust kernel registered
+//! into it, evcxr's compiled-crate cache, and headless execution of notebooks.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::cli::Args;
+use crate::test::run_step;
+
+/// Pinned versions: the course must behave the same on every student's machine.
+pub const PYTHON_PACKAGES: &[&str] = &["jupyterlab==4.6.6", "nbclient==0.11.0", "nbconvert==7.17.2", "jupyter_client==8.10.0"];
+pub const EVCXR_VERSION: &str = "0.22.0";
+/// evcxr's compiled-crate cache, in MiB: candle and friends need about 1 GiB.
+const EVCXR_CACHE_MIB: u32 = 4096;
+
+/// Paths of the lab inside the repository.
+pub struct Lab {
+    pub root: PathBuf,
+    pub venv: PathBuf,
+    pub evcxr_config: PathBuf,
+}
+
+impl Lab {
+    pub fn new() -> Self {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().and_then(Path::parent).expect("xtask lives in crates/xtask").to_path_buf();
+        Lab { venv: root.join(".venv"), evcxr_config: root.join(".lab").join("evcxr"), root }
+    }
+
+    pub fn jupyter(&self) -> PathBuf {
+        self.venv.join("bin").join("jupyter")
+    }
+
+    fn python(&self) -> PathBuf {
+        self.venv.join("bin").join("python")
+    }
+
+    fn stamp(&self) -> PathBuf {
+        self.venv.join(".llm-lab-packages")
+    }
+
+    fn kernel_dir(&self) -> PathBuf {
+        self.venv.join("share").join("jupyter").join("kernels").join("rust")
+    }
+
+    /// Whether everything `setup` installs is in place.
+    pub fn is_ready(&self) -> bool {
+        std::fs::read_to_string(self.stamp()).is_ok_and(|s| s == PYTHON_PACKAGES.join("\n"))
+            && self.kernel_dir().join("kernel.json").exists()
+            && evcxr_binary().is_some_and(|b| evcxr_version(&b).as_deref() == Some(EVCXR_VERSION))
+    }
+
+    /// Environment for a kernel that must not share evcxr's work folder with another one.
+    pub fn kernel_env(&self, cmd: &mut Command, tmp: &Path) {
+        cmd.env("EVCXR_CONFIG_DIR", &self.evcxr_config).env("EVCXR_TMPDIR", tmp);
+    }
+}
+
+fn cargo_bin_dir() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dirs_home().join(".cargo"))
+        .join("bin")
+}
+
+fn dirs_home() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
+}
+
+pub fn evcxr_binary() -> Option<PathBuf> {
+    let in_cargo = cargo_bin_dir().join("evcxr_jupyter");
+    if in_cargo.exists() {
+        return Some(in_cargo);
+    }
+    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join("evcxr_jupyter")).find(|p| p.exists()))
+}
+
+/// The version cargo installed (evcxr_jupyter has no `--version`); None for a binary cargo does not know.
+fn evcxr_version(bin: &Path) -> Option<String> {
+    if bin.parent() != Some(cargo_bin_dir().as_path()) {
+        return None;
+    }
+    let out = Command::new(env!("CARGO")).args(["install", "--list"]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("evcxr_jupyter v"))
+        .map(|v| v.trim_end_matches(':').to_string())
+}
+
+fn timed<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let t = Instant::now();
+    eprintln!("==> {what}");
+    let r = f();
+    eprintln!("<== {what}: {} in {:.1} s", if r.is_ok() { "ok" } else { "FAILED" }, t.elapsed().as_secs_f64());
+    r
+}
+
+/// `cargo xtask setup`: idempotent; each step says what it did and how long it took.
+pub fn setup(_args: &Args) -> Result<()> {
+    let lab = Lab::new();
+    let total = Instant::now();
+    timed("python virtual environment (.venv)", || {
+        if lab.python().exists() {
+            eprintln!("    already there");
+            return Ok(());
+        }
+        run_step("python3 -m venv", Command::new("python3").args(["-m", "venv"]).arg(&lab.venv))
+    })?;
+    timed("JupyterLab, nbclient, nbconvert (pinned)", || {
+        if std::fs::read_to_string(lab.stamp()).is_ok_and(|s| s == PYTHON_PACKAGES.join("\n")) {
+            eprintln!("    already installed");
+            return Ok(());
+        }
+        run_step(
+            "pip install",
+            Command::new(lab.python()).args(["-m", "pip", "install", "--disable-pip-version-check", "--quiet"]).args(PYTHON_PACKAGES),
+        )?;
+        std::fs::write(lab.stamp(), PYTHON_PACKAGES.join("\n"))?;
+        Ok(())
+    })?;
+    let evcxr = timed(&format!("evcxr_jupyter {EVCXR_VERSION}"), || {
+        if let Some(b) = evcxr_binary().filter(|b| evcxr_version(b).as_deref() == Some(EVCXR_VERSION)) {
+            eprintln!("    already installed: {}", b.display());
+            return Ok(b);
+        }
+        eprintln!("    building it from crates.io (about 20 minutes on 2 cores, once)");
+        run_step(
+            "cargo install evcxr_jupyter",
+            Command::new(env!("CARGO")).args(["install", "evcxr_jupyter", "--locked", "--version", EVCXR_VERSION]),
+        )?;
+        evcxr_binary().context("evcxr_jupyter was installed but cannot be found in ~/.cargo/bin")
+    })?;
+    timed("Rust kernel registered in .venv, evcxr cache configured", || {
+        std::fs::create_dir_all(lab.kernel_dir())?;
+        let spec = serde_json::json!({
+            "argv": [evcxr, "--control_file", "{connection_file}"],
+            "display_name": "Rust (llm-lab)",
+            "language": "rust",
+            "interrupt_mode": "message",
+            "env": { "EVCXR_CONFIG_DIR": lab.evcxr_config },
+        });
+        std::fs::write(lab.kernel_dir().join("kernel.json"), serde_json::to_string_pretty(&spec)?)?;
+        std::fs::create_dir_all(&lab.evcxr_config)?;
+        std::fs::write(lab.evcxr_config.join("init.evcxr"), format!(":cache {EVCXR_CACHE_MIB}\n"))?;
+        Ok(())
+    })?;
+    timed("models", || {
+        for m in llm_lab::models::registry() {
+            llm_lab::models::fetch(m.name)?;
+        }
+        Ok(())
+    })?;
+    let secs = timed("warm evcxr's cache (a fresh kernel reaches the first logits)", || warm(&lab))?;
+    eprintln!("setup done in {:.0} s; a fresh kernel printed its first logits after {secs:.1} s", total.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Runs a one-cell notebook — the lessons' first cell and a forward pass — on a fresh kernel and
+/// returns its wall time.
+pub fn warm(lab: &Lab) -> Result<f64> {
+    let tmp = tempfile_dir("warm")?;
+    let nb = tmp.join("warm.ipynb");
+    let cells = [
+        crate::notebooks::SETUP_CELL,
+        "let model = Model::load_default()?;\nlet logits = model.logits(\"The capital of France is\")?;\nprintln!(\"{:?}\", logits.top_k(3));",
+    ];
+    std::fs::write(&nb, crate::notebooks::new_notebook(&cells).to_string())?;
+    // The notebook sits where lessons do, so its relative `:dep` path is the same.
+    let placed = lab.root.join("notebooks").join(".warm.ipynb");
+    std::fs::create_dir_all(lab.root.join("notebooks"))?;
+    std::fs::copy(&nb, &placed)?;
+    let t = Instant::now();
+    let r = crate::notebooks::execute(lab, &placed, &tmp.join("out.ipynb"));
+    let _ = std::fs::remove_file(&placed);
+    let executed = r?;
+    let secs = t.elapsed().as_secs_f64();
+    let text = crate::notebooks::all_output_text(&executed);
+    if !text.contains("TokenProb") {
+        bail!("the warm-up notebook ran but printed no logits:\n{text}");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(secs)
+}
+
+pub fn tempfile_dir(tag: &str) -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("llm-lab-{tag}-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+/// `cargo xtask lab`: setup when needed, then JupyterLab on the repository.
+pub fn lab(args: &Args) -> Result<()> {
+    let lab = Lab::new();
+    if !lab.is_ready() {
+        setup(args)?;
+    }
+    let mut cmd = Command::new(lab.jupyter());
+    cmd.arg("lab").arg("--notebook-dir").arg(&lab.root).current_dir(&lab.root);
+    cmd.env("EVCXR_CONFIG_DIR", &lab.evcxr_config);
+    if let Some(port) = args.get("port") {
+        cmd.arg(format!("--port={port}"));
+    }
+    if args.flag("no-browser") {
+        cmd.arg("--no-browser");
+    }
+    let status = cmd.status().context("cannot start JupyterLab; run `cargo xtask setup`")?;
+    if !status.success() {
+        bail!("JupyterLab exited with {status}");
+    }
+    Ok(())
+}

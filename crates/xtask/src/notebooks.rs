@@ -1,0 +1,362 @@
+//! Notebooks as code: execute them headless on the real kernel, judge their outputs, write
+//! outputs back, and generate exercises from solutions.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::cli::Args;
+use crate::lab::{tempfile_dir, Lab};
+
+/// The first cell of every notebook: the helper crate by a path that works from notebooks/,
+/// exercises/ and solutions/ alike, and everything a lesson needs in scope.
+pub const SETUP_CELL: &str = ":dep llm-lab = { path = \"../crates/llm-lab\" }\nuse llm_lab::prelude::*;";
+
+/// Marks the lines of a solution that become `todo!()` in the exercise.
+const BEGIN: &str = "// BEGIN SOLUTION";
+const END: &str = "// END SOLUTION";
+
+/// What the check module prints for tooling, one line per exercise (see llm_lab::check).
+pub const REPORT_PREFIX: &str = "llm-lab check:";
+
+pub fn new_notebook(cells: &[&str]) -> Value {
+    json!({
+        "cells": cells.iter().map(|c| code_cell(c)).collect::<Vec<_>>(),
+        "metadata": kernel_metadata(),
+        "nbformat": 4,
+        "nbformat_minor": 5
+    })
+}
+
+fn kernel_metadata() -> Value {
+    json!({
+        "kernelspec": {"display_name": "Rust (llm-lab)", "language": "rust", "name": "rust"},
+        "language_info": {"codemirror_mode": "rust", "file_extension": ".rs", "mimetype": "text/rust", "name": "Rust", "pygment_lexer": "rust", "version": ""}
+    })
+}
+
+fn code_cell(source: &str) -> Value {
+    json!({"cell_type": "code", "execution_count": null, "metadata": {}, "outputs": [], "source": split_source(source)})
+}
+
+fn split_source(s: &str) -> Vec<String> {
+    s.split_inclusive('\n').map(str::to_string).collect()
+}
+
+pub fn source_of(cell: &Value) -> String {
+    match &cell["source"] {
+        Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+        Value::String(s) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+pub fn read(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a valid notebook", path.display()))
+}
+
+fn write(path: &Path, nb: &Value) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(nb)?;
+    text.push('\n');
+    let tmp = path.with_extension("ipynb.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Executes `nb` on a fresh kernel with its own evcxr work folder (two kernels sharing one break
+/// each other), writes the executed copy to `out` and returns it.
+pub fn execute(lab: &Lab, nb: &Path, out: &Path) -> Result<Value> {
+    let tmp = tempfile_dir("kernel")?;
+    let dir = nb.parent().unwrap_or(Path::new("."));
+    let mut cmd = Command::new(lab.jupyter());
+    cmd.args(["nbconvert", "--to", "notebook", "--execute", "--ExecutePreprocessor.kernel_name=rust", "--ExecutePreprocessor.timeout=1800"])
+        .arg(format!("--ExecutePreprocessor.startup_timeout=120"))
+        .arg("--output-dir")
+        .arg(out.parent().unwrap_or(Path::new(".")))
+        .arg("--output")
+        .arg(out.file_name().unwrap_or_default())
+        .arg(nb)
+        .current_dir(dir);
+    lab.kernel_env(&mut cmd, &tmp);
+    let output = cmd.output().with_context(|| "cannot run jupyter nbconvert; run `cargo xtask setup`")?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    if !output.status.success() {
+        let err = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+        bail!("{} failed to execute:\n{}", nb.display(), tail.join("\n"));
+    }
+    read(out)
+}
+
+/// Every output of every cell as text (streams, plain text, HTML, errors).
+pub fn all_output_text(nb: &Value) -> String {
+    let mut s = String::new();
+    for cell in nb["cells"].as_array().into_iter().flatten() {
+        for o in cell["outputs"].as_array().into_iter().flatten() {
+            s.push_str(&output_text(o));
+        }
+    }
+    s
+}
+
+fn output_text(o: &Value) -> String {
+    let join = |v: &Value| match v {
+        Value::Array(a) => a.iter().filter_map(Value::as_str).collect::<String>(),
+        Value::String(s) => s.clone(),
+        _ => String::new(),
+    };
+    match o["output_type"].as_str() {
+        Some("stream") => join(&o["text"]),
+        Some("error") => format!("ERROR {}: {}\n{}", join(&o["ename"]), join(&o["evalue"]), join(&o["traceback"])),
+        _ => {
+            let d = &o["data"];
+            format!("{}{}", join(&d["text/plain"]), join(&d["text/html"]))
+        }
+    }
+}
+
+/// The check report lines (`llm-lab check: name = status`) a notebook printed.
+pub fn check_reports(nb: &Value) -> Vec<(String, String)> {
+    all_output_text(nb)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(REPORT_PREFIX))
+        .filter_map(|rest| rest.split_once(" = "))
+        .map(|(n, s)| (n.trim().to_string(), s.trim().to_string()))
+        .collect()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    Lesson,
+    Solution,
+    Exercise,
+}
+
+/// Problems in an executed notebook, judged by its kind.
+pub fn problems(kind: Kind, nb: &Value) -> Vec<String> {
+    let mut p = vec![];
+    for (i, cell) in nb["cells"].as_array().into_iter().flatten().enumerate() {
+        for o in cell["outputs"].as_array().into_iter().flatten() {
+            let text = output_text(o);
+            if o["output_type"] == "error" {
+                p.push(format!("cell {i}: error output: {}", text.lines().next().unwrap_or("")));
+            } else if kind != Kind::Exercise && text.contains("panicked at") {
+                p.push(format!("cell {i}: a panic: {}", text.lines().find(|l| l.contains("panicked")).unwrap_or("")));
+            } else if kind != Kind::Exercise && o["name"] == "stderr" && text.contains("Error") {
+                p.push(format!("cell {i}: an error on stderr: {}", text.lines().next().unwrap_or("")));
+            }
+        }
+    }
+    let reports = check_reports(nb);
+    match kind {
+        Kind::Lesson => {}
+        Kind::Solution => {
+            if reports.is_empty() {
+                p.push("no check ran".into());
+            }
+            for (name, status) in &reports {
+                if status != "passed" {
+                    p.push(format!("check {name}: {status}"));
+                }
+            }
+        }
+        Kind::Exercise => {
+            if reports.is_empty() {
+                p.push("no check ran".into());
+            }
+            for (name, status) in &reports {
+                if status != "not done yet" {
+                    p.push(format!("untouched exercise {name} reports {status:?}, expected \"not done yet\""));
+                }
+            }
+        }
+    }
+    p
+}
+
+pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "ipynb") && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Executes every notebook of `kind` in `dir`; returns the problems found. With `write_back`,
+/// the executed notebook replaces the committed one (lessons and solutions keep their outputs).
+pub fn run_all(lab: &Lab, dir: &Path, kind: Kind, write_back: bool) -> Result<Vec<String>> {
+    let mut all = vec![];
+    for nb in list(dir)? {
+        let t = std::time::Instant::now();
+        let out = tempfile_dir("nb")?.join("out.ipynb");
+        let result = execute(lab, &nb, &out);
+        let rel = nb.strip_prefix(&lab.root).unwrap_or(&nb).display().to_string();
+        match result {
+            Err(e) => all.push(format!("{rel}: {e:#}")),
+            Ok(executed) => {
+                let p = problems(kind, &executed);
+                eprintln!("    {rel}: {} in {:.0} s{}", if p.is_empty() { "ok" } else { "FAILED" }, t.elapsed().as_secs_f64(),
+                    check_reports(&executed).iter().map(|(n, s)| format!("\n      {n}: {s}")).collect::<String>());
+                all.extend(p.iter().map(|x| format!("{rel}: {x}")));
+                if write_back && p.is_empty() {
+                    write(&nb, &tidy(executed))?;
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(out.parent().unwrap());
+    }
+    Ok(all)
+}
+
+/// Drops volatile metadata (execution timestamps) so that re-running changes only real outputs.
+fn tidy(mut nb: Value) -> Value {
+    for cell in nb["cells"].as_array_mut().into_iter().flatten() {
+        if let Some(m) = cell["metadata"].as_object_mut() {
+            m.remove("execution");
+        }
+    }
+    nb["metadata"] = kernel_metadata();
+    nb
+}
+
+/// The exercise generated from a solution notebook: solution regions become `todo!()`, outputs go.
+pub fn exercise_from_solution(solution: &Value) -> Result<Value> {
+    let mut nb = solution.clone();
+    for cell in nb["cells"].as_array_mut().into_iter().flatten() {
+        if cell["cell_type"] == "code" {
+            let src = source_of(cell);
+            let new = strip_solutions(&src)?;
+            cell["source"] = json!(split_source(&new));
+            cell["outputs"] = json!([]);
+            cell["execution_count"] = Value::Null;
+            if let Some(m) = cell["metadata"].as_object_mut() {
+                m.remove("execution");
+            }
+        }
+    }
+    nb["metadata"] = kernel_metadata();
+    Ok(nb)
+}
+
+/// Replaces each `// BEGIN SOLUTION` … `// END SOLUTION` block by `todo!()` at the same indentation.
+pub fn strip_solutions(src: &str) -> Result<String> {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in src.split_inclusive('\n') {
+        let t = line.trim();
+        if t == BEGIN {
+            if inside {
+                bail!("nested {BEGIN}");
+            }
+            inside = true;
+            let indent: String = line.chars().take_while(|c| c.is_whitespace()).collect();
+            out.push_str(&format!("{indent}todo!()\n"));
+        } else if t == END {
+            if !inside {
+                bail!("{END} without {BEGIN}");
+            }
+            inside = false;
+        } else if !inside {
+            out.push_str(line);
+        }
+    }
+    if inside {
+        bail!("{BEGIN} without {END}");
+    }
+    Ok(out)
+}
+
+/// `cargo xtask exercises [--check]`: (re)generate exercises/ from solutions/.
+pub fn exercises(args: &Args) -> Result<()> {
+    let lab = Lab::new();
+    let drift = sync_exercises(&lab, !args.flag("check"))?;
+    if args.flag("check") && !drift.is_empty() {
+        bail!("exercises/ is out of date with solutions/ ({}); run `cargo xtask exercises`", drift.join(", "));
+    }
+    Ok(())
+}
+
+/// Generates every exercise; returns the files that differed. Writes them when `write` is set.
+pub fn sync_exercises(lab: &Lab, write_files: bool) -> Result<Vec<String>> {
+    let (sol_dir, ex_dir) = (lab.root.join("solutions"), lab.root.join("exercises"));
+    std::fs::create_dir_all(&ex_dir)?;
+    let mut drift = vec![];
+    let mut expected = vec![];
+    for sol in list(&sol_dir)? {
+        let name = sol.file_name().unwrap().to_owned();
+        expected.push(name.clone());
+        let target = ex_dir.join(&name);
+        let generated = exercise_from_solution(&read(&sol)?)?;
+        let current = read(&target).ok();
+        if current.as_ref() != Some(&generated) {
+            drift.push(target.strip_prefix(&lab.root).unwrap_or(&target).display().to_string());
+            if write_files {
+                write(&target, &generated)?;
+            }
+        }
+    }
+    for ex in list(&ex_dir)? {
+        if !expected.contains(&ex.file_name().unwrap().to_owned()) {
+            drift.push(format!("{} has no solution", ex.display()));
+        }
+    }
+    Ok(drift)
+}
+
+/// `cargo xtask notebooks`: re-execute lessons and solutions and write their outputs back.
+pub fn notebooks(_args: &Args) -> Result<()> {
+    let lab = Lab::new();
+    if !lab.is_ready() {
+        crate::lab::setup(&Args::parse(&[], &[])?)?;
+    }
+    let mut problems = vec![];
+    for (dir, kind) in [("notebooks", Kind::Lesson), ("solutions", Kind::Solution)] {
+        problems.extend(run_all(&lab, &lab.root.join(dir), kind, true)?);
+    }
+    sync_exercises(&lab, true)?;
+    if !problems.is_empty() {
+        bail!("{} problem(s):\n{}", problems.len(), problems.join("\n"));
+    }
+    Ok(())
+}
+
+/// `cargo xtask check [NOTEBOOK…]`: run a student's exercise notebooks and print one line per
+/// exercise, like rustlings.
+pub fn check(args: &Args) -> Result<()> {
+    let lab = Lab::new();
+    if !lab.is_ready() {
+        crate::lab::setup(&Args::parse(&[], &[])?)?;
+    }
+    let files: Vec<PathBuf> = if args.words.is_empty() { list(&lab.root.join("exercises"))? } else { args.words.iter().map(PathBuf::from).collect() };
+    let (mut passed, mut total) = (0, 0);
+    for f in files {
+        let f = std::fs::canonicalize(&f).with_context(|| format!("no such notebook: {}", f.display()))?;
+        let out = tempfile_dir("check")?.join("out.ipynb");
+        println!("{}", f.file_name().unwrap().to_string_lossy());
+        match execute(&lab, &f, &out) {
+            Err(e) => println!("  ❌ o notebook não executou até o fim: {e:#}"),
+            Ok(nb) => {
+                for (name, status) in check_reports(&nb) {
+                    total += 1;
+                    let mark = match status.as_str() {
+                        "passed" => {
+                            passed += 1;
+                            "✅"
+                        }
+                        "not done yet" => "⏳",
+                        _ => "❌",
+                    };
+                    println!("  {mark} {name}: {status}");
+                }
+            }
+        }
+    }
+    println!("{passed}/{total} exercícios concluídos");
+    Ok(())
+}
