@@ -149,6 +149,11 @@ impl Model {
         Ok(ids)
     }
 
+    /// The text of each token, for labelling charts.
+    pub fn token_strings(&self, ids: &[u32]) -> Vec<String> {
+        ids.iter().map(|&i| self.tokenizer.token_text(i)).collect()
+    }
+
     /// Token ids → text.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tokenizer.decode(ids)

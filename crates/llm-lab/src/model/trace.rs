@@ -72,6 +72,18 @@ impl Trace {
         Ok(p.get(head)?.to_vec2::<f32>()?)
     }
 
+    /// One head's attention pattern as a heatmap, with `tokens` on both axes.
+    pub fn attention_figure(&self, layer: usize, head: usize, tokens: &[String]) -> Result<crate::plot::Figure> {
+        crate::plot::attention(&format!("camada {layer}, cabeça {head}"), &self.attention(layer, head)?, tokens)
+    }
+
+    /// Every head of `layer`, side by side.
+    pub fn attention_grid(&self, layer: usize, tokens: &[String]) -> Result<crate::plot::Figure> {
+        let n = self.get(&format!("blocks.{layer}.attn.pattern"))?.dim(0)?;
+        let figs = (0..n).map(|h| self.attention_figure(layer, h, tokens)).collect::<Result<Vec<_>>>()?;
+        Ok(crate::plot::Figure::row(&figs))
+    }
+
     /// The residual stream entering `layer` (`layer == n_layers` gives the final stream).
     pub fn residual(&self, layer: usize) -> Result<&Tensor> {
         if layer == self.n_layers() {

@@ -1,0 +1,239 @@
+//! Charts for the lessons, drawn with plotters as SVG: probability bars, attention and
+//! positional-encoding heatmaps, lines. Every chart is a [`Figure`], which a notebook shows inline
+//! (no script or font from the network).
+
+use plotters::prelude::*;
+
+use crate::display::{html_escape, rich_html};
+use crate::error::{Error, Result};
+
+/// An SVG chart.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    /// The SVG document.
+    pub svg: String,
+}
+
+impl Figure {
+    /// evcxr's rich display hook.
+    pub fn evcxr_display(&self) {
+        rich_html(&self.svg);
+    }
+
+    /// Writes the SVG to a file.
+    pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        std::fs::write(path.as_ref(), &self.svg).map_err(|e| Error::io("cannot write", path.as_ref(), e))
+    }
+
+    /// Several figures side by side in one output (a notebook cell shows only its last rich output).
+    pub fn row(figures: &[Figure]) -> Figure {
+        let inner: String = figures.iter().map(|f| format!("<div style=\"display:inline-block;vertical-align:top\">{}</div>", f.svg)).collect();
+        Figure { svg: format!("<div>{inner}</div>") }
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> Error {
+    Error::invalid(format!("could not draw the chart: {e}"))
+}
+
+/// Shortens a token for an axis label and makes spaces and newlines visible.
+pub fn token_label(t: &str) -> String {
+    let t = t.replace('\n', "⏎").replace(' ', "␣");
+    let chars: Vec<char> = t.chars().collect();
+    if chars.len() > 10 {
+        chars[..9].iter().collect::<String>() + "…"
+    } else {
+        t
+    }
+}
+
+/// A bar chart of `values` labelled by `labels` (probabilities of candidate tokens, for example).
+///
+/// ```
+/// let fig = llm_lab::plot::bars("probabilidades", &["a".into(), "b".into()], &[0.7, 0.3])?;
+/// assert!(fig.svg.contains("<svg") && fig.svg.contains("probabilidades"));
+/// # Ok::<(), llm_lab::Error>(())
+/// ```
+pub fn bars(title: &str, labels: &[String], values: &[f32]) -> Result<Figure> {
+    if labels.len() != values.len() || values.is_empty() {
+        return Err(Error::invalid(format!("bars needs one label per value ({} labels, {} values)", labels.len(), values.len())));
+    }
+    let mut svg = String::new();
+    {
+        let width = (120 + 60 * values.len()).clamp(360, 900) as u32;
+        let root = SVGBackend::with_string(&mut svg, (width, 320)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let max = values.iter().copied().fold(0f32, f32::max).max(1e-6) * 1.1;
+        let min = values.iter().copied().fold(0f32, f32::min);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(50)
+            .y_label_area_size(50)
+            .build_cartesian_2d((0..values.len()).into_segmented(), min..max)
+            .map_err(err)?;
+        let labels: Vec<String> = labels.iter().map(|l| token_label(l)).collect();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(values.len())
+            .x_label_formatter(&|x| match x {
+                SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+                _ => String::new(),
+            })
+            .y_label_formatter(&|y| format!("{y:.2}"))
+            .draw()
+            .map_err(err)?;
+        chart
+            .draw_series(values.iter().enumerate().map(|(i, &v)| {
+                let mut bar = Rectangle::new([(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), v)], RGBColor(76, 114, 176).filled());
+                bar.set_margin(0, 0, 6, 6);
+                bar
+            }))
+            .map_err(err)?;
+        root.present().map_err(err)?;
+    }
+    Ok(Figure { svg })
+}
+
+/// Colour of a value in [0, 1]: white → dark blue.
+fn shade(v: f32) -> RGBColor {
+    let v = v.clamp(0.0, 1.0);
+    let lerp = |a: f32, b: f32| (a + (b - a) * v) as u8;
+    RGBColor(lerp(255.0, 8.0), lerp(255.0, 48.0), lerp(255.0, 107.0))
+}
+
+/// Colour of a value in [-1, 1]: blue → white → red.
+fn diverging(v: f32) -> RGBColor {
+    let v = v.clamp(-1.0, 1.0);
+    if v >= 0.0 {
+        RGBColor(255, (255.0 * (1.0 - v)) as u8, (255.0 * (1.0 - v)) as u8)
+    } else {
+        RGBColor((255.0 * (1.0 + v)) as u8, (255.0 * (1.0 + v)) as u8, 255)
+    }
+}
+
+/// A heatmap of `m[row][col]` with labelled axes. `symmetric` colours negative values blue and
+/// positive red (positional encodings); otherwise 0 is white and the maximum dark blue
+/// (attention probabilities).
+pub fn heatmap(title: &str, m: &[Vec<f32>], row_labels: &[String], col_labels: &[String], x_desc: &str, y_desc: &str, symmetric: bool) -> Result<Figure> {
+    let rows = m.len();
+    let cols = m.first().map_or(0, Vec::len);
+    if rows == 0 || cols == 0 || m.iter().any(|r| r.len() != cols) {
+        return Err(Error::invalid("heatmap needs a non-empty rectangular matrix"));
+    }
+    let max = m.iter().flatten().fold(0f32, |a, &b| a.max(b.abs())).max(1e-9);
+    let cell = (560 / cols.max(rows)).clamp(4, 40) as u32;
+    let label_room = if row_labels.is_empty() { 40 } else { 80 };
+    let (w, h) = (cols as u32 * cell + label_room + 40, rows as u32 * cell + label_room + 50);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (w.max(300), h.max(200))).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(label_room)
+            .y_label_area_size(label_room)
+            .build_cartesian_2d((0..cols).into_segmented(), (0..rows).into_segmented())
+            .map_err(err)?;
+        let label = |labels: &[String], v: &SegmentValue<usize>, flip: bool| match v {
+            SegmentValue::CenterOf(i) => {
+                let i = if flip { (rows - 1).checked_sub(*i) } else { Some(*i) };
+                match i {
+                    Some(i) if i < if flip { rows } else { cols } => labels.get(i).map(|s| token_label(s)).unwrap_or_else(|| i.to_string()),
+                    _ => String::new(),
+                }
+            }
+            _ => String::new(),
+        };
+        let every = |n: usize| if n <= 40 { n } else { 10 };
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(every(cols))
+            .y_labels(every(rows))
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .x_label_formatter(&|x| label(col_labels, x, false))
+            .y_label_formatter(&|y| label(row_labels, y, true))
+            .x_label_style(("sans-serif", 11).into_font().transform(FontTransform::Rotate90))
+            .y_label_style(("sans-serif", 11))
+            .draw()
+            .map_err(err)?;
+        chart
+            .draw_series(m.iter().enumerate().flat_map(|(r, row)| {
+                row.iter().enumerate().map(move |(c, &v)| {
+                    let colour = if symmetric { diverging(v / max) } else { shade(v / max) };
+                    let y = rows - 1 - r; // first row at the top
+                    Rectangle::new([(SegmentValue::Exact(c), SegmentValue::Exact(y)), (SegmentValue::Exact(c + 1), SegmentValue::Exact(y + 1))], colour.filled())
+                })
+            }))
+            .map_err(err)?;
+        root.present().map_err(err)?;
+    }
+    Ok(Figure { svg })
+}
+
+/// One head's attention pattern `[query][key]`, tokens on both axes.
+pub fn attention(title: &str, pattern: &[Vec<f32>], tokens: &[String]) -> Result<Figure> {
+    heatmap(title, pattern, tokens, tokens, "chave (token observado)", "consulta (token que observa)", false)
+}
+
+/// Positional encodings `[position][dimension]`.
+pub fn positions(title: &str, pe: &[Vec<f32>]) -> Result<Figure> {
+    heatmap(title, pe, &[], &[], "dimensão", "posição", true)
+}
+
+/// Lines `(name, ys)` over x = 0, 1, 2, …
+pub fn lines(title: &str, x_desc: &str, y_desc: &str, series: &[(String, Vec<f32>)]) -> Result<Figure> {
+    let n = series.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
+    if n == 0 {
+        return Err(Error::invalid("lines needs at least one point"));
+    }
+    let lo = series.iter().flat_map(|(_, v)| v).copied().fold(f32::INFINITY, f32::min);
+    let hi = series.iter().flat_map(|(_, v)| v).copied().fold(f32::NEG_INFINITY, f32::max);
+    let pad = ((hi - lo) * 0.05).max(1e-3);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (640, 340)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f32..(n.max(2) - 1) as f32, (lo - pad)..(hi + pad))
+            .map_err(err)?;
+        chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw().map_err(err)?;
+        for (k, (name, ys)) in series.iter().enumerate() {
+            let colour = Palette99::pick(k).to_rgba();
+            chart
+                .draw_series(LineSeries::new(ys.iter().enumerate().map(|(i, &y)| (i as f32, y)), colour.stroke_width(2)))
+                .map_err(err)?
+                .label(name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2)));
+        }
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(err)?;
+        root.present().map_err(err)?;
+    }
+    Ok(Figure { svg })
+}
+
+/// A titled HTML table of strings (for side-by-side comparisons).
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> Figure {
+    let mut s = String::from("<table><thead><tr>");
+    for h in headers {
+        s.push_str(&format!("<th>{}</th>", html_escape(h)));
+    }
+    s.push_str("</tr></thead><tbody>");
+    for r in rows {
+        s.push_str("<tr>");
+        for c in r {
+            s.push_str(&format!("<td style=\"text-align:left;white-space:pre-wrap\">{}</td>", html_escape(c)));
+        }
+        s.push_str("</tr>");
+    }
+    s.push_str("</tbody></table>");
+    Figure { svg: s }
+}
