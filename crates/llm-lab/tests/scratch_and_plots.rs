@@ -88,7 +88,7 @@ fn charts_carry_titles_and_token_labels() {
     let labels = model.token_strings(&tokens);
     let fig = trace.attention_figure(0, 1, &labels).unwrap();
     assert!(fig.svg.contains("<svg") && fig.svg.contains("camada 0, cabeça 1"));
-    assert!(fig.svg.contains(">␣<") && fig.svg.contains(">d<"), "token labels, spaces made visible");
+    assert!(fig.svg.contains("\n␣\n") && fig.svg.contains("\nd\n"), "token labels, spaces made visible");
     assert!(fig.svg.contains("consulta") && fig.svg.contains("chave"));
     let grid = trace.attention_grid(1, &labels).unwrap();
     assert_eq!(grid.svg.matches("<svg").count(), model.config.n_heads);
