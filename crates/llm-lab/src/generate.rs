@@ -336,6 +336,33 @@ impl Model {
         Ok(Logits::new(logits.to_vec1::<f32>()?)?.with_tokenizer(&self.tokenizer))
     }
 
+    /// Logits at every position of `tokens`: entry `i` predicts token `i + 1` (what training
+    /// compares with the real next token).
+    pub fn logits_at_every_position(&self, tokens: &[u32]) -> Result<Vec<Logits>> {
+        let all = self.forward_all(tokens)?;
+        (0..tokens.len())
+            .map(|i| Ok(Logits::new(all.get(i)?.to_vec1::<f32>()?)?.with_tokenizer(&self.tokenizer)))
+            .collect()
+    }
+
+    /// The "logit lens": what the model would predict if the residual stream `resid: [D]` (from
+    /// any layer) went straight to the final norm and the output layer.
+    pub fn unembed(&self, resid: &candle_core::Tensor) -> Result<Logits> {
+        let x = resid.reshape((1, self.config.d_model))?;
+        let x = crate::model::forward::rms_norm(&x, &self.weights.final_norm, self.config.rms_norm_eps)?;
+        let logits = self.weights.lm_head.forward(&x)?.squeeze(0)?;
+        Ok(Logits::new(logits.to_vec1::<f32>()?)?.with_tokenizer(&self.tokenizer))
+    }
+
+    /// Token embeddings of `tokens`: `[seq, D]` (the first step of the forward pass).
+    pub fn embed(&self, tokens: &[u32]) -> Result<candle_core::Tensor> {
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.d_vocab) {
+            return Err(Error::invalid(format!("token id {bad} is outside the vocabulary (0..{})", self.config.d_vocab)));
+        }
+        let ids = candle_core::Tensor::new(tokens, self.weights.final_norm.device())?;
+        Ok(self.weights.embed.weight.embedding(&ids)?)
+    }
+
     /// Logits for the token after `text`.
     pub fn logits(&self, text: &str) -> Result<Logits> {
         self.next_token_logits(&self.encode(text)?)

@@ -184,3 +184,22 @@ fn summary_prints_like_pytorch() {
     assert_eq!(model.n_params(), 258 * 64 + 2 * (64 * 64 * 2 + 32 * 64 * 2 + 3 * 64 * 128 + 2 * 64) + 64);
     assert!(model.summary_html().starts_with("<pre"));
 }
+
+#[test]
+fn embed_unembed_and_every_position_agree_with_the_forward_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    write_tiny_gguf(&path, &TinySpec { format: GgmlDType::Q8_0, embed_format: GgmlDType::Q8_0, ..Default::default() }).unwrap();
+    let model = Model::load(&path).unwrap();
+    let t = tokens();
+    let (logits, trace) = model.run_with_trace(&t, TraceOptions::default()).unwrap();
+    assert_eq!(max_abs_diff(&model.embed(&t).unwrap(), trace.get("blocks.0.resid_pre").unwrap()), 0.0);
+    let last = trace.get("final.resid").unwrap().get(t.len() - 1).unwrap();
+    let lens = model.unembed(&last).unwrap();
+    let want = logits.get(t.len() - 1).unwrap().to_vec1::<f32>().unwrap();
+    assert!(lens.values().iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-4));
+    let every = model.logits_at_every_position(&t).unwrap();
+    assert_eq!(every.len(), t.len());
+    assert_eq!(every[3].argmax(), logits.get(3).unwrap().argmax(0).unwrap().to_scalar::<u32>().unwrap());
+    assert!(model.embed(&[100_000]).is_err());
+}

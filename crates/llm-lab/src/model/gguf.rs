@@ -162,7 +162,9 @@ impl Gguf {
             .collect();
         eos_token_ids.dedup();
         let config = Config {
-            name: self.meta_str("general.name").unwrap_or("GGUF model").to_string(),
+            // The file name says what a student downloaded ("SmolLM2-135M-Instruct.Q4_1");
+            // `general.name` is often a training-run label.
+            name: self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).or_else(|| self.meta_str("general.name").map(str::to_string)).unwrap_or_else(|| "GGUF model".into()),
             architecture: arch.clone(),
             n_layers: self.meta_usize(&k("block_count"))?,
             n_heads,
