@@ -322,7 +322,7 @@ pub fn top_p(f: impl Fn(&[f32], f32) -> Vec<usize>) -> Report {
 // ---- attention, multi-head, layer norm, positions ---------------------------------------------
 
 /// Exercise: scaled dot-product attention `softmax(Q Kᵀ / √d) V` (no mask).
-pub fn attention(f: impl Fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>) -> Report {
+pub fn attention(f: impl Fn(&Tensor, &Tensor, &Tensor) -> crate::Result<Tensor>) -> Report {
     let f = &f;
     let shapes = [(3usize, 4usize, 2usize, 1u64), (5, 8, 3, 2), (1, 16, 16, 3), (6, 2, 5, 4)];
     let cases = shapes
@@ -362,7 +362,7 @@ pub fn attention(f: impl Fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Te
 
 /// Exercise: multi-head attention — each head's attention, concatenated, times `W_O`.
 /// `f(x, heads, w_o)` with `x: [N, D]`, each head's `W_Q, W_K, W_V: [D, d]`, `w_o: [H·d, D]`.
-pub fn multi_head(f: impl Fn(&Tensor, &[HeadWeights], &Tensor) -> candle_core::Result<Tensor>) -> Report {
+pub fn multi_head(f: impl Fn(&Tensor, &[HeadWeights], &Tensor) -> crate::Result<Tensor>) -> Report {
     let f = &f;
     let shapes = [(4usize, 8usize, 2usize, 4usize, 1u64), (3, 6, 3, 2, 2), (5, 12, 4, 3, 3)];
     let cases = shapes
@@ -401,7 +401,7 @@ pub fn multi_head(f: impl Fn(&Tensor, &[HeadWeights], &Tensor) -> candle_core::R
 }
 
 /// Exercise: layer normalisation over the last dimension (no gain or bias), with ε.
-pub fn layer_norm(f: impl Fn(&Tensor, f64) -> candle_core::Result<Tensor>) -> Report {
+pub fn layer_norm(f: impl Fn(&Tensor, f64) -> crate::Result<Tensor>) -> Report {
     let f = &f;
     let cases = [(2usize, 8usize, 1u64, 1e-5f64), (4, 16, 2, 1e-5), (3, 5, 3, 0.1)]
         .into_iter()
@@ -442,7 +442,7 @@ pub fn layer_norm(f: impl Fn(&Tensor, f64) -> candle_core::Result<Tensor>) -> Re
 }
 
 /// Exercise: sinusoidal positional encoding `[n, d]`.
-pub fn positional_encoding(f: impl Fn(usize, usize) -> candle_core::Result<Tensor>) -> Report {
+pub fn positional_encoding(f: impl Fn(usize, usize) -> crate::Result<Tensor>) -> Report {
     let f = &f;
     let cases = [(4usize, 6usize), (10, 16), (50, 8), (3, 2)]
         .into_iter()

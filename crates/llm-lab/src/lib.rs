@@ -28,6 +28,9 @@ pub mod testing;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
+/// The tensor library, for notebooks that need more than the prelude.
+pub use candle_core;
+pub use candle_nn;
 pub use model::{Config, KvCache, Model, Trace, TraceOptions};
 
 /// Everything a notebook needs, in one `use llm_lab::prelude::*;`.
@@ -45,5 +48,6 @@ pub mod prelude {
     pub use crate::models;
     pub use crate::sampling::{Sampler, SamplerConfig};
     pub use crate::tokenizer::Tokenizer;
-    pub use candle_core::{DType, Device, IndexOp, Tensor};
+    pub use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
+    pub use candle_nn::ops::softmax_last_dim;
 }

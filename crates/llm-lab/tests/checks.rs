@@ -152,11 +152,11 @@ fn top_p_check() {
 
 // ---- attention, multi-head, layer norm, positions ---------------------------------------------
 
-fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, scale: bool, dim: usize) -> candle_core::Result<Tensor> {
+fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, scale: bool, dim: usize) -> Result<Tensor> {
     let d = q.dim(D::Minus1)? as f64;
     let s = q.matmul(&k.t()?)?;
     let s = if scale { (s / d.sqrt())? } else { s };
-    candle_nn::ops::softmax(&s, dim)?.matmul(v)
+    Ok(candle_nn::ops::softmax(&s, dim)?.matmul(v)?)
 }
 
 #[test]
@@ -165,7 +165,7 @@ fn attention_check() {
     assert_rejected(check::attention(|q, k, v| sdpa(q, k, v, false, 1)), "√d");
     assert_rejected(check::attention(|q, k, v| sdpa(q, k, v, true, 0)), "dimensão errada");
     // Forgot V: returns the weights.
-    assert_rejected(check::attention(|q, k, _| candle_nn::ops::softmax_last_dim(&(q.matmul(&k.t()?)? / (q.dim(1)? as f64).sqrt())?)), "forma");
+    assert_rejected(check::attention(|q, k, _| Ok(candle_nn::ops::softmax_last_dim(&(q.matmul(&k.t()?)? / (q.dim(1)? as f64).sqrt())?)?)), "forma");
     assert_eq!(check::attention(|_, _, _| todo!()).status, Status::NotDone);
 }
 
@@ -175,15 +175,15 @@ fn heads_out(x: &Tensor, heads: &[HeadWeights]) -> Vec<Tensor> {
 
 #[test]
 fn multi_head_check() {
-    assert!(check::multi_head(|x, h, w_o| Tensor::cat(&heads_out(x, h), 1)?.matmul(w_o)).passed());
-    assert_rejected(check::multi_head(|x, h, _| Tensor::cat(&heads_out(x, h), 1)), "W_O");
+    assert!(check::multi_head(|x, h, w_o| Ok(Tensor::cat(&heads_out(x, h), 1)?.matmul(w_o)?)).passed());
+    assert_rejected(check::multi_head(|x, h, _| Ok(Tensor::cat(&heads_out(x, h), 1)?)), "W_O");
     let summed = |x: &Tensor, h: &[HeadWeights], _: &Tensor| {
         let o = heads_out(x, h);
-        o.iter().skip(1).try_fold(o[0].clone(), |a, b| a + b)
+        Ok(o.iter().skip(1).try_fold(o[0].clone(), |a, b| a + b)?)
     };
     assert_rejected(check::multi_head(summed), "somadas");
     // Concatenated along rows: the matmul with W_O fails or has the wrong shape.
-    let h = hint(&check::multi_head(|x, h, w_o| Tensor::cat(&heads_out(x, h), 0)?.matmul(w_o)));
+    let h = hint(&check::multi_head(|x, h, w_o| Ok(Tensor::cat(&heads_out(x, h), 0)?.matmul(w_o)?)));
     assert!(h.contains("erro") || h.contains("forma"), "{h}");
 }
 
@@ -193,18 +193,18 @@ fn layer_norm_check() {
         let mean = x.mean_keepdim(D::Minus1)?;
         let c = x.broadcast_sub(&mean)?;
         let var = c.sqr()?.mean_keepdim(D::Minus1)?;
-        c.broadcast_div(&(var + eps)?.sqrt()?)
+        Ok(c.broadcast_div(&(var + eps)?.sqrt()?)?)
     })
     .passed());
     // RMSNorm instead.
-    assert_rejected(check::layer_norm(|x, eps| x.broadcast_div(&(x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?)), "RMSNorm");
+    assert_rejected(check::layer_norm(|x, eps| Ok(x.broadcast_div(&(x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?)?)), "RMSNorm");
     // Sample variance.
     assert_rejected(
         check::layer_norm(|x, eps| {
             let n = x.dim(D::Minus1)? as f64;
             let c = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
             let var = (c.sqr()?.sum_keepdim(D::Minus1)? / (n - 1.0))?;
-            c.broadcast_div(&(var + eps)?.sqrt()?)
+            Ok(c.broadcast_div(&(var + eps)?.sqrt()?)?)
         }),
         "n − 1",
     );
@@ -213,13 +213,13 @@ fn layer_norm_check() {
         check::layer_norm(|x, eps| {
             let c = x.broadcast_sub(&x.mean_keepdim(0)?)?;
             let var = c.sqr()?.mean_keepdim(0)?;
-            c.broadcast_div(&(var + eps)?.sqrt()?)
+            Ok(c.broadcast_div(&(var + eps)?.sqrt()?)?)
         }),
         "dimensão errada",
     );
 }
 
-fn pe(n: usize, d: usize, swap: bool, pair: bool) -> candle_core::Result<Tensor> {
+fn pe(n: usize, d: usize, swap: bool, pair: bool) -> Result<Tensor> {
     let mut v = vec![];
     for p in 0..n {
         for j in 0..d {
@@ -228,7 +228,7 @@ fn pe(n: usize, d: usize, swap: bool, pair: bool) -> candle_core::Result<Tensor>
             v.push(if (j % 2 == 0) != swap { a.sin() } else { a.cos() } as f32);
         }
     }
-    Tensor::from_vec(v, (n, d), &candle_core::Device::Cpu)
+    Ok(Tensor::from_vec(v, (n, d), &candle_core::Device::Cpu)?)
 }
 
 #[test]

@@ -22,7 +22,8 @@ commands:
                                      stream a continuation (or, with --chat, an answer)
   bench [--json FILE] [--prompt-tokens N] [--gen-tokens N] [--repeats N]
                                      tokens/s: glass-box (tracing off/on) vs candle's quantized_llama
-  test                               run the whole test suite (what CI runs)
+  test [--no-notebooks]              the whole test suite (what CI runs): cargo tests, then every
+                                     notebook executed on the evcxr kernel
 ";
 
 /// Options shared by commands: `--key value` pairs and bare words.
@@ -92,7 +93,7 @@ pub fn run(raw: &[String]) -> Result<()> {
         "exercises" => crate::notebooks::exercises(&Args::parse(rest, &["check"])?),
         "check" => crate::notebooks::check(&Args::parse(rest, &[])?),
         "bench" => crate::bench::bench(&Args::parse(rest, &[])?),
-        "test" => crate::test::test(&Args::parse(rest, &[])?),
+        "test" => crate::test::test(&Args::parse(rest, &["no-notebooks"])?),
         "-h" | "--help" | "help" => {
             print!("{HELP}");
             Ok(())
