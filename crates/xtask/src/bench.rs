@@ -81,6 +81,7 @@ pub fn bench(args: &Args) -> Result<()> {
         Engine { name: "quantized_llama (candle-transformers)", run: reference(path.clone())? },
         Engine { name: "glass-box", run: glass_box(model.clone(), false) },
         Engine { name: "glass-box, traced", run: glass_box(model.clone(), true) },
+        Engine { name: "glass-box, Q4_1 repacked to Q8_0", run: glass_box(std::rc::Rc::new(Model::load_with(&path, WeightFormat::Repacked)?), false) },
     ];
     println!("model: {} ({}), {threads} threads, {n_prompt}-token prompt, {n_gen} generated tokens, best of {repeats}", model.config.name, path.display());
     println!("{:<40} {:>14} {:>14}", "engine", "prompt tok/s", "gen tok/s");
@@ -109,7 +110,8 @@ pub fn bench(args: &Args) -> Result<()> {
         let json = serde_json::json!({
             "model": model.config.name, "threads": threads, "prompt_tokens": n_prompt, "gen_tokens": n_gen,
             "engines": rows.iter().map(|(n, pp, tg)| serde_json::json!({"name": n, "prompt_tok_s": pp, "gen_tok_s": tg})).collect::<Vec<_>>(),
-            "ratios": {"prompt": gb_pp / ref_pp, "generation": gb_tg / ref_tg, "traced_prompt": tr_pp / ref_pp, "traced_generation": tr_tg / ref_tg},
+            "ratios": {"prompt": gb_pp / ref_pp, "generation": gb_tg / ref_tg, "traced_prompt": tr_pp / ref_pp, "traced_generation": tr_tg / ref_tg,
+                       "repacked_prompt": rows[3].1 / ref_pp, "repacked_generation": rows[3].2 / ref_tg},
         });
         std::fs::write(out, serde_json::to_string_pretty(&json)?)?;
         println!("wrote {out}");

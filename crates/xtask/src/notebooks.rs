@@ -360,3 +360,58 @@ pub fn check(args: &Args) -> Result<()> {
     println!("{passed}/{total} exercícios concluídos");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn solution_regions_become_todo_at_their_indentation() {
+        let src = "fn f(x: u32) -> u32 {\n    // BEGIN SOLUTION\n    x + 1\n    // END SOLUTION\n}\nprintln!(\"kept\");";
+        assert_eq!(strip_solutions(src).unwrap(), "fn f(x: u32) -> u32 {\n    todo!()\n}\nprintln!(\"kept\");");
+        assert!(strip_solutions("// BEGIN SOLUTION\nx").is_err());
+        assert!(strip_solutions("x\n// END SOLUTION\n").is_err());
+        assert!(strip_solutions("// BEGIN SOLUTION\n// BEGIN SOLUTION\n// END SOLUTION\n").is_err());
+    }
+
+    #[test]
+    fn exercises_lose_outputs_and_solutions() {
+        let mut sol = new_notebook(&["fn f() -> u32 {\n    // BEGIN SOLUTION\n    42\n    // END SOLUTION\n}"]);
+        sol["cells"][0]["outputs"] = json!([{"output_type": "stream", "name": "stdout", "text": ["42"]}]);
+        sol["cells"][0]["execution_count"] = json!(3);
+        let ex = exercise_from_solution(&sol).unwrap();
+        assert_eq!(source_of(&ex["cells"][0]), "fn f() -> u32 {\n    todo!()\n}");
+        assert_eq!(ex["cells"][0]["outputs"], json!([]));
+        assert!(ex["cells"][0]["execution_count"].is_null());
+    }
+
+    fn executed(outputs: Value) -> Value {
+        let mut nb = new_notebook(&["x"]);
+        nb["cells"][0]["outputs"] = outputs;
+        nb
+    }
+
+    fn stdout(text: &str) -> Value {
+        json!({"output_type": "stream", "name": "stdout", "text": [text]})
+    }
+
+    #[test]
+    fn judging_executed_notebooks() {
+        let passed = executed(json!([stdout("llm-lab check: temperatura = passed\n")]));
+        let todo = executed(json!([stdout("llm-lab check: temperatura = not done yet\n")]));
+        let failed = executed(json!([stdout("llm-lab check: temperatura = failed\n")]));
+        let panic = executed(json!([{"output_type": "stream", "name": "stderr", "text": ["thread panicked at src/lib.rs:1:1"]}]));
+        let error = executed(json!([{"output_type": "error", "ename": "Error", "evalue": "x", "traceback": []}]));
+        assert!(problems(Kind::Solution, &passed).is_empty());
+        assert!(!problems(Kind::Solution, &todo).is_empty());
+        assert!(!problems(Kind::Solution, &failed).is_empty());
+        assert!(!problems(Kind::Solution, &executed(json!([]))).is_empty(), "a solution must run its checks");
+        assert!(problems(Kind::Exercise, &todo).is_empty());
+        assert!(!problems(Kind::Exercise, &passed).is_empty(), "an untouched exercise cannot pass");
+        assert!(problems(Kind::Exercise, &executed(json!([stdout("llm-lab check: x = not done yet\n"), {"output_type": "stream", "name": "stderr", "text": ["panicked at"]}]))).is_empty());
+        assert!(!problems(Kind::Lesson, &panic).is_empty());
+        assert!(!problems(Kind::Lesson, &error).is_empty());
+        assert!(problems(Kind::Lesson, &executed(json!([stdout("ok")]))).is_empty());
+        assert_eq!(check_reports(&passed), vec![("temperatura".to_string(), "passed".to_string())]);
+    }
+}

@@ -54,8 +54,8 @@ fn bench_reports_all_engines_as_json() {
     assert!(ok, "{err}");
     assert!(out.contains("glass-box / quantized_llama"), "{out}");
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(v["engines"].as_array().unwrap().len(), 3);
-    for key in ["prompt", "generation", "traced_prompt", "traced_generation"] {
+    assert_eq!(v["engines"].as_array().unwrap().len(), 4);
+    for key in ["prompt", "generation", "traced_prompt", "traced_generation", "repacked_prompt", "repacked_generation"] {
         assert!(v["ratios"][key].as_f64().unwrap() > 0.0, "{key}");
     }
 }
