@@ -263,21 +263,6 @@ pub fn temperature(f: impl Fn(&[f32], f32) -> Vec<f32>) -> Report {
 /// adds up to at least p. `f(probabilities, p)` returns their ids, in any order.
 pub fn top_p(f: impl Fn(&[f32], f32) -> Vec<usize>) -> Report {
     let f = &f;
-    let reference = |probs: &[f32], p: f32| -> Vec<usize> {
-        let mut idx: Vec<usize> = (0..probs.len()).collect();
-        idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-        let mut sum = 0.0;
-        let mut out = vec![];
-        for i in idx {
-            out.push(i);
-            sum += probs[i];
-            if sum >= p - 1e-6 {
-                break;
-            }
-        }
-        out.sort();
-        out
-    };
     let cases: Vec<(Vec<f32>, f32)> = vec![
         (vec![0.1, 0.5, 0.05, 0.3, 0.05], 0.7),
         (vec![0.1, 0.5, 0.05, 0.3, 0.05], 0.5),
@@ -293,7 +278,7 @@ pub fn top_p(f: impl Fn(&[f32], f32) -> Vec<usize>) -> Report {
                 let mut got = f(&probs, p);
                 got.sort();
                 got.dedup();
-                let want = reference(&probs, p);
+                let want = crate::sampling::top_p_set(&probs, p);
                 if got == want {
                     return Outcome::Ok;
                 }

@@ -55,16 +55,23 @@ pub fn token_label(t: &str) -> String {
 /// # Ok::<(), llm_lab::Error>(())
 /// ```
 pub fn bars(title: &str, labels: &[String], values: &[f32]) -> Result<Figure> {
+    bars_scaled(title, labels, values, None)
+}
+
+/// Like [`bars`], with the vertical axis running up to `y_max` (when given), so that several charts
+/// share one scale. Values in [0, 1] are labelled as percentages.
+pub fn bars_scaled(title: &str, labels: &[String], values: &[f32], y_max: Option<f32>) -> Result<Figure> {
     if labels.len() != values.len() || values.is_empty() {
         return Err(Error::invalid(format!("bars needs one label per value ({} labels, {} values)", labels.len(), values.len())));
     }
     let mut svg = String::new();
     {
-        let width = (120 + 60 * values.len()).clamp(360, 900) as u32;
+        let width = (120 + 40 * values.len()).clamp(320, 900) as u32;
         let root = SVGBackend::with_string(&mut svg, (width, 320)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        let max = values.iter().copied().fold(0f32, f32::max).max(1e-6) * 1.1;
+        let max = y_max.unwrap_or_else(|| values.iter().copied().fold(0f32, f32::max).max(1e-6) * 1.1);
         let min = values.iter().copied().fold(0f32, f32::min);
+        let percent = min >= 0.0 && max <= 1.0;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 18))
             .margin(10)
@@ -81,7 +88,8 @@ pub fn bars(title: &str, labels: &[String], values: &[f32]) -> Result<Figure> {
                 SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
                 _ => String::new(),
             })
-            .y_label_formatter(&|y| format!("{y:.2}"))
+            .y_labels(6)
+            .y_label_formatter(&|y| if percent { format!("{:.0} %", y * 100.0) } else { format!("{y:.2}") })
             .draw()
             .map_err(err)?;
         chart

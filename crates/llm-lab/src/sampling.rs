@@ -182,8 +182,7 @@ impl Sampler {
         if let Some(m) = c.min_p {
             keep_min_p(&scaled, m, &mut kept);
         }
-        let masked: Vec<f32> = scaled.iter().zip(&kept).map(|(&x, &k)| if k { x } else { f32::NEG_INFINITY }).collect();
-        let probs = softmax(&masked);
+        let probs = masked_softmax(&scaled, &kept);
         let draw = self.rng.next_f64();
         let token = draw_from(&probs, draw);
         Ok(SamplingSteps { logits: logits.to_vec(), penalized, scaled, kept, probs, draw: Some(draw), token })
@@ -219,27 +218,43 @@ fn keep_top_k(scores: &[f32], k: usize, kept: &mut [bool]) {
     }
 }
 
-/// The smallest prefix of the ranking whose probability reaches `p` (the token that crosses the
-/// line is kept).
-fn keep_top_p(scores: &[f32], p: f32, kept: &mut [bool]) {
-    let masked: Vec<f32> = scores.iter().zip(kept.iter()).map(|(&x, &k)| if k { x } else { f32::NEG_INFINITY }).collect();
-    let probs = softmax(&masked);
+/// Top-p over probabilities: the smallest set of most likely token ids whose probability adds up
+/// to at least `p` (the token that crosses the line is kept), sorted by id.
+///
+/// ```
+/// assert_eq!(llm_lab::sampling::top_p_set(&[0.1, 0.5, 0.1, 0.3], 0.7), vec![1, 3]);
+/// ```
+pub fn top_p_set(probs: &[f32], p: f32) -> Vec<usize> {
+    let all = vec![true; probs.len()];
+    let mut kept = vec![];
     let mut cumulative = 0.0f64;
-    let mut reached = false;
-    for i in ranked(scores, kept) {
-        if reached {
-            kept[i] = false;
-        } else {
-            cumulative += probs[i] as f64;
-            // A hair of tolerance so that p = 1 keeps every token despite rounding.
-            reached = cumulative >= p as f64 - 1e-7;
+    for i in ranked(probs, &all) {
+        kept.push(i);
+        cumulative += probs[i] as f64;
+        // A hair of tolerance so that p = 1 keeps every token despite rounding.
+        if cumulative >= p as f64 - 1e-6 {
+            break;
         }
+    }
+    kept.sort_unstable();
+    kept
+}
+
+/// Probabilities of the still-kept tokens (0 for the others).
+fn masked_softmax(scores: &[f32], kept: &[bool]) -> Vec<f32> {
+    softmax(&scores.iter().zip(kept).map(|(&x, &k)| if k { x } else { f32::NEG_INFINITY }).collect::<Vec<_>>())
+}
+
+fn keep_top_p(scores: &[f32], p: f32, kept: &mut [bool]) {
+    let probs = masked_softmax(scores, kept);
+    let nucleus = top_p_set(&probs, p);
+    for (i, k) in kept.iter_mut().enumerate() {
+        *k = *k && nucleus.binary_search(&i).is_ok();
     }
 }
 
 fn keep_min_p(scores: &[f32], min_p: f32, kept: &mut [bool]) {
-    let masked: Vec<f32> = scores.iter().zip(kept.iter()).map(|(&x, &k)| if k { x } else { f32::NEG_INFINITY }).collect();
-    let probs = softmax(&masked);
+    let probs = masked_softmax(scores, kept);
     let top = probs.iter().copied().fold(0.0f32, f32::max);
     for (i, k) in kept.iter_mut().enumerate() {
         if probs[i] < min_p * top {

@@ -11,7 +11,8 @@ commands:
   lab [--port N] [--no-browser]      set up if needed, then open JupyterLab on the course
   setup                              install Jupyter (.venv), the evcxr kernel, the models; warm the cache
   check [NOTEBOOK…]                  run your exercise notebooks and list each exercise ✅/❌
-  notebooks                          re-execute lessons and solutions, writing their outputs back
+  notebooks [NAME…]                  re-execute lessons and solutions (all, or those matching NAME),
+                                     writing their outputs back
   exercises [--check]                generate exercises/ from solutions/ (--check: fail on drift)
   fetch [NAME…]                      fetch models into the cache (default: all known)
   inspect [--model NAME|PATH]        print the model's module tree and its numbers

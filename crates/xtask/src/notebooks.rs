@@ -190,9 +190,13 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Executes every notebook of `kind` in `dir`; returns the problems found. With `write_back`,
 /// the executed notebook replaces the committed one (lessons and solutions keep their outputs).
-pub fn run_all(lab: &Lab, dir: &Path, kind: Kind, write_back: bool) -> Result<Vec<String>> {
+pub fn run_all(lab: &Lab, dir: &Path, kind: Kind, write_back: bool, only: &[String]) -> Result<Vec<String>> {
     let mut all = vec![];
     for nb in list(dir)? {
+        let name = nb.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        if !only.is_empty() && !only.iter().any(|o| name.contains(o.as_str())) {
+            continue;
+        }
         let t = std::time::Instant::now();
         let out = tempfile_dir("nb")?.join("out.ipynb");
         let result = execute(lab, &nb, &out);
@@ -309,15 +313,16 @@ pub fn sync_exercises(lab: &Lab, write_files: bool) -> Result<Vec<String>> {
     Ok(drift)
 }
 
-/// `cargo xtask notebooks`: re-execute lessons and solutions and write their outputs back.
-pub fn notebooks(_args: &Args) -> Result<()> {
+/// `cargo xtask notebooks [NAME…]`: re-execute lessons and solutions (those whose file name
+/// contains one of the NAMEs, or all) and write their outputs back.
+pub fn notebooks(args: &Args) -> Result<()> {
     let lab = Lab::new();
     if !lab.is_ready() {
         crate::lab::setup(&Args::parse(&[], &[])?)?;
     }
     let mut problems = vec![];
     for (dir, kind) in [("notebooks", Kind::Lesson), ("solutions", Kind::Solution)] {
-        problems.extend(run_all(&lab, &lab.root.join(dir), kind, true)?);
+        problems.extend(run_all(&lab, &lab.root.join(dir), kind, true, &args.words)?);
     }
     sync_exercises(&lab, true)?;
     if !problems.is_empty() {

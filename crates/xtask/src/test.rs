@@ -45,7 +45,7 @@ pub fn test(args: &Args) -> Result<()> {
     for (dir, kind) in [("notebooks", Kind::Lesson), ("solutions", Kind::Solution), ("exercises", Kind::Exercise)] {
         let t = Instant::now();
         eprintln!("==> execute {dir}/ on the evcxr kernel");
-        let p = notebooks::run_all(&lab, &lab.root.join(dir), kind, false)?;
+        let p = notebooks::run_all(&lab, &lab.root.join(dir), kind, false, &[])?;
         eprintln!("<== {dir}/: {} problem(s) in {:.0} s", p.len(), t.elapsed().as_secs_f64());
         problems.extend(p);
     }
