@@ -77,7 +77,7 @@ pub fn bars_scaled(title: &str, labels: &[String], values: &[f32], y_max: Option
             .margin(10)
             .x_label_area_size(50)
             .y_label_area_size(50)
-            .build_cartesian_2d((0..values.len()).into_segmented(), min..max)
+            .build_cartesian_2d((0..values.len() - 1).into_segmented(), min..max)
             .map_err(err)?;
         let labels: Vec<String> = labels.iter().map(|l| token_label(l)).collect();
         chart
@@ -132,8 +132,8 @@ pub fn heatmap(title: &str, m: &[Vec<f32>], row_labels: &[String], col_labels: &
     }
     let max = m.iter().flatten().fold(0f32, |a, &b| a.max(b.abs())).max(1e-9);
     let cell = (560 / cols.max(rows)).clamp(4, 40) as u32;
-    let label_room = if row_labels.is_empty() { 40 } else { 80 };
-    let (w, h) = (cols as u32 * cell + label_room + 40, rows as u32 * cell + label_room + 50);
+    let label_room = if row_labels.is_empty() { 45 } else { 90 };
+    let (w, h) = (cols as u32 * cell + label_room + 40, rows as u32 * cell + label_room + 60);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (w.max(300), h.max(200))).into_drawing_area();
@@ -143,7 +143,8 @@ pub fn heatmap(title: &str, m: &[Vec<f32>], row_labels: &[String], col_labels: &
             .margin(8)
             .x_label_area_size(label_room)
             .y_label_area_size(label_room)
-            .build_cartesian_2d((0..cols).into_segmented(), (0..rows).into_segmented())
+            // A segmented range 0..n has a segment per value *and* one past the end: n - 1 keeps n cells.
+            .build_cartesian_2d((0..cols - 1).into_segmented(), (0..rows - 1).into_segmented())
             .map_err(err)?;
         let label = |labels: &[String], v: &SegmentValue<usize>, flip: bool| match v {
             SegmentValue::CenterOf(i) => {
@@ -167,6 +168,7 @@ pub fn heatmap(title: &str, m: &[Vec<f32>], row_labels: &[String], col_labels: &
             .y_label_formatter(&|y| label(row_labels, y, true))
             .x_label_style(("sans-serif", 11).into_font().transform(FontTransform::Rotate90))
             .y_label_style(("sans-serif", 11))
+            .axis_desc_style(("sans-serif", 12))
             .draw()
             .map_err(err)?;
         chart
