@@ -92,12 +92,14 @@ pub fn execute(lab: &Lab, nb: &Path, out: &Path) -> Result<Value> {
     read(out)
 }
 
-/// Every output of every cell as text (streams, plain text, HTML, errors).
+/// Every output of every cell as text (streams, plain text, HTML, errors), each output on lines of
+/// its own so that a report line never sticks to the HTML before it.
 pub fn all_output_text(nb: &Value) -> String {
     let mut s = String::new();
     for cell in nb["cells"].as_array().into_iter().flatten() {
         for o in cell["outputs"].as_array().into_iter().flatten() {
             s.push_str(&output_text(o));
+            s.push('\n');
         }
     }
     s
@@ -418,5 +420,10 @@ mod tests {
         assert!(!problems(Kind::Lesson, &error).is_empty());
         assert!(problems(Kind::Lesson, &executed(json!([stdout("ok")]))).is_empty());
         assert_eq!(check_reports(&passed), vec![("temperatura".to_string(), "passed".to_string())]);
+        // Reports after rich HTML outputs are still read, one per check.
+        let html = json!({"output_type": "display_data", "data": {"text/html": ["<div>✅</div>"]}, "metadata": {}});
+        let two = executed(json!([stdout("llm-lab check: a = passed"), html.clone(), stdout("llm-lab check: b = failed"), html]));
+        assert_eq!(check_reports(&two).len(), 2);
+        assert!(!problems(Kind::Solution, &two).is_empty());
     }
 }
