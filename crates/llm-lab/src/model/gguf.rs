@@ -208,18 +208,6 @@ impl Gguf {
             _ => None,
         }
     }
-
-    /// The names and shapes of all tensors, sorted by name.
-    pub fn tensor_list(&self) -> Vec<(String, Vec<usize>, String)> {
-        let mut v: Vec<_> = self
-            .content
-            .tensor_infos
-            .iter()
-            .map(|(n, i)| (n.clone(), i.shape.dims().to_vec(), format!("{:?}", i.ggml_dtype)))
-            .collect();
-        v.sort();
-        v
-    }
 }
 
 fn value_as_u64(v: &Value) -> Option<u64> {
