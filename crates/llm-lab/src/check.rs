@@ -66,9 +66,13 @@ impl Report {
         )
     }
 
-    /// evcxr's rich display hook: the HTML report, and the plain line on stdout.
+    /// evcxr's rich display hook: the HTML report, and the plain line (plus, on failure, a
+    /// `llm-lab hint:` line) on stdout.
     pub fn evcxr_display(&self) {
         println!("{}", self.plain_line());
+        if let Status::Failed { hint } = &self.status {
+            println!("llm-lab hint: {} = {hint}", self.exercise);
+        }
         rich_html(&self.to_html());
     }
 }

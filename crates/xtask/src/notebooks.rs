@@ -349,6 +349,13 @@ pub fn check(args: &Args) -> Result<()> {
         match execute(&lab, &f, &out) {
             Err(e) => println!("  ❌ o notebook não executou até o fim: {e:#}"),
             Ok(nb) => {
+                let text = all_output_text(&nb);
+                let hints: Vec<(&str, &str)> = text
+                    .lines()
+                    .filter_map(|l| l.trim().strip_prefix("llm-lab hint:"))
+                    .filter_map(|r| r.split_once(" = "))
+                    .map(|(n, h)| (n.trim(), h.trim()))
+                    .collect();
                 for (name, status) in check_reports(&nb) {
                     total += 1;
                     let mark = match status.as_str() {
@@ -360,6 +367,9 @@ pub fn check(args: &Args) -> Result<()> {
                         _ => "❌",
                     };
                     println!("  {mark} {name}: {status}");
+                    if let Some((_, hint)) = hints.iter().find(|(n, _)| *n == name) {
+                        println!("     dica: {hint}");
+                    }
                 }
             }
         }
