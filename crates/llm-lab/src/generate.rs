@@ -199,7 +199,8 @@ impl<M: LanguageModel> Generation<M> {
         let token = steps.token;
         let prob = steps.probs[token as usize];
         let model_prob = logits.softmax()[token as usize];
-        let alternatives = logits.top_k(self.options.top_alternatives);
+        // top_k sorts the whole vocabulary: only pay for it when alternatives were asked for.
+        let alternatives = if self.options.top_alternatives > 0 { logits.top_k(self.options.top_alternatives) } else { vec![] };
         if self.stops.contains(&token) {
             self.stop = Some(StopReason::EndOfText(token));
             return Ok(None);

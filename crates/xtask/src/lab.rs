@@ -89,7 +89,8 @@ fn evcxr_version(bin: &Path) -> Option<String> {
         .map(|v| v.trim_end_matches(':').to_string())
 }
 
-fn timed<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+/// Runs one step, announcing it and saying how long it took.
+pub fn timed<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let t = Instant::now();
     eprintln!("==> {what}");
     let r = f();

@@ -20,6 +20,8 @@ const END: &str = "// END SOLUTION";
 
 /// What the check module prints for tooling, one line per exercise (see llm_lab::check).
 pub const REPORT_PREFIX: &str = "llm-lab check:";
+/// The line it adds after a failed exercise, with the hint.
+pub const HINT_PREFIX: &str = "llm-lab hint:";
 
 pub fn new_notebook(cells: &[&str]) -> Value {
     json!({
@@ -123,9 +125,14 @@ fn output_text(o: &Value) -> String {
 
 /// The check report lines (`llm-lab check: name = status`) a notebook printed.
 pub fn check_reports(nb: &Value) -> Vec<(String, String)> {
+    tagged_lines(nb, REPORT_PREFIX)
+}
+
+/// Every `PREFIX name = value` line a notebook printed, as (name, value).
+fn tagged_lines(nb: &Value, prefix: &str) -> Vec<(String, String)> {
     all_output_text(nb)
         .lines()
-        .filter_map(|l| l.trim().strip_prefix(REPORT_PREFIX))
+        .filter_map(|l| l.trim().strip_prefix(prefix))
         .filter_map(|rest| rest.split_once(" = "))
         .map(|(n, s)| (n.trim().to_string(), s.trim().to_string()))
         .collect()
@@ -153,28 +160,19 @@ pub fn problems(kind: Kind, nb: &Value) -> Vec<String> {
             }
         }
     }
+    // Solutions must pass every check; untouched exercises must report each as not done yet.
+    let expected = match kind {
+        Kind::Lesson => return p,
+        Kind::Solution => "passed",
+        Kind::Exercise => "not done yet",
+    };
     let reports = check_reports(nb);
-    match kind {
-        Kind::Lesson => {}
-        Kind::Solution => {
-            if reports.is_empty() {
-                p.push("no check ran".into());
-            }
-            for (name, status) in &reports {
-                if status != "passed" {
-                    p.push(format!("check {name}: {status}"));
-                }
-            }
-        }
-        Kind::Exercise => {
-            if reports.is_empty() {
-                p.push("no check ran".into());
-            }
-            for (name, status) in &reports {
-                if status != "not done yet" {
-                    p.push(format!("untouched exercise {name} reports {status:?}, expected \"not done yet\""));
-                }
-            }
+    if reports.is_empty() {
+        p.push("no check ran".into());
+    }
+    for (name, status) in &reports {
+        if status != expected {
+            p.push(format!("check {name} reports {status:?}, expected {expected:?}"));
         }
     }
     p
@@ -349,13 +347,7 @@ pub fn check(args: &Args) -> Result<()> {
         match execute(&lab, &f, &out) {
             Err(e) => println!("  ❌ o notebook não executou até o fim: {e:#}"),
             Ok(nb) => {
-                let text = all_output_text(&nb);
-                let hints: Vec<(&str, &str)> = text
-                    .lines()
-                    .filter_map(|l| l.trim().strip_prefix("llm-lab hint:"))
-                    .filter_map(|r| r.split_once(" = "))
-                    .map(|(n, h)| (n.trim(), h.trim()))
-                    .collect();
+                let hints = tagged_lines(&nb, HINT_PREFIX);
                 for (name, status) in check_reports(&nb) {
                     total += 1;
                     let mark = match status.as_str() {

@@ -11,14 +11,13 @@ use crate::notebooks::{self, Kind};
 
 /// Runs a command, streaming its output, and fails if it fails.
 pub fn run_step(what: &str, cmd: &mut Command) -> Result<()> {
-    let t = Instant::now();
-    eprintln!("==> {what}");
-    let status = cmd.status().map_err(|e| anyhow::anyhow!("cannot start {what}: {e}"))?;
-    eprintln!("<== {what}: {status} in {:.1} s", t.elapsed().as_secs_f64());
-    if !status.success() {
-        bail!("{what} failed ({status})");
-    }
-    Ok(())
+    crate::lab::timed(what, || {
+        let status = cmd.status().map_err(|e| anyhow::anyhow!("cannot start {what}: {e}"))?;
+        if !status.success() {
+            bail!("{what} failed ({status})");
+        }
+        Ok(())
+    })
 }
 
 pub fn test(args: &Args) -> Result<()> {
