@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::generate::{GenerateOptions, Generated, Generation, CachedModel};
+use crate::generate::{CachedModel, GenerateOptions, Generated, Generation};
 use crate::model::Model;
 
 /// One message of a conversation.
@@ -19,15 +19,24 @@ pub struct Message {
 impl Message {
     /// A message from the user.
     pub fn user(content: impl Into<String>) -> Self {
-        Message { role: "user".into(), content: content.into() }
+        Message {
+            role: "user".into(),
+            content: content.into(),
+        }
     }
     /// A system prompt.
     pub fn system(content: impl Into<String>) -> Self {
-        Message { role: "system".into(), content: content.into() }
+        Message {
+            role: "system".into(),
+            content: content.into(),
+        }
     }
     /// A message from the assistant.
     pub fn assistant(content: impl Into<String>) -> Self {
-        Message { role: "assistant".into(), content: content.into() }
+        Message {
+            role: "assistant".into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -40,16 +49,31 @@ impl Message {
 /// assert_eq!(s, "<|im_start|>user\nOi!<|im_end|>\n<|im_start|>assistant\n");
 /// # Ok::<(), llm_lab::Error>(())
 /// ```
-pub fn render_template(template: &str, messages: &[Message], add_generation_prompt: bool, bos_token: &str, eos_token: &str) -> Result<String> {
+pub fn render_template(
+    template: &str,
+    messages: &[Message],
+    add_generation_prompt: bool,
+    bos_token: &str,
+    eos_token: &str,
+) -> Result<String> {
     let mut env = minijinja::Environment::new();
     minijinja_contrib::add_to_environment(&mut env);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-    });
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
     env.add_function("strftime_now", |_fmt: String| "26 Jul 2024".to_string());
-    env.add_template("chat", template).map_err(|e| Error::invalid(format!("the chat template does not parse: {e}")))?;
-    let tmpl = env.get_template("chat").map_err(|e| Error::invalid(e.to_string()))?;
+    env.add_template("chat", template)
+        .map_err(|e| Error::invalid(format!("the chat template does not parse: {e}")))?;
+    let tmpl = env
+        .get_template("chat")
+        .map_err(|e| Error::invalid(e.to_string()))?;
     tmpl.render(minijinja::context! {
         messages => messages,
         add_generation_prompt => add_generation_prompt,
@@ -65,8 +89,17 @@ impl Model {
         let template = self.config.chat_template.as_deref().ok_or_else(|| {
             Error::invalid("this model has no chat template: it is a base model; use generate() with a plain prompt")
         })?;
-        let name = |id: Option<u32>| id.and_then(|i| self.tokenizer.token_piece(i)).unwrap_or_default();
-        render_template(template, messages, true, &name(self.config.bos_token_id), &name(self.config.eos_token_ids.first().copied()))
+        let name = |id: Option<u32>| {
+            id.and_then(|i| self.tokenizer.token_piece(i))
+                .unwrap_or_default()
+        };
+        render_template(
+            template,
+            messages,
+            true,
+            &name(self.config.bos_token_id),
+            &name(self.config.eos_token_ids.first().copied()),
+        )
     }
 
     /// Answers a conversation with the model's chat template.

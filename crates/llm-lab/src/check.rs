@@ -55,11 +55,23 @@ impl Report {
     /// The report as HTML.
     pub fn to_html(&self) -> String {
         let (mark, colour, text) = match &self.status {
-            Status::Passed => ("✅", "#e8f5e9", format!("Correto! {} casos verificados.", self.cases)),
+            Status::Passed => (
+                "✅",
+                "#e8f5e9",
+                format!("Correto! {} casos verificados.", self.cases),
+            ),
             Status::Failed { hint } => ("❌", "#ffebee", format!("Ainda não. Dica: {hint}")),
-            Status::NotDone => ("⏳", "#fff8e1", "Ainda não feito: substitua o <code>todo!()</code> pela sua implementação.".into()),
+            Status::NotDone => (
+                "⏳",
+                "#fff8e1",
+                "Ainda não feito: substitua o <code>todo!()</code> pela sua implementação.".into(),
+            ),
         };
-        let text = if matches!(self.status, Status::NotDone) { text } else { html_escape(&text) };
+        let text = if matches!(self.status, Status::NotDone) {
+            text
+        } else {
+            html_escape(&text)
+        };
         format!(
             "<div style=\"background:{colour};padding:8px;border-radius:4px\"><b>{mark} {}</b> — {text}</div>",
             html_escape(&self.exercise)
@@ -128,9 +140,17 @@ fn report(exercise: &str, cases: Vec<Box<dyn FnOnce() -> Outcome + '_>>) -> Repo
             Outcome::Wrong(hint) => Status::Failed { hint },
             Outcome::Panicked(msg) => Status::Failed { hint: format!("sua função entrou em pânico ({msg}). Leia a mensagem: um índice fora do intervalo ou um unwrap() em erro?") },
         };
-        return Report { exercise: exercise.to_string(), status, cases: n };
+        return Report {
+            exercise: exercise.to_string(),
+            status,
+            cases: n,
+        };
     }
-    Report { exercise: exercise.to_string(), status: Status::Passed, cases: n }
+    Report {
+        exercise: exercise.to_string(),
+        status: Status::Passed,
+        cases: n,
+    }
 }
 
 fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
@@ -141,7 +161,16 @@ fn tensor_close(a: &Tensor, b: &Tensor, tol: f32) -> Option<bool> {
     if a.dims() != b.dims() {
         return Some(false);
     }
-    let d = (a - b).ok()?.abs().ok()?.flatten_all().ok()?.max(0).ok()?.to_scalar::<f32>().ok()?;
+    let d = (a - b)
+        .ok()?
+        .abs()
+        .ok()?
+        .flatten_all()
+        .ok()?
+        .max(0)
+        .ok()?
+        .to_scalar::<f32>()
+        .ok()?;
     Some(d <= tol)
 }
 
@@ -157,10 +186,21 @@ fn counting_configs(visible: &Config) -> Vec<Config> {
     made_up.n_kv_heads = 4;
     made_up.d_head = 48;
     made_up.d_model = 576;
-    vec![visible.clone(), Config::llama_3_2_1b(), Config::llama_3_2_3b(), made_up]
+    vec![
+        visible.clone(),
+        Config::llama_3_2_1b(),
+        Config::llama_3_2_3b(),
+        made_up,
+    ]
 }
 
-fn counting_check(exercise: &str, config: &Config, f: impl Fn(&Config) -> usize, truth: fn(&Config) -> usize, hint: fn(&Config, usize) -> String) -> Report {
+fn counting_check(
+    exercise: &str,
+    config: &Config,
+    f: impl Fn(&Config) -> usize,
+    truth: fn(&Config) -> usize,
+    hint: fn(&Config, usize) -> String,
+) -> Report {
     let f = &f;
     let cases = counting_configs(config)
         .into_iter()
@@ -170,7 +210,11 @@ fn counting_check(exercise: &str, config: &Config, f: impl Fn(&Config) -> usize,
                 if got == truth(&c) {
                     Outcome::Ok
                 } else {
-                    Outcome::Wrong(format!("para {} sua resposta foi {got}. {}", c.name, hint(&c, got)))
+                    Outcome::Wrong(format!(
+                        "para {} sua resposta foi {got}. {}",
+                        c.name,
+                        hint(&c, got)
+                    ))
                 }
             })
         })
@@ -197,26 +241,38 @@ pub fn count_heads(config: &Config, f: impl Fn(&Config) -> usize) -> Report {
 
 /// Exercise: how many key/value heads per layer.
 pub fn count_kv_heads(config: &Config, f: impl Fn(&Config) -> usize) -> Report {
-    counting_check("quantas cabeças KV", config, f, |c| c.n_kv_heads, |c, got| {
-        if got == c.n_heads {
-            "Esse é o número de cabeças de consulta. Em atenção agrupada (GQA) há menos cabeças de chave/valor.".into()
-        } else {
-            count_hint(c, got)
-        }
-    })
+    counting_check(
+        "quantas cabeças KV",
+        config,
+        f,
+        |c| c.n_kv_heads,
+        |c, got| {
+            if got == c.n_heads {
+                "Esse é o número de cabeças de consulta. Em atenção agrupada (GQA) há menos cabeças de chave/valor.".into()
+            } else {
+                count_hint(c, got)
+            }
+        },
+    )
 }
 
 /// Exercise: how many layers (transformer blocks).
 pub fn count_layers(config: &Config, f: impl Fn(&Config) -> usize) -> Report {
-    counting_check("quantas camadas", config, f, |c| c.n_layers, |c, got| {
-        if got == c.n_heads || got == c.n_kv_heads {
-            "Isso conta cabeças; as camadas são os blocos empilhados (atenção + MLP).".into()
-        } else if got + 1 == c.n_layers || got == c.n_layers + 1 {
-            "Quase: confira se não contou uma camada a mais ou a menos.".into()
-        } else {
-            "Não fixe o número no código: leia-o da configuração recebida.".into()
-        }
-    })
+    counting_check(
+        "quantas camadas",
+        config,
+        f,
+        |c| c.n_layers,
+        |c, got| {
+            if got == c.n_heads || got == c.n_kv_heads {
+                "Isso conta cabeças; as camadas são os blocos empilhados (atenção + MLP).".into()
+            } else if got + 1 == c.n_layers || got == c.n_layers + 1 {
+                "Quase: confira se não contou uma camada a mais ou a menos.".into()
+            } else {
+                "Não fixe o número no código: leia-o da configuração recebida.".into()
+            }
+        },
+    )
 }
 
 // ---- temperature ----------------------------------------------------------------------------
@@ -227,7 +283,10 @@ pub const SAMPLE_LOGITS: [f32; 5] = [2.0, 1.0, 0.5, -1.0, 0.1];
 /// Exercise: `softmax(z / T)` on a sample logit vector.
 pub fn temperature(f: impl Fn(&[f32], f32) -> Vec<f32>) -> Report {
     let f = &f;
-    let mut cases: Vec<(Vec<f32>, f32)> = [0.5f32, 1.0, 2.0].iter().map(|&t| (SAMPLE_LOGITS.to_vec(), t)).collect();
+    let mut cases: Vec<(Vec<f32>, f32)> = [0.5f32, 1.0, 2.0]
+        .iter()
+        .map(|&t| (SAMPLE_LOGITS.to_vec(), t))
+        .collect();
     cases.push((vec![3.0, 3.0, 3.0, 3.0], 0.7));
     cases.push((vec![1000.0, 999.0, 998.5, 990.0], 1.0));
     cases.push((vec![-2.0, 5.0, 0.0], 0.25));
@@ -313,7 +372,12 @@ pub fn top_p(f: impl Fn(&[f32], f32) -> Vec<usize>) -> Report {
 /// Exercise: scaled dot-product attention `softmax(Q Kᵀ / √d) V` (no mask).
 pub fn attention(f: impl Fn(&Tensor, &Tensor, &Tensor) -> crate::Result<Tensor>) -> Report {
     let f = &f;
-    let shapes = [(3usize, 4usize, 2usize, 1u64), (5, 8, 3, 2), (1, 16, 16, 3), (6, 2, 5, 4)];
+    let shapes = [
+        (3usize, 4usize, 2usize, 1u64),
+        (5, 8, 3, 2),
+        (1, 16, 16, 3),
+        (6, 2, 5, 4),
+    ];
     let cases = shapes
         .into_iter()
         .map(|(n, d, dv, seed)| -> Box<dyn FnOnce() -> Outcome + '_> {
@@ -353,7 +417,11 @@ pub fn attention(f: impl Fn(&Tensor, &Tensor, &Tensor) -> crate::Result<Tensor>)
 /// `f(x, heads, w_o)` with `x: [N, D]`, each head's `W_Q, W_K, W_V: [D, d]`, `w_o: [H·d, D]`.
 pub fn multi_head(f: impl Fn(&Tensor, &[HeadWeights], &Tensor) -> crate::Result<Tensor>) -> Report {
     let f = &f;
-    let shapes = [(4usize, 8usize, 2usize, 4usize, 1u64), (3, 6, 3, 2, 2), (5, 12, 4, 3, 3)];
+    let shapes = [
+        (4usize, 8usize, 2usize, 4usize, 1u64),
+        (3, 6, 3, 2, 2),
+        (5, 12, 4, 3, 3),
+    ];
     let cases = shapes
         .into_iter()
         .map(|(n, d_model, h, d, seed)| -> Box<dyn FnOnce() -> Outcome + '_> {
@@ -482,7 +550,9 @@ fn counting(n: usize, stop: Vec<u32>) -> ScriptedModel {
 }
 
 /// Exercise 1: the autoregressive loop, greedy, stopping at the token budget or at an end token.
-pub fn generation_loop(f: impl Fn(&mut dyn LanguageModel, &[u32], usize) -> crate::Result<Vec<u32>>) -> Report {
+pub fn generation_loop(
+    f: impl Fn(&mut dyn LanguageModel, &[u32], usize) -> crate::Result<Vec<u32>>,
+) -> Report {
     let f = &f;
     // (vocabulary, end tokens, prompt, budget)
     let cases: Vec<(usize, Vec<u32>, Vec<u32>, usize)> = vec![
@@ -530,7 +600,9 @@ pub fn generation_loop(f: impl Fn(&mut dyn LanguageModel, &[u32], usize) -> crat
 
 /// Exercise 2: the loop with temperature sampling. `f(model, prompt, max_new_tokens, temperature,
 /// seed)`. T = 0 must be greedy, frequencies must follow softmax(z / T), a seed must reproduce.
-pub fn temperature_loop(f: impl Fn(&mut dyn LanguageModel, &[u32], usize, f32, u64) -> crate::Result<Vec<u32>>) -> Report {
+pub fn temperature_loop(
+    f: impl Fn(&mut dyn LanguageModel, &[u32], usize, f32, u64) -> crate::Result<Vec<u32>>,
+) -> Report {
     let f = &f;
     let z = vec![2.0f32, 1.0, 0.0, -1.0];
     let zz = z.clone();
@@ -549,7 +621,10 @@ pub fn temperature_loop(f: impl Fn(&mut dyn LanguageModel, &[u32], usize, f32, u
     };
     let chi = |obs: &[f64], p: &[f32]| -> f64 {
         let n: f64 = obs.iter().sum();
-        obs.iter().zip(p).map(|(&o, &p)| (o - n * p as f64).powi(2) / (n * p as f64).max(1e-9)).sum()
+        obs.iter()
+            .zip(p)
+            .map(|(&o, &p)| (o - n * p as f64).powi(2) / (n * p as f64).max(1e-9))
+            .sum()
     };
     let cases: Vec<Box<dyn FnOnce() -> Outcome + '_>> = vec![
         Box::new(move || {
@@ -582,7 +657,13 @@ pub fn temperature_loop(f: impl Fn(&mut dyn LanguageModel, &[u32], usize, f32, u
                 if chi(&obs, &want) < 16.3 {
                     continue;
                 }
-                let shown = format!("com T = {t}, 1500 sementes deram as frequências {:?}; esperado ≈ {:?}.", obs, want.iter().map(|p| (p * 1500.0).round()).collect::<Vec<_>>());
+                let shown = format!(
+                    "com T = {t}, 1500 sementes deram as frequências {:?}; esperado ≈ {:?}.",
+                    obs,
+                    want.iter()
+                        .map(|p| (p * 1500.0).round())
+                        .collect::<Vec<_>>()
+                );
                 let hint = if obs.iter().filter(|&&c| c > 0.0).count() == 1 {
                     "sempre o mesmo token: você está usando o argmax; sorteie de softmax(z / T)."
                 } else if chi(&obs, &softmax(&z.iter().map(|x| x * t).collect::<Vec<_>>())) < 16.3 {

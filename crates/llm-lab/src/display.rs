@@ -12,7 +12,10 @@ pub fn rich_html(html: &str) {
 /// assert_eq!(llm_lab::display::html_escape("<a & b>"), "&lt;a &amp; b&gt;");
 /// ```
 pub fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// An interactive view of next-token probabilities: sliders for temperature and top-p recompute
@@ -27,10 +30,17 @@ impl Explorer {
     /// The `k` most likely tokens of `logits`, with their logits, as a live chart.
     pub fn new(logits: &crate::logits::Logits, k: usize) -> Self {
         let top = logits.top_k(k.max(2));
-        let data: Vec<serde_json::Value> = top.iter().map(|t| serde_json::json!({"t": crate::plot::token_label(&t.text), "z": t.logit})).collect();
+        let data: Vec<serde_json::Value> = top
+            .iter()
+            .map(|t| serde_json::json!({"t": crate::plot::token_label(&t.text), "z": t.logit}))
+            .collect();
         // Distinct ids: several explorers may live in one notebook.
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let id = format!("llmlab-explorer-{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let id = format!(
+            "llmlab-explorer-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let html = format!(
             r##"<div id="{id}" style="font-family:sans-serif;max-width:720px">
 <div>temperatura T = <b class="tv">1.00</b> <input class="t" type="range" min="0" max="3" step="0.05" value="1" style="width:260px"></div>

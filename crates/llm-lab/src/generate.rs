@@ -48,7 +48,11 @@ pub struct CachedModel<'a> {
 impl<'a> CachedModel<'a> {
     /// Wraps `model` with an empty cache.
     pub fn new(model: &'a Model) -> Self {
-        CachedModel { model, cache: KvCache::new(), seen: vec![] }
+        CachedModel {
+            model,
+            cache: KvCache::new(),
+            seen: vec![],
+        }
     }
 }
 
@@ -93,19 +97,33 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_new_tokens: 64, sampler: SamplerConfig::greedy(), stop_strings: vec![], context_window: None, top_alternatives: 0, stream: false }
+        GenerateOptions {
+            max_new_tokens: 64,
+            sampler: SamplerConfig::greedy(),
+            stop_strings: vec![],
+            context_window: None,
+            top_alternatives: 0,
+            stream: false,
+        }
     }
 }
 
 impl GenerateOptions {
     /// Greedy, at most `n` new tokens.
     pub fn greedy(n: usize) -> Self {
-        GenerateOptions { max_new_tokens: n, ..Default::default() }
+        GenerateOptions {
+            max_new_tokens: n,
+            ..Default::default()
+        }
     }
 
     /// Sampling at temperature `t` with `seed`, at most `n` new tokens.
     pub fn sampled(n: usize, t: f32, seed: u64) -> Self {
-        GenerateOptions { max_new_tokens: n, sampler: SamplerConfig::with_temperature(t, seed), ..Default::default() }
+        GenerateOptions {
+            max_new_tokens: n,
+            sampler: SamplerConfig::with_temperature(t, seed),
+            ..Default::default()
+        }
     }
 }
 
@@ -154,14 +172,32 @@ impl<M: LanguageModel> Generation<M> {
     pub fn new(model: M, prompt: &[u32], options: GenerateOptions) -> Result<Self> {
         let sampler = Sampler::new(options.sampler.clone())?;
         if prompt.is_empty() {
-            return Err(Error::invalid("the prompt is empty: give at least one token"));
+            return Err(Error::invalid(
+                "the prompt is empty: give at least one token",
+            ));
         }
-        let window = options.context_window.unwrap_or_else(|| model.context_length());
+        let window = options
+            .context_window
+            .unwrap_or_else(|| model.context_length());
         if window == 0 || window > model.context_length() {
-            return Err(Error::invalid(format!("context_window must be in 1..={}, got {window}", model.context_length())));
+            return Err(Error::invalid(format!(
+                "context_window must be in 1..={}, got {window}",
+                model.context_length()
+            )));
         }
         let stops = model.stop_tokens();
-        Ok(Generation { model, sampler, options, tokens: prompt.to_vec(), prompt_len: prompt.len(), emitted: 0, final_text: None, stop: None, stops, window })
+        Ok(Generation {
+            model,
+            sampler,
+            options,
+            tokens: prompt.to_vec(),
+            prompt_len: prompt.len(),
+            emitted: 0,
+            final_text: None,
+            stop: None,
+            stops,
+            window,
+        })
     }
 
     /// Why it stopped (None while it runs).
@@ -181,7 +217,9 @@ impl<M: LanguageModel> Generation<M> {
 
     /// The text generated so far (cut before a stop string once one is reached).
     pub fn text(&self) -> String {
-        self.final_text.clone().unwrap_or_else(|| self.model.decode(self.generated()))
+        self.final_text
+            .clone()
+            .unwrap_or_else(|| self.model.decode(self.generated()))
     }
 
     fn step(&mut self) -> Result<Option<Step>> {
@@ -200,7 +238,11 @@ impl<M: LanguageModel> Generation<M> {
         let prob = steps.probs[token as usize];
         let model_prob = logits.softmax()[token as usize];
         // top_k sorts the whole vocabulary: only pay for it when alternatives were asked for.
-        let alternatives = if self.options.top_alternatives > 0 { logits.top_k(self.options.top_alternatives) } else { vec![] };
+        let alternatives = if self.options.top_alternatives > 0 {
+            logits.top_k(self.options.top_alternatives)
+        } else {
+            vec![]
+        };
         if self.stops.contains(&token) {
             self.stop = Some(StopReason::EndOfText(token));
             return Ok(None);
@@ -222,7 +264,10 @@ impl<M: LanguageModel> Generation<M> {
             }
             None => self.safe_end(&text),
         };
-        let new = text.get(self.emitted..safe_end.max(self.emitted)).unwrap_or("").to_string();
+        let new = text
+            .get(self.emitted..safe_end.max(self.emitted))
+            .unwrap_or("")
+            .to_string();
         self.emitted = self.emitted.max(safe_end);
         if self.options.stream {
             print!("{new}");
@@ -231,7 +276,13 @@ impl<M: LanguageModel> Generation<M> {
         if self.stop.is_none() && self.generated().len() >= self.options.max_new_tokens {
             self.stop = Some(StopReason::MaxTokens);
         }
-        Ok(Some(Step { token, text: new, prob, model_prob, alternatives }))
+        Ok(Some(Step {
+            token,
+            text: new,
+            prob,
+            model_prob,
+            alternatives,
+        }))
     }
 
     /// How much of `text` can be shown for good: not a character cut in half between byte
@@ -263,7 +314,12 @@ impl<M: LanguageModel> Generation<M> {
             println!("{}", text.get(self.emitted..).unwrap_or(""));
         }
         let text = self.final_text.clone().unwrap_or_else(|| self.text());
-        Ok(Generated { prompt: self.model.decode(&self.tokens[..self.prompt_len]), text, steps, stop: self.stop.clone().unwrap_or(StopReason::MaxTokens) })
+        Ok(Generated {
+            prompt: self.model.decode(&self.tokens[..self.prompt_len]),
+            text,
+            steps,
+            stop: self.stop.clone().unwrap_or(StopReason::MaxTokens),
+        })
     }
 }
 
@@ -342,7 +398,9 @@ impl Model {
     pub fn logits_at_every_position(&self, tokens: &[u32]) -> Result<Vec<Logits>> {
         let all = self.forward_all(tokens)?;
         (0..tokens.len())
-            .map(|i| Ok(Logits::new(all.get(i)?.to_vec1::<f32>()?)?.with_tokenizer(&self.tokenizer)))
+            .map(
+                |i| Ok(Logits::new(all.get(i)?.to_vec1::<f32>()?)?.with_tokenizer(&self.tokenizer)),
+            )
             .collect()
     }
 
@@ -350,7 +408,11 @@ impl Model {
     /// any layer) went straight to the final norm and the output layer.
     pub fn unembed(&self, resid: &candle_core::Tensor) -> Result<Logits> {
         let x = resid.reshape((1, self.config.d_model))?;
-        let x = crate::model::forward::rms_norm(&x, &self.weights.final_norm, self.config.rms_norm_eps)?;
+        let x = crate::model::forward::rms_norm(
+            &x,
+            &self.weights.final_norm,
+            self.config.rms_norm_eps,
+        )?;
         let logits = self.weights.lm_head.forward(&x)?.squeeze(0)?;
         Ok(Logits::new(logits.to_vec1::<f32>()?)?.with_tokenizer(&self.tokenizer))
     }
@@ -358,10 +420,13 @@ impl Model {
     /// Token embeddings of `tokens`: `[seq, D]` (the first step of the forward pass).
     pub fn embed(&self, tokens: &[u32]) -> Result<candle_core::Tensor> {
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.d_vocab) {
-            return Err(Error::invalid(format!("token id {bad} is outside the vocabulary (0..{})", self.config.d_vocab)));
+            return Err(Error::invalid(format!(
+                "token id {bad} is outside the vocabulary (0..{})",
+                self.config.d_vocab
+            )));
         }
         let ids = candle_core::Tensor::new(tokens, self.weights.final_norm.device())?;
-        Ok(self.weights.embed.weight.embedding(&ids)?)
+        Ok(self.weights.embed.embedding(&ids)?)
     }
 
     /// Logits for the token after `text`.
@@ -370,7 +435,11 @@ impl Model {
     }
 
     /// An iterator over the tokens generated after `prompt`.
-    pub fn generate_iter(&self, prompt: &str, options: GenerateOptions) -> Result<Generation<CachedModel<'_>>> {
+    pub fn generate_iter(
+        &self,
+        prompt: &str,
+        options: GenerateOptions,
+    ) -> Result<Generation<CachedModel<'_>>> {
         let tokens = self.encode(prompt)?;
         self.check_prompt_fits(&tokens, &options)?;
         Generation::new(CachedModel::new(self), &tokens, options)

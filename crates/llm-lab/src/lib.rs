@@ -27,26 +27,26 @@ pub mod scratch;
 pub mod testing;
 pub mod tokenizer;
 
-pub use error::{Error, Result};
 /// The tensor library, for notebooks that need more than the prelude.
 pub use candle_core;
 pub use candle_nn;
+pub use error::{Error, Result};
 pub use model::{Config, KvCache, Model, Trace, TraceOptions};
 
 /// Everything a notebook needs, in one `use llm_lab::prelude::*;`.
 pub mod prelude {
-    pub use crate::error::{Error, Result};
-    pub use crate::model::{Config, KvCache, Model, Trace, TraceOptions};
     pub use crate::chat::Message;
     pub use crate::check;
     pub use crate::display::Explorer;
-    pub use crate::plot::{self, Figure};
-    pub use crate::scratch::{self, HeadWeights};
+    pub use crate::error::{Error, Result};
     pub use crate::generate::{GenerateOptions, Generated, Generation, LanguageModel, StopReason};
     pub use crate::logits::{softmax, softmax_with_temperature, Logits};
     pub use crate::model::WeightFormat;
+    pub use crate::model::{Config, KvCache, Model, Trace, TraceOptions};
     pub use crate::models;
+    pub use crate::plot::{self, Figure};
     pub use crate::sampling::{Sampler, SamplerConfig};
+    pub use crate::scratch::{self, HeadWeights};
     pub use crate::tokenizer::Tokenizer;
     pub use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
     pub use candle_nn::ops::softmax_last_dim;

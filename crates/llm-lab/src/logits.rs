@@ -44,7 +44,9 @@ pub fn softmax_with_temperature(z: &[f32], temperature: f32) -> Result<Vec<f32>>
     check_temperature(temperature)?;
     if temperature == 0.0 {
         let best = argmax(z);
-        return Ok((0..z.len()).map(|i| if Some(i) == best { 1.0 } else { 0.0 }).collect());
+        return Ok((0..z.len())
+            .map(|i| if Some(i) == best { 1.0 } else { 0.0 })
+            .collect());
     }
     let scaled: Vec<f32> = z.iter().map(|&x| x / temperature).collect();
     Ok(softmax(&scaled))
@@ -92,8 +94,17 @@ pub struct Logits {
 
 impl std::fmt::Debug for Logits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let top: Vec<String> = self.top_k(5).iter().map(|t| format!("{:?} {:.3}", t.text, t.prob)).collect();
-        write!(f, "Logits({} tokens; top: {})", self.values.len(), top.join(", "))
+        let top: Vec<String> = self
+            .top_k(5)
+            .iter()
+            .map(|t| format!("{:?} {:.3}", t.text, t.prob))
+            .collect();
+        write!(
+            f,
+            "Logits({} tokens; top: {})",
+            self.values.len(),
+            top.join(", ")
+        )
     }
 }
 
@@ -110,13 +121,19 @@ impl Logits {
         if values.is_empty() {
             return Err(Error::invalid("empty logits vector"));
         }
-        if let Some(i) = values.iter().position(|x| x.is_nan() || *x == f32::INFINITY) {
+        if let Some(i) = values
+            .iter()
+            .position(|x| x.is_nan() || *x == f32::INFINITY)
+        {
             return Err(Error::invalid(format!(
                 "logit {i} is {}: the model produced invalid numbers; reload the model file (it may be corrupt)",
                 values[i]
             )));
         }
-        Ok(Logits { values, tokenizer: None })
+        Ok(Logits {
+            values,
+            tokenizer: None,
+        })
     }
 
     /// Names tokens with `tokenizer` in tables and top-k lists.
@@ -157,7 +174,11 @@ impl Logits {
 
     /// Shannon entropy of the distribution at T = 1, in bits: 0 when certain, log2(V) when uniform.
     pub fn entropy(&self) -> f32 {
-        self.softmax().iter().filter(|&&p| p > 0.0).map(|&p| -p * p.log2()).sum()
+        self.softmax()
+            .iter()
+            .filter(|&&p| p > 0.0)
+            .map(|&p| -p * p.log2())
+            .sum()
     }
 
     /// The `k` most likely tokens, best first.
@@ -169,7 +190,11 @@ impl Logits {
         idx.into_iter()
             .map(|i| TokenProb {
                 id: i as u32,
-                text: self.tokenizer.as_ref().map(|t| t.token_text(i as u32)).unwrap_or_default(),
+                text: self
+                    .tokenizer
+                    .as_ref()
+                    .map(|t| t.token_text(i as u32))
+                    .unwrap_or_default(),
                 logit: self.values[i],
                 prob: probs[i],
             })
@@ -190,7 +215,10 @@ impl Logits {
                 t.prob * 100.0
             ));
         }
-        s.push_str(&format!("</tbody></table><p>entropia: {:.2} bits</p>", self.entropy()));
+        s.push_str(&format!(
+            "</tbody></table><p>entropia: {:.2} bits</p>",
+            self.entropy()
+        ));
         s
     }
 

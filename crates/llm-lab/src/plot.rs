@@ -22,13 +22,24 @@ impl Figure {
 
     /// Writes the SVG to a file.
     pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
-        std::fs::write(path.as_ref(), &self.svg).map_err(|e| Error::io("cannot write", path.as_ref(), e))
+        std::fs::write(path.as_ref(), &self.svg)
+            .map_err(|e| Error::io("cannot write", path.as_ref(), e))
     }
 
     /// Several figures side by side in one output (a notebook cell shows only its last rich output).
     pub fn row(figures: &[Figure]) -> Figure {
-        let inner: String = figures.iter().map(|f| format!("<div style=\"display:inline-block;vertical-align:top\">{}</div>", f.svg)).collect();
-        Figure { svg: format!("<div>{inner}</div>") }
+        let inner: String = figures
+            .iter()
+            .map(|f| {
+                format!(
+                    "<div style=\"display:inline-block;vertical-align:top\">{}</div>",
+                    f.svg
+                )
+            })
+            .collect();
+        Figure {
+            svg: format!("<div>{inner}</div>"),
+        }
     }
 }
 
@@ -60,16 +71,26 @@ pub fn bars(title: &str, labels: &[String], values: &[f32]) -> Result<Figure> {
 
 /// Like [`bars`], with the vertical axis running up to `y_max` (when given), so that several charts
 /// share one scale. Values in [0, 1] are labelled as percentages.
-pub fn bars_scaled(title: &str, labels: &[String], values: &[f32], y_max: Option<f32>) -> Result<Figure> {
+pub fn bars_scaled(
+    title: &str,
+    labels: &[String],
+    values: &[f32],
+    y_max: Option<f32>,
+) -> Result<Figure> {
     if labels.len() != values.len() || values.is_empty() {
-        return Err(Error::invalid(format!("bars needs one label per value ({} labels, {} values)", labels.len(), values.len())));
+        return Err(Error::invalid(format!(
+            "bars needs one label per value ({} labels, {} values)",
+            labels.len(),
+            values.len()
+        )));
     }
     let mut svg = String::new();
     {
         let width = (120 + 40 * values.len()).clamp(320, 900) as u32;
         let root = SVGBackend::with_string(&mut svg, (width, 320)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        let max = y_max.unwrap_or_else(|| values.iter().copied().fold(0f32, f32::max).max(1e-6) * 1.1);
+        let max =
+            y_max.unwrap_or_else(|| values.iter().copied().fold(0f32, f32::max).max(1e-6) * 1.1);
         let min = values.iter().copied().fold(0f32, f32::min);
         let percent = min >= 0.0 && max <= 1.0;
         let mut chart = ChartBuilder::on(&root)
@@ -89,12 +110,24 @@ pub fn bars_scaled(title: &str, labels: &[String], values: &[f32], y_max: Option
                 _ => String::new(),
             })
             .y_labels(6)
-            .y_label_formatter(&|y| if percent { format!("{:.0} %", y * 100.0) } else { format!("{y:.2}") })
+            .y_label_formatter(&|y| {
+                if percent {
+                    format!("{:.0} %", y * 100.0)
+                } else {
+                    format!("{y:.2}")
+                }
+            })
             .draw()
             .map_err(err)?;
         chart
             .draw_series(values.iter().enumerate().map(|(i, &v)| {
-                let mut bar = Rectangle::new([(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), v)], RGBColor(76, 114, 176).filled());
+                let mut bar = Rectangle::new(
+                    [
+                        (SegmentValue::Exact(i), 0.0),
+                        (SegmentValue::Exact(i + 1), v),
+                    ],
+                    RGBColor(76, 114, 176).filled(),
+                );
                 bar.set_margin(0, 0, 6, 6);
                 bar
             }))
@@ -124,16 +157,33 @@ fn diverging(v: f32) -> RGBColor {
 /// A heatmap of `m[row][col]` with labelled axes. `symmetric` colours negative values blue and
 /// positive red (positional encodings); otherwise 0 is white and the maximum dark blue
 /// (attention probabilities).
-pub fn heatmap(title: &str, m: &[Vec<f32>], row_labels: &[String], col_labels: &[String], x_desc: &str, y_desc: &str, symmetric: bool) -> Result<Figure> {
+pub fn heatmap(
+    title: &str,
+    m: &[Vec<f32>],
+    row_labels: &[String],
+    col_labels: &[String],
+    x_desc: &str,
+    y_desc: &str,
+    symmetric: bool,
+) -> Result<Figure> {
     let rows = m.len();
     let cols = m.first().map_or(0, Vec::len);
     if rows == 0 || cols == 0 || m.iter().any(|r| r.len() != cols) {
-        return Err(Error::invalid("heatmap needs a non-empty rectangular matrix"));
+        return Err(Error::invalid(
+            "heatmap needs a non-empty rectangular matrix",
+        ));
     }
-    let max = m.iter().flatten().fold(0f32, |a, &b| a.max(b.abs())).max(1e-9);
+    let max = m
+        .iter()
+        .flatten()
+        .fold(0f32, |a, &b| a.max(b.abs()))
+        .max(1e-9);
     let cell = (560 / cols.max(rows)).clamp(4, 40) as u32;
     let label_room = if row_labels.is_empty() { 45 } else { 90 };
-    let (w, h) = (cols as u32 * cell + label_room + 40, rows as u32 * cell + label_room + 60);
+    let (w, h) = (
+        cols as u32 * cell + label_room + 40,
+        rows as u32 * cell + label_room + 60,
+    );
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (w.max(300), h.max(200))).into_drawing_area();
@@ -144,13 +194,23 @@ pub fn heatmap(title: &str, m: &[Vec<f32>], row_labels: &[String], col_labels: &
             .x_label_area_size(label_room)
             .y_label_area_size(label_room)
             // A segmented range 0..n has a segment per value *and* one past the end: n - 1 keeps n cells.
-            .build_cartesian_2d((0..cols - 1).into_segmented(), (0..rows - 1).into_segmented())
+            .build_cartesian_2d(
+                (0..cols - 1).into_segmented(),
+                (0..rows - 1).into_segmented(),
+            )
             .map_err(err)?;
         let label = |labels: &[String], v: &SegmentValue<usize>, flip: bool| match v {
             SegmentValue::CenterOf(i) => {
-                let i = if flip { (rows - 1).checked_sub(*i) } else { Some(*i) };
+                let i = if flip {
+                    (rows - 1).checked_sub(*i)
+                } else {
+                    Some(*i)
+                };
                 match i {
-                    Some(i) if i < if flip { rows } else { cols } => labels.get(i).map(|s| token_label(s)).unwrap_or_else(|| i.to_string()),
+                    Some(i) if i < if flip { rows } else { cols } => labels
+                        .get(i)
+                        .map(|s| token_label(s))
+                        .unwrap_or_else(|| i.to_string()),
                     _ => String::new(),
                 }
             }
@@ -166,7 +226,11 @@ pub fn heatmap(title: &str, m: &[Vec<f32>], row_labels: &[String], col_labels: &
             .y_desc(y_desc)
             .x_label_formatter(&|x| label(col_labels, x, false))
             .y_label_formatter(&|y| label(row_labels, y, true))
-            .x_label_style(("sans-serif", 11).into_font().transform(FontTransform::Rotate90))
+            .x_label_style(
+                ("sans-serif", 11)
+                    .into_font()
+                    .transform(FontTransform::Rotate90),
+            )
             .y_label_style(("sans-serif", 11))
             .axis_desc_style(("sans-serif", 12))
             .draw()
@@ -174,9 +238,19 @@ pub fn heatmap(title: &str, m: &[Vec<f32>], row_labels: &[String], col_labels: &
         chart
             .draw_series(m.iter().enumerate().flat_map(|(r, row)| {
                 row.iter().enumerate().map(move |(c, &v)| {
-                    let colour = if symmetric { diverging(v / max) } else { shade(v / max) };
+                    let colour = if symmetric {
+                        diverging(v / max)
+                    } else {
+                        shade(v / max)
+                    };
                     let y = rows - 1 - r; // first row at the top
-                    Rectangle::new([(SegmentValue::Exact(c), SegmentValue::Exact(y)), (SegmentValue::Exact(c + 1), SegmentValue::Exact(y + 1))], colour.filled())
+                    Rectangle::new(
+                        [
+                            (SegmentValue::Exact(c), SegmentValue::Exact(y)),
+                            (SegmentValue::Exact(c + 1), SegmentValue::Exact(y + 1)),
+                        ],
+                        colour.filled(),
+                    )
                 })
             }))
             .map_err(err)?;
@@ -187,7 +261,15 @@ pub fn heatmap(title: &str, m: &[Vec<f32>], row_labels: &[String], col_labels: &
 
 /// One head's attention pattern `[query][key]`, tokens on both axes.
 pub fn attention(title: &str, pattern: &[Vec<f32>], tokens: &[String]) -> Result<Figure> {
-    heatmap(title, pattern, tokens, tokens, "chave (token observado)", "consulta (token que observa)", false)
+    heatmap(
+        title,
+        pattern,
+        tokens,
+        tokens,
+        "chave (token observado)",
+        "consulta (token que observa)",
+        false,
+    )
 }
 
 /// Positional encodings `[position][dimension]`.
@@ -196,13 +278,26 @@ pub fn positions(title: &str, pe: &[Vec<f32>]) -> Result<Figure> {
 }
 
 /// Lines `(name, ys)` over x = 0, 1, 2, …
-pub fn lines(title: &str, x_desc: &str, y_desc: &str, series: &[(String, Vec<f32>)]) -> Result<Figure> {
+pub fn lines(
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[(String, Vec<f32>)],
+) -> Result<Figure> {
     let n = series.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
     if n == 0 {
         return Err(Error::invalid("lines needs at least one point"));
     }
-    let lo = series.iter().flat_map(|(_, v)| v).copied().fold(f32::INFINITY, f32::min);
-    let hi = series.iter().flat_map(|(_, v)| v).copied().fold(f32::NEG_INFINITY, f32::max);
+    let lo = series
+        .iter()
+        .flat_map(|(_, v)| v)
+        .copied()
+        .fold(f32::INFINITY, f32::min);
+    let hi = series
+        .iter()
+        .flat_map(|(_, v)| v)
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
     let pad = ((hi - lo) * 0.05).max(1e-3);
     let mut svg = String::new();
     {
@@ -215,16 +310,31 @@ pub fn lines(title: &str, x_desc: &str, y_desc: &str, series: &[(String, Vec<f32
             .y_label_area_size(55)
             .build_cartesian_2d(0f32..(n.max(2) - 1) as f32, (lo - pad)..(hi + pad))
             .map_err(err)?;
-        chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw().map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .draw()
+            .map_err(err)?;
         for (k, (name, ys)) in series.iter().enumerate() {
             let colour = Palette99::pick(k).to_rgba();
             chart
-                .draw_series(LineSeries::new(ys.iter().enumerate().map(|(i, &y)| (i as f32, y)), colour.stroke_width(2)))
+                .draw_series(LineSeries::new(
+                    ys.iter().enumerate().map(|(i, &y)| (i as f32, y)),
+                    colour.stroke_width(2),
+                ))
                 .map_err(err)?
                 .label(name.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
+                });
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(err)?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err)?;
         root.present().map_err(err)?;
     }
     Ok(Figure { svg })
@@ -240,7 +350,10 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> Figure {
     for r in rows {
         s.push_str("<tr>");
         for c in r {
-            s.push_str(&format!("<td style=\"text-align:left;white-space:pre-wrap\">{}</td>", html_escape(c)));
+            s.push_str(&format!(
+                "<td style=\"text-align:left;white-space:pre-wrap\">{}</td>",
+                html_escape(c)
+            ));
         }
         s.push_str("</tr>");
     }

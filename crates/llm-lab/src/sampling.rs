@@ -59,7 +59,15 @@ pub struct SamplerConfig {
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        SamplerConfig { temperature: 0.0, top_k: None, top_p: None, min_p: None, repetition_penalty: 1.0, repetition_window: 64, seed: 42 }
+        SamplerConfig {
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            min_p: None,
+            repetition_penalty: 1.0,
+            repetition_window: 64,
+            seed: 42,
+        }
     }
 }
 
@@ -71,7 +79,11 @@ impl SamplerConfig {
 
     /// Sampling at temperature `t` with `seed`.
     pub fn with_temperature(t: f32, seed: u64) -> Self {
-        SamplerConfig { temperature: t, seed, ..Self::default() }
+        SamplerConfig {
+            temperature: t,
+            seed,
+            ..Self::default()
+        }
     }
 
     /// Checks every parameter, with a message that says the allowed range.
@@ -79,11 +91,15 @@ impl SamplerConfig {
         check_temperature(self.temperature)?;
         if let Some(p) = self.top_p {
             if !(p > 0.0 && p <= 1.0) {
-                return Err(Error::invalid(format!("top_p must be in (0, 1] (1 keeps every token), got {p}")));
+                return Err(Error::invalid(format!(
+                    "top_p must be in (0, 1] (1 keeps every token), got {p}"
+                )));
             }
         }
         if self.top_k == Some(0) {
-            return Err(Error::invalid("top_k must be at least 1 (use None to keep every token)"));
+            return Err(Error::invalid(
+                "top_k must be at least 1 (use None to keep every token)",
+            ));
         }
         if let Some(m) = self.min_p {
             if !(0.0..=1.0).contains(&m) {
@@ -160,16 +176,27 @@ impl Sampler {
             return Err(Error::invalid("cannot sample from an empty logits vector"));
         }
         if let Some(i) = logits.iter().position(|x| x.is_nan()) {
-            return Err(Error::invalid(format!("logit {i} is NaN: the model produced invalid numbers; reload the model file")));
+            return Err(Error::invalid(format!(
+                "logit {i} is NaN: the model produced invalid numbers; reload the model file"
+            )));
         }
         let c = &self.config;
-        let penalized = repetition_penalty(logits, history, c.repetition_penalty, c.repetition_window);
+        let penalized =
+            repetition_penalty(logits, history, c.repetition_penalty, c.repetition_window);
         if c.temperature == 0.0 {
             let token = argmax(&penalized).unwrap_or(0);
             let mut probs = vec![0.0; logits.len()];
             probs[token] = 1.0;
             let kept = probs.iter().map(|&p| p > 0.0).collect();
-            return Ok(SamplingSteps { logits: logits.to_vec(), scaled: penalized.clone(), penalized, kept, probs, draw: None, token: token as u32 });
+            return Ok(SamplingSteps {
+                logits: logits.to_vec(),
+                scaled: penalized.clone(),
+                penalized,
+                kept,
+                probs,
+                draw: None,
+                token: token as u32,
+            });
         }
         let scaled: Vec<f32> = penalized.iter().map(|&x| x / c.temperature).collect();
         let mut kept: Vec<bool> = scaled.iter().map(|x| *x > f32::NEG_INFINITY).collect();
@@ -185,7 +212,15 @@ impl Sampler {
         let probs = masked_softmax(&scaled, &kept);
         let draw = self.rng.next_f64();
         let token = draw_from(&probs, draw);
-        Ok(SamplingSteps { logits: logits.to_vec(), penalized, scaled, kept, probs, draw: Some(draw), token })
+        Ok(SamplingSteps {
+            logits: logits.to_vec(),
+            penalized,
+            scaled,
+            kept,
+            probs,
+            draw: Some(draw),
+            token,
+        })
     }
 }
 
@@ -199,7 +234,11 @@ fn repetition_penalty(logits: &[f32], history: &[u32], penalty: f32, window: usi
     for &t in history.iter().rev().take(window) {
         let i = t as usize;
         if i < out.len() && seen.insert(i) {
-            out[i] = if out[i] > 0.0 { out[i] / penalty } else { out[i] * penalty };
+            out[i] = if out[i] > 0.0 {
+                out[i] / penalty
+            } else {
+                out[i] * penalty
+            };
         }
     }
     out
@@ -242,7 +281,13 @@ pub fn top_p_set(probs: &[f32], p: f32) -> Vec<usize> {
 
 /// Probabilities of the still-kept tokens (0 for the others).
 fn masked_softmax(scores: &[f32], kept: &[bool]) -> Vec<f32> {
-    softmax(&scores.iter().zip(kept).map(|(&x, &k)| if k { x } else { f32::NEG_INFINITY }).collect::<Vec<_>>())
+    softmax(
+        &scores
+            .iter()
+            .zip(kept)
+            .map(|(&x, &k)| if k { x } else { f32::NEG_INFINITY })
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn keep_top_p(scores: &[f32], p: f32, kept: &mut [bool]) {

@@ -15,7 +15,17 @@ pub fn attention_weights(q: &Tensor, k: &Tensor, causal: bool) -> Result<Tensor>
     let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?; // [n, m]
     let scores = if causal {
         let (n, m) = scores.dims2()?;
-        let mask: Vec<f32> = (0..n).flat_map(|i| (0..m).map(move |j| if j + n <= i + m { 0.0 } else { f32::NEG_INFINITY })).collect();
+        let mask: Vec<f32> = (0..n)
+            .flat_map(|i| {
+                (0..m).map(move |j| {
+                    if j + n <= i + m {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
+            .collect();
         scores.broadcast_add(&Tensor::from_vec(mask, (n, m), q.device())?)?
     } else {
         scores
@@ -50,13 +60,27 @@ pub struct HeadWeights {
 /// Multi-head self-attention as the lecture writes it: each head `h` computes
 /// `attention(X W_Q⁽ʰ⁾, X W_K⁽ʰ⁾, X W_V⁽ʰ⁾)`, the heads are concatenated (`N × H·dv`) and multiplied
 /// by `W_O` (`H·dv × D`): `[N, D] → [N, D]`.
-pub fn multi_head_attention(x: &Tensor, heads: &[HeadWeights], w_o: &Tensor, causal: bool) -> Result<Tensor> {
+pub fn multi_head_attention(
+    x: &Tensor,
+    heads: &[HeadWeights],
+    w_o: &Tensor,
+    causal: bool,
+) -> Result<Tensor> {
     if heads.is_empty() {
-        return Err(Error::invalid("multi-head attention needs at least one head"));
+        return Err(Error::invalid(
+            "multi-head attention needs at least one head",
+        ));
     }
     let outs = heads
         .iter()
-        .map(|h| attention(&x.matmul(&h.w_q)?, &x.matmul(&h.w_k)?, &x.matmul(&h.w_v)?, causal))
+        .map(|h| {
+            attention(
+                &x.matmul(&h.w_q)?,
+                &x.matmul(&h.w_k)?,
+                &x.matmul(&h.w_v)?,
+                causal,
+            )
+        })
         .collect::<Result<Vec<_>>>()?; // H × [N, dv]
     let concat = Tensor::cat(&outs, 1)?; // [N, H·dv]
     Ok(concat.matmul(w_o)?) // [N, D]
@@ -79,12 +103,20 @@ pub fn rms_norm(x: &Tensor, gain: &Tensor, eps: f64) -> Result<Tensor> {
 
 /// The lecture's residual block: `Z = Norm(Y + X)` where `Y = sublayer(X)` (post-norm, as in the
 /// original transformer; Llama normalises *before* the sublayer instead).
-pub fn residual_post_norm(x: &Tensor, sublayer: impl Fn(&Tensor) -> Result<Tensor>, eps: f64) -> Result<Tensor> {
+pub fn residual_post_norm(
+    x: &Tensor,
+    sublayer: impl Fn(&Tensor) -> Result<Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
     layer_norm(&(sublayer(x)? + x)?, eps)
 }
 
 /// Llama's order: `X + sublayer(Norm(X))` (pre-norm).
-pub fn residual_pre_norm(x: &Tensor, sublayer: impl Fn(&Tensor) -> Result<Tensor>, norm: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+pub fn residual_pre_norm(
+    x: &Tensor,
+    sublayer: impl Fn(&Tensor) -> Result<Tensor>,
+    norm: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
     Ok((x + sublayer(&norm(x)?)?)?)
 }
 
@@ -112,6 +144,8 @@ pub fn sinusoidal_positions(n: usize, d: usize) -> Result<Tensor> {
 /// A random `[rows, cols]` matrix with a fixed seed, for examples and checks.
 pub fn random_matrix(rows: usize, cols: usize, seed: u64) -> Result<Tensor> {
     let mut rng = crate::sampling::Rng::new(seed);
-    let v: Vec<f32> = (0..rows * cols).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
+    let v: Vec<f32> = (0..rows * cols)
+        .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
+        .collect();
     Ok(Tensor::from_vec(v, (rows, cols), &Device::Cpu)?.to_dtype(DType::F32)?)
 }

@@ -65,7 +65,9 @@ pub fn tiny_weights(spec: &TinySpec) -> Result<Vec<(String, Tensor)>> {
     let mut rng = crate::sampling::Rng::new(spec.seed);
     let dev = Device::Cpu;
     let mut rand = |shape: (usize, usize), scale: f32| -> Result<Tensor> {
-        let v: Vec<f32> = (0..shape.0 * shape.1).map(|_| (rng.next_f64() as f32 * 2.0 - 1.0) * scale).collect();
+        let v: Vec<f32> = (0..shape.0 * shape.1)
+            .map(|_| (rng.next_f64() as f32 * 2.0 - 1.0) * scale)
+            .collect();
         Ok(Tensor::from_vec(v, shape, &dev)?)
     };
     let d = spec.d_model;
@@ -84,9 +86,15 @@ pub fn tiny_weights(spec: &TinySpec) -> Result<Vec<(String, Tensor)>> {
         t.push((n("ffn_norm"), (rand((1, d), 0.2)? + 1.0)?.flatten_all()?));
         t.push((n("ffn_gate"), rand((spec.d_mlp, d), s)?));
         t.push((n("ffn_up"), rand((spec.d_mlp, d), s)?));
-        t.push((n("ffn_down"), rand((d, spec.d_mlp), 1.0 / (spec.d_mlp as f32).sqrt())?));
+        t.push((
+            n("ffn_down"),
+            rand((d, spec.d_mlp), 1.0 / (spec.d_mlp as f32).sqrt())?,
+        ));
     }
-    t.push(("output_norm.weight".into(), (rand((1, d), 0.2)? + 1.0)?.flatten_all()?));
+    t.push((
+        "output_norm.weight".into(),
+        (rand((1, d), 0.2)? + 1.0)?.flatten_all()?,
+    ));
     if spec.untied_output {
         t.push(("output.weight".into(), rand((vocab, d), s)?));
     }
@@ -113,8 +121,18 @@ pub fn write_tiny_gguf(path: &Path, spec: &TinySpec) -> Result<()> {
         ("llama.context_length", u(64)),
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
         ("tokenizer.ggml.pre", Value::String("default".into())),
-        ("tokenizer.ggml.tokens", Value::Array(vocab.iter().map(|t| Value::String(t.clone())).collect())),
-        ("tokenizer.ggml.token_type", Value::Array((0..n).map(|i| Value::I32(if i >= n - 2 { 3 } else { 1 })).collect())),
+        (
+            "tokenizer.ggml.tokens",
+            Value::Array(vocab.iter().map(|t| Value::String(t.clone())).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type",
+            Value::Array(
+                (0..n)
+                    .map(|i| Value::I32(if i >= n - 2 { 3 } else { 1 }))
+                    .collect(),
+            ),
+        ),
         ("tokenizer.ggml.merges", Value::Array(vec![])),
         ("tokenizer.ggml.bos_token_id", u(n - 2)),
         ("tokenizer.ggml.eos_token_id", u(n - 1)),
@@ -132,7 +150,8 @@ pub fn write_tiny_gguf(path: &Path, spec: &TinySpec) -> Result<()> {
         };
         tensors.push((name, QTensor::quantize(&t, format)?));
     }
-    let mut f = std::fs::File::create(path).map_err(|e| crate::Error::io("cannot create", path, e))?;
+    let mut f =
+        std::fs::File::create(path).map_err(|e| crate::Error::io("cannot create", path, e))?;
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     gguf_file::write(&mut f, &meta_refs, &tensor_refs)?;
@@ -149,7 +168,9 @@ pub fn write_tiny_hf_folder(dir: &Path, spec: &TinySpec) -> Result<()> {
     // GGUF rows of a head are (pair i, member j); Hugging Face's are (member j, pair i).
     let unpermute = |t: &Tensor, heads: usize| -> Result<Tensor> {
         let (rows, cols) = t.dims2()?;
-        Ok(t.reshape((heads, d_head / 2, 2, cols))?.transpose(1, 2)?.reshape((rows, cols))?)
+        Ok(t.reshape((heads, d_head / 2, 2, cols))?
+            .transpose(1, 2)?
+            .reshape((rows, cols))?)
     };
     let mut st: HashMap<String, Tensor> = HashMap::new();
     for (name, t) in tiny_weights(spec)? {
@@ -200,11 +221,16 @@ pub fn write_tiny_hf_folder(dir: &Path, spec: &TinySpec) -> Result<()> {
         "eos_token_id": vocab.len() - 1,
         "tie_word_embeddings": !spec.untied_output,
     });
-    std::fs::write(dir.join("config.json"), config.to_string()).map_err(|e| crate::Error::io("cannot write", dir, e))?;
-    std::fs::write(dir.join("tokenizer_config.json"), serde_json::json!({"add_bos_token": false, "chat_template": CHATML}).to_string())
+    std::fs::write(dir.join("config.json"), config.to_string())
         .map_err(|e| crate::Error::io("cannot write", dir, e))?;
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::json!({"add_bos_token": false, "chat_template": CHATML}).to_string(),
+    )
+    .map_err(|e| crate::Error::io("cannot write", dir, e))?;
     // The tokenizer is the one rebuilt from the GGUF, saved as tokenizer.json.
-    let tmp = tempfile::tempdir().map_err(|e| crate::Error::io("cannot create a temporary folder", "/tmp", e))?;
+    let tmp = tempfile::tempdir()
+        .map_err(|e| crate::Error::io("cannot create a temporary folder", "/tmp", e))?;
     let gguf = tmp.path().join("t.gguf");
     write_tiny_gguf(&gguf, spec)?;
     let g = crate::model::gguf::Gguf::open(&gguf)?;
@@ -255,7 +281,11 @@ impl ScriptedModel {
 impl crate::generate::LanguageModel for &ScriptedModel {
     fn next_token_logits(&mut self, tokens: &[u32]) -> Result<crate::logits::Logits> {
         if tokens.len() > self.context_length {
-            return Err(crate::Error::invalid(format!("{} tokens exceed the context of {}", tokens.len(), self.context_length)));
+            return Err(crate::Error::invalid(format!(
+                "{} tokens exceed the context of {}",
+                tokens.len(),
+                self.context_length
+            )));
         }
         self.calls.borrow_mut().push(tokens.to_vec());
         crate::logits::Logits::new((self.script)(tokens))
@@ -267,6 +297,14 @@ impl crate::generate::LanguageModel for &ScriptedModel {
         self.context_length
     }
     fn decode(&self, tokens: &[u32]) -> String {
-        tokens.iter().map(|&t| self.vocab.get(t as usize).map(String::as_str).unwrap_or("?")).collect()
+        tokens
+            .iter()
+            .map(|&t| {
+                self.vocab
+                    .get(t as usize)
+                    .map(String::as_str)
+                    .unwrap_or("?")
+            })
+            .collect()
     }
 }

@@ -28,8 +28,12 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Reads a Hugging Face `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| Error::model_file(path, format!("is not a usable tokenizer.json ({e}); download it again")))?;
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+            Error::model_file(
+                path,
+                format!("is not a usable tokenizer.json ({e}); download it again"),
+            )
+        })?;
         Ok(Tokenizer { inner })
     }
 
@@ -46,25 +50,39 @@ impl Tokenizer {
         let tokens = gguf
             .meta_strings("tokenizer.ggml.tokens")
             .ok_or_else(|| Error::model_file(path, "lacks `tokenizer.ggml.tokens`"))?;
-        let merges = gguf.meta_strings("tokenizer.ggml.merges").unwrap_or_default();
-        let types = gguf.meta_ints("tokenizer.ggml.token_type").unwrap_or_default();
+        let merges = gguf
+            .meta_strings("tokenizer.ggml.merges")
+            .unwrap_or_default();
+        let types = gguf
+            .meta_ints("tokenizer.ggml.token_type")
+            .unwrap_or_default();
         let pre = gguf.meta_str("tokenizer.ggml.pre").unwrap_or("default");
 
-        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
+        let vocab: Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.to_string(), i as u32))
+            .collect();
         let merges = merges
             .iter()
             .map(|m| {
                 m.split_once(' ')
                     .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| Error::model_file(path, format!("has a malformed BPE merge `{m}`")))
+                    .ok_or_else(|| {
+                        Error::model_file(path, format!("has a malformed BPE merge `{m}`"))
+                    })
             })
             .collect::<Result<Vec<_>>>()?;
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .build()
-            .map_err(|e| Error::model_file(path, format!("has an inconsistent BPE vocabulary ({e})")))?;
+            .map_err(|e| {
+                Error::model_file(path, format!("has an inconsistent BPE vocabulary ({e})"))
+            })?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
-        inner.with_pre_tokenizer(Some(pre_tokenizer(pre).map_err(|p| Error::model_file(path, p))?));
+        inner.with_pre_tokenizer(Some(
+            pre_tokenizer(pre).map_err(|p| Error::model_file(path, p))?,
+        ));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
         // Control tokens (type 3) such as <|im_start|> must never be split into pieces.
         let specials: Vec<AddedToken> = types
@@ -125,7 +143,10 @@ impl Tokenizer {
             .enumerate()
             .map(|(i, s)| (s, i as u32))
             .collect();
-        let bpe = BPE::builder().vocab_and_merges(vocab, vec![]).build().expect("a byte vocabulary is valid");
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, vec![])
+            .build()
+            .expect("a byte vocabulary is valid");
         let mut inner = tokenizers::Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
@@ -135,7 +156,8 @@ impl Tokenizer {
 
 /// The pre-tokenizer llama.cpp uses for a given `tokenizer.ggml.pre`.
 fn pre_tokenizer(pre: &str) -> std::result::Result<PreTokenizerWrapper, String> {
-    let byte_level = |regex: bool| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, regex));
+    let byte_level =
+        |regex: bool| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, regex));
     Ok(match pre {
         // SmolLM: every digit is its own word, then GPT-2's byte-level split.
         "smollm" => PreTokenizerWrapper::Sequence(Sequence::new(vec![

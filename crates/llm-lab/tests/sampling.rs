@@ -18,7 +18,12 @@ fn frequencies(config: SamplerConfig, draws: usize) -> Vec<f64> {
 /// Pearson's chi-square statistic of observed counts against expected probabilities.
 fn chi_square(observed: &[f64], expected_p: &[f32]) -> f64 {
     let n: f64 = observed.iter().sum();
-    observed.iter().zip(expected_p).filter(|(_, &p)| p > 0.0).map(|(&o, &p)| (o - n * p as f64).powi(2) / (n * p as f64)).sum()
+    observed
+        .iter()
+        .zip(expected_p)
+        .filter(|(_, &p)| p > 0.0)
+        .map(|(&o, &p)| (o - n * p as f64).powi(2) / (n * p as f64))
+        .sum()
 }
 
 #[test]
@@ -31,37 +36,72 @@ fn frequencies_follow_softmax_over_temperature() {
         assert!(chi < 20.5, "T = {t}: chi-square {chi}");
         // …and the test has power: the distribution at another temperature is rejected.
         let wrong = softmax_with_temperature(&Z, t * 1.5).unwrap();
-        assert!(chi_square(&obs, &wrong) > 20.5, "T = {t}: cannot tell T from 1.5 T");
+        assert!(
+            chi_square(&obs, &wrong) > 20.5,
+            "T = {t}: cannot tell T from 1.5 T"
+        );
     }
 }
 
 #[test]
 fn top_k_and_top_p_never_draw_outside_their_set() {
-    let mut s = Sampler::new(SamplerConfig { temperature: 1.5, top_k: Some(2), seed: 3, ..Default::default() }).unwrap();
+    let mut s = Sampler::new(SamplerConfig {
+        temperature: 1.5,
+        top_k: Some(2),
+        seed: 3,
+        ..Default::default()
+    })
+    .unwrap();
     for _ in 0..2000 {
         assert!([0, 1].contains(&s.sample(&Z, &[]).unwrap()));
     }
     // softmax(Z) ≈ 0.443, 0.269, 0.081, 0.036, 0.163, 0.008: p = 0.5 needs {0, 1}, p = 0.75 needs {0, 1, 4}.
     let p = softmax(&Z);
     assert!(p[0] < 0.5 && p[0] + p[1] >= 0.5 && p[0] + p[1] < 0.75 && p[0] + p[1] + p[4] >= 0.75);
-    for (top_p, allowed) in [(0.5f32, vec![0u32, 1]), (0.75, vec![0, 1, 4]), (0.4, vec![0])] {
-        let mut s = Sampler::new(SamplerConfig { temperature: 1.0, top_p: Some(top_p), seed: 5, ..Default::default() }).unwrap();
+    for (top_p, allowed) in [
+        (0.5f32, vec![0u32, 1]),
+        (0.75, vec![0, 1, 4]),
+        (0.4, vec![0]),
+    ] {
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 1.0,
+            top_p: Some(top_p),
+            seed: 5,
+            ..Default::default()
+        })
+        .unwrap();
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..3000 {
             let t = s.sample(&Z, &[]).unwrap();
             assert!(allowed.contains(&t), "top_p {top_p} drew {t}");
             seen.insert(t);
         }
-        assert_eq!(seen.into_iter().collect::<Vec<_>>(), allowed, "top_p {top_p} should reach its whole set");
+        assert_eq!(
+            seen.into_iter().collect::<Vec<_>>(),
+            allowed,
+            "top_p {top_p} should reach its whole set"
+        );
     }
 }
 
 #[test]
 fn top_p_one_keeps_everything_and_min_p_cuts_the_tail() {
-    let mut s = Sampler::new(SamplerConfig { temperature: 1.0, top_p: Some(1.0), seed: 1, ..Default::default() }).unwrap();
+    let mut s = Sampler::new(SamplerConfig {
+        temperature: 1.0,
+        top_p: Some(1.0),
+        seed: 1,
+        ..Default::default()
+    })
+    .unwrap();
     let steps = s.explain(&Z, &[]).unwrap();
     assert!(steps.kept.iter().all(|&k| k));
-    let mut s = Sampler::new(SamplerConfig { temperature: 1.0, min_p: Some(0.3), seed: 1, ..Default::default() }).unwrap();
+    let mut s = Sampler::new(SamplerConfig {
+        temperature: 1.0,
+        min_p: Some(0.3),
+        seed: 1,
+        ..Default::default()
+    })
+    .unwrap();
     let steps = s.explain(&Z, &[]).unwrap();
     // p / p_max ≥ 0.3 holds for tokens 0 (1.0), 1 (0.61) and 4 (0.37) only.
     assert_eq!(steps.kept, [true, true, false, false, true, false]);
@@ -76,14 +116,19 @@ fn temperature_to_zero_is_argmax() {
     for _ in 0..200 {
         assert_eq!(cold.sample(&Z, &[]).unwrap(), 0);
     }
-    assert_eq!(softmax_with_temperature(&Z, 0.0).unwrap(), vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    assert_eq!(
+        softmax_with_temperature(&Z, 0.0).unwrap(),
+        vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    );
 }
 
 #[test]
 fn a_seed_reproduces_and_another_seed_differs() {
     let run = |seed| {
         let mut s = Sampler::new(SamplerConfig::with_temperature(1.0, seed)).unwrap();
-        (0..50).map(|_| s.sample(&Z, &[]).unwrap()).collect::<Vec<_>>()
+        (0..50)
+            .map(|_| s.sample(&Z, &[]).unwrap())
+            .collect::<Vec<_>>()
     };
     assert_eq!(run(11), run(11));
     assert_ne!(run(11), run(12));
@@ -94,7 +139,11 @@ fn a_seed_reproduces_and_another_seed_differs() {
 
 #[test]
 fn repetition_penalty_lowers_recent_tokens() {
-    let mut s = Sampler::new(SamplerConfig { repetition_penalty: 2.0, ..Default::default() }).unwrap();
+    let mut s = Sampler::new(SamplerConfig {
+        repetition_penalty: 2.0,
+        ..Default::default()
+    })
+    .unwrap();
     let steps = s.explain(&Z, &[0, 3]).unwrap();
     assert_eq!(steps.penalized[0], 1.0); // 2.0 / 2
     assert_eq!(steps.penalized[3], -1.0); // -0.5 × 2
@@ -114,21 +163,73 @@ fn softmax_is_stable_for_huge_logits() {
 #[test]
 fn invalid_parameters_are_clear_errors() {
     let bad = [
-        (SamplerConfig { temperature: -0.5, ..Default::default() }, "temperature"),
-        (SamplerConfig { temperature: f32::NAN, ..Default::default() }, "temperature"),
-        (SamplerConfig { top_p: Some(0.0), ..Default::default() }, "top_p"),
-        (SamplerConfig { top_p: Some(1.5), ..Default::default() }, "top_p"),
-        (SamplerConfig { top_p: Some(f32::NAN), ..Default::default() }, "top_p"),
-        (SamplerConfig { top_k: Some(0), ..Default::default() }, "top_k"),
-        (SamplerConfig { min_p: Some(-0.1), ..Default::default() }, "min_p"),
-        (SamplerConfig { repetition_penalty: 0.0, ..Default::default() }, "repetition_penalty"),
+        (
+            SamplerConfig {
+                temperature: -0.5,
+                ..Default::default()
+            },
+            "temperature",
+        ),
+        (
+            SamplerConfig {
+                temperature: f32::NAN,
+                ..Default::default()
+            },
+            "temperature",
+        ),
+        (
+            SamplerConfig {
+                top_p: Some(0.0),
+                ..Default::default()
+            },
+            "top_p",
+        ),
+        (
+            SamplerConfig {
+                top_p: Some(1.5),
+                ..Default::default()
+            },
+            "top_p",
+        ),
+        (
+            SamplerConfig {
+                top_p: Some(f32::NAN),
+                ..Default::default()
+            },
+            "top_p",
+        ),
+        (
+            SamplerConfig {
+                top_k: Some(0),
+                ..Default::default()
+            },
+            "top_k",
+        ),
+        (
+            SamplerConfig {
+                min_p: Some(-0.1),
+                ..Default::default()
+            },
+            "min_p",
+        ),
+        (
+            SamplerConfig {
+                repetition_penalty: 0.0,
+                ..Default::default()
+            },
+            "repetition_penalty",
+        ),
     ];
     for (config, word) in bad {
         let e = Sampler::new(config.clone()).unwrap_err().to_string();
         assert!(e.contains(word), "{config:?}: {e}");
     }
     let mut s = Sampler::new(SamplerConfig::greedy()).unwrap();
-    assert!(s.sample(&[1.0, f32::NAN], &[]).unwrap_err().to_string().contains("NaN"));
+    assert!(s
+        .sample(&[1.0, f32::NAN], &[])
+        .unwrap_err()
+        .to_string()
+        .contains("NaN"));
     assert!(s.sample(&[], &[]).is_err());
     assert!(Logits::new(vec![0.0, f32::NAN]).is_err());
     assert!(softmax_with_temperature(&Z, -1.0).is_err());

@@ -6,7 +6,16 @@ use llm_lab::testing::{write_tiny_gguf, TinySpec};
 use llm_lab::{scratch, Model, TraceOptions};
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn tiny() -> (tempfile::TempDir, Model) {
@@ -21,35 +30,61 @@ fn tiny() -> (tempfile::TempDir, Model) {
 fn scratch_attention_reproduces_every_traced_head() {
     let (_d, model) = tiny();
     let tokens = [3u32, 9, 27, 81, 243, 7];
-    let (_, trace) = model.run_with_trace(&tokens, TraceOptions { qkv: true }).unwrap();
+    let (_, trace) = model
+        .run_with_trace(&tokens, TraceOptions { qkv: true })
+        .unwrap();
     for layer in 0..model.config.n_layers {
-        let (q, k, v) = (trace.get(&format!("blocks.{layer}.attn.q")).unwrap(), trace.get(&format!("blocks.{layer}.attn.k")).unwrap(), trace.get(&format!("blocks.{layer}.attn.v")).unwrap());
+        let (q, k, v) = (
+            trace.get(&format!("blocks.{layer}.attn.q")).unwrap(),
+            trace.get(&format!("blocks.{layer}.attn.k")).unwrap(),
+            trace.get(&format!("blocks.{layer}.attn.v")).unwrap(),
+        );
         let pattern = trace.get(&format!("blocks.{layer}.attn.pattern")).unwrap();
         let mut heads = vec![];
         for h in 0..model.config.n_heads {
             let w = scratch::attention_weights(&q.i(h).unwrap(), &k.i(h).unwrap(), true).unwrap();
-            assert!(max_diff(&w, &pattern.i(h).unwrap()) < 1e-5, "layer {layer} head {h}");
-            heads.push(scratch::attention(&q.i(h).unwrap(), &k.i(h).unwrap(), &v.i(h).unwrap(), true).unwrap());
+            assert!(
+                max_diff(&w, &pattern.i(h).unwrap()) < 1e-5,
+                "layer {layer} head {h}"
+            );
+            heads.push(
+                scratch::attention(&q.i(h).unwrap(), &k.i(h).unwrap(), &v.i(h).unwrap(), true)
+                    .unwrap(),
+            );
         }
         // Concatenate the heads and apply W_O: the model's attention output.
         let concat = Tensor::cat(&heads, 1).unwrap();
         let w_o = model.weights.blocks[layer].w_o.weight().unwrap();
         let out = concat.matmul(&w_o.t().unwrap()).unwrap();
-        assert!(max_diff(&out, trace.get(&format!("blocks.{layer}.attn_out")).unwrap()) < 1e-4, "layer {layer}");
+        assert!(
+            max_diff(
+                &out,
+                trace.get(&format!("blocks.{layer}.attn_out")).unwrap()
+            ) < 1e-4,
+            "layer {layer}"
+        );
     }
 }
 
 #[test]
 fn scratch_rms_norm_matches_the_model_and_layer_norm_is_centered() {
     let (_d, model) = tiny();
-    let (_, trace) = model.run_with_trace(&[1, 2, 3], TraceOptions::default()).unwrap();
+    let (_, trace) = model
+        .run_with_trace(&[1, 2, 3], TraceOptions::default())
+        .unwrap();
     let x = trace.residual(1).unwrap();
     let g = &model.weights.blocks[1].attn_norm;
     let ours = scratch::rms_norm(x, g, model.config.rms_norm_eps).unwrap();
     let candle = candle_nn::ops::rms_norm(x, g, model.config.rms_norm_eps as f32).unwrap();
     assert!(max_diff(&ours, &candle) < 1e-5);
     let ln = scratch::layer_norm(x, 1e-5).unwrap();
-    let means = ln.mean_keepdim(1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let means = ln
+        .mean_keepdim(1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert!(means.iter().all(|m| m.abs() < 1e-5));
 }
 
@@ -57,16 +92,28 @@ fn scratch_rms_norm_matches_the_model_and_layer_norm_is_centered() {
 fn without_positions_attention_is_permutation_equivariant() {
     // Swapping two input rows swaps the same output rows: no notion of order.
     let x = scratch::random_matrix(5, 8, 1).unwrap();
-    let heads = vec![scratch::HeadWeights { w_q: scratch::random_matrix(8, 4, 2).unwrap(), w_k: scratch::random_matrix(8, 4, 3).unwrap(), w_v: scratch::random_matrix(8, 4, 4).unwrap() }];
+    let heads = vec![scratch::HeadWeights {
+        w_q: scratch::random_matrix(8, 4, 2).unwrap(),
+        w_k: scratch::random_matrix(8, 4, 3).unwrap(),
+        w_v: scratch::random_matrix(8, 4, 4).unwrap(),
+    }];
     let w_o = scratch::random_matrix(4, 8, 5).unwrap();
     let perm = Tensor::new(&[1u32, 0, 2, 4, 3], &candle_core::Device::Cpu).unwrap();
     let y = scratch::multi_head_attention(&x, &heads, &w_o, false).unwrap();
-    let y_perm = scratch::multi_head_attention(&x.index_select(&perm, 0).unwrap(), &heads, &w_o, false).unwrap();
+    let y_perm =
+        scratch::multi_head_attention(&x.index_select(&perm, 0).unwrap(), &heads, &w_o, false)
+            .unwrap();
     assert!(max_diff(&y.index_select(&perm, 0).unwrap(), &y_perm) < 1e-5);
     // With sinusoidal positions added, it is not.
     let pe = scratch::sinusoidal_positions(5, 8).unwrap();
     let a = scratch::multi_head_attention(&(&x + &pe).unwrap(), &heads, &w_o, false).unwrap();
-    let b = scratch::multi_head_attention(&(x.index_select(&perm, 0).unwrap() + &pe).unwrap(), &heads, &w_o, false).unwrap();
+    let b = scratch::multi_head_attention(
+        &(x.index_select(&perm, 0).unwrap() + &pe).unwrap(),
+        &heads,
+        &w_o,
+        false,
+    )
+    .unwrap();
     assert!(max_diff(&a.index_select(&perm, 0).unwrap(), &b) > 1e-3);
 }
 
@@ -77,27 +124,45 @@ fn rope_frequencies_follow_llama3_scaling() {
     assert_eq!(f.len(), 32);
     assert_eq!(f[0], 1.0, "highest frequency untouched");
     let unscaled = 1.0 / 500_000f32.powf(62.0 / 64.0);
-    assert!((f[31] - unscaled / 32.0).abs() < 1e-12, "lowest frequency divided by the factor");
+    assert!(
+        (f[31] - unscaled / 32.0).abs() < 1e-12,
+        "lowest frequency divided by the factor"
+    );
 }
 
 #[test]
 fn charts_carry_titles_and_token_labels() {
     let (_d, model) = tiny();
     let tokens = model.encode("abc d").unwrap();
-    let (_, trace) = model.run_with_trace(&tokens, TraceOptions::default()).unwrap();
+    let (_, trace) = model
+        .run_with_trace(&tokens, TraceOptions::default())
+        .unwrap();
     let labels = model.token_strings(&tokens);
     let fig = trace.attention_figure(0, 1, &labels).unwrap();
     assert!(fig.svg.contains("<svg") && fig.svg.contains("camada 0, cabeça 1"));
-    assert!(fig.svg.contains("\n␣\n") && fig.svg.contains("\nd\n"), "token labels, spaces made visible");
+    assert!(
+        fig.svg.contains("\n␣\n") && fig.svg.contains("\nd\n"),
+        "token labels, spaces made visible"
+    );
     assert!(fig.svg.contains("consulta") && fig.svg.contains("chave"));
     let grid = trace.attention_grid(1, &labels).unwrap();
     assert_eq!(grid.svg.matches("<svg").count(), model.config.n_heads);
-    let pe = scratch::sinusoidal_positions(16, 8).unwrap().to_vec2::<f32>().unwrap();
-    assert!(llm_lab::plot::positions("codificação posicional", &pe).unwrap().svg.contains("posição"));
+    let pe = scratch::sinusoidal_positions(16, 8)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    assert!(llm_lab::plot::positions("codificação posicional", &pe)
+        .unwrap()
+        .svg
+        .contains("posição"));
     let bars = llm_lab::plot::bars("p", &["x".into()], &[0.5]).unwrap();
     assert!(bars.svg.contains("<rect"));
     assert!(llm_lab::plot::bars("p", &["x".into()], &[]).is_err());
     let logits = model.next_token_logits(&tokens).unwrap();
     let ex = llm_lab::display::Explorer::new(&logits, 8);
-    assert!(ex.html.contains("<script>") && ex.html.contains("type=\"range\"") && !ex.html.contains("http"));
+    assert!(
+        ex.html.contains("<script>")
+            && ex.html.contains("type=\"range\"")
+            && !ex.html.contains("http")
+    );
 }

@@ -25,11 +25,20 @@ fn argmax(t: &Tensor) -> Result<u32> {
     Ok(t.flatten_all()?.argmax(0)?.to_scalar::<u32>()?)
 }
 
-fn glass_box(model: std::rc::Rc<Model>, traced: bool) -> Box<dyn FnMut(&[u32], usize) -> Result<(f64, f64)>> {
+fn glass_box(
+    model: std::rc::Rc<Model>,
+    traced: bool,
+) -> Box<dyn FnMut(&[u32], usize) -> Result<(f64, f64)>> {
     Box::new(move |prompt, gen| {
         let mut cache = KvCache::new();
         let step = |tokens: &[u32], cache: &mut KvCache| -> Result<Tensor> {
-            Ok(if traced { model.forward_traced(tokens, cache, TraceOptions::default())?.0 } else { model.forward(tokens, cache)? })
+            Ok(if traced {
+                model
+                    .forward_traced(tokens, cache, TraceOptions::default())?
+                    .0
+            } else {
+                model.forward(tokens, cache)?
+            })
         };
         let t = Instant::now();
         let mut logits = step(prompt, &mut cache)?;
@@ -43,7 +52,9 @@ fn glass_box(model: std::rc::Rc<Model>, traced: bool) -> Box<dyn FnMut(&[u32], u
     })
 }
 
-fn reference(path: std::path::PathBuf) -> Result<Box<dyn FnMut(&[u32], usize) -> Result<(f64, f64)>>> {
+fn reference(
+    path: std::path::PathBuf,
+) -> Result<Box<dyn FnMut(&[u32], usize) -> Result<(f64, f64)>>> {
     let mut f = std::fs::File::open(&path)?;
     let content = candle_core::quantized::gguf_file::Content::read(&mut f)?;
     let mut m = ModelWeights::from_gguf(content, &mut f, &Device::Cpu)?;
@@ -55,7 +66,10 @@ fn reference(path: std::path::PathBuf) -> Result<Box<dyn FnMut(&[u32], usize) ->
         let t = Instant::now();
         for i in 0..gen {
             let next = argmax(&logits)?;
-            logits = m.forward(&Tensor::new(&[next], &Device::Cpu)?.unsqueeze(0)?, prompt.len() + i)?;
+            logits = m.forward(
+                &Tensor::new(&[next], &Device::Cpu)?.unsqueeze(0)?,
+                prompt.len() + i,
+            )?;
         }
         Ok((pp, t.elapsed().as_secs_f64()))
     }))
@@ -78,13 +92,31 @@ pub fn bench(args: &Args) -> Result<()> {
     prompt.truncate(n_prompt);
 
     let mut engines = vec![
-        Engine { name: "quantized_llama (candle-transformers)", run: reference(path.clone())? },
-        Engine { name: "glass-box", run: glass_box(model.clone(), false) },
-        Engine { name: "glass-box, traced", run: glass_box(model.clone(), true) },
-        Engine { name: "glass-box, Q4_1 repacked to Q8_0", run: glass_box(std::rc::Rc::new(Model::load_with(&path, WeightFormat::Repacked)?), false) },
+        Engine {
+            name: "quantized_llama (candle-transformers)",
+            run: reference(path.clone())?,
+        },
+        Engine {
+            name: "glass-box",
+            run: glass_box(model.clone(), false),
+        },
+        Engine {
+            name: "glass-box, traced",
+            run: glass_box(model.clone(), true),
+        },
+        Engine {
+            name: "glass-box, Q4_1 repacked to Q8_0",
+            run: glass_box(
+                std::rc::Rc::new(Model::load_with(&path, WeightFormat::Repacked)?),
+                false,
+            ),
+        },
     ];
     println!("model: {} ({}), {threads} threads, {n_prompt}-token prompt, {n_gen} generated tokens, best of {repeats}", model.config.name, path.display());
-    println!("{:<40} {:>14} {:>14}", "engine", "prompt tok/s", "gen tok/s");
+    println!(
+        "{:<40} {:>14} {:>14}",
+        "engine", "prompt tok/s", "gen tok/s"
+    );
     let mut rows = vec![];
     for e in &mut engines {
         (e.run)(&prompt[..8], 2)?; // warm-up
@@ -101,11 +133,19 @@ pub fn bench(args: &Args) -> Result<()> {
     let (_, ref_pp, ref_tg) = rows[0];
     println!();
     for (name, pp, tg) in &rows[1..] {
-        println!("{name} / quantized_llama: prompt × {:.2}, generation × {:.2}", pp / ref_pp, tg / ref_tg);
+        println!(
+            "{name} / quantized_llama: prompt × {:.2}, generation × {:.2}",
+            pp / ref_pp,
+            tg / ref_tg
+        );
     }
     let (_, gb_pp, gb_tg) = rows[1];
     let (_, tr_pp, tr_tg) = rows[2];
-    println!("tracing cost: prompt {:+.1} %, generation {:+.1} %", (gb_pp / tr_pp - 1.0) * 100.0, (gb_tg / tr_tg - 1.0) * 100.0);
+    println!(
+        "tracing cost: prompt {:+.1} %, generation {:+.1} %",
+        (gb_pp / tr_pp - 1.0) * 100.0,
+        (gb_tg / tr_tg - 1.0) * 100.0
+    );
     if let Some(out) = args.get("json") {
         let json = serde_json::json!({
             "model": model.config.name, "threads": threads, "prompt_tokens": n_prompt, "gen_tokens": n_gen,

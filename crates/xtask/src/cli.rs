@@ -52,11 +52,19 @@ impl Args {
                 words.push(a.clone());
             }
         }
-        Ok(Args { words, pairs, flags })
+        Ok(Args {
+            words,
+            pairs,
+            flags,
+        })
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn parsed<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>>
@@ -126,12 +134,17 @@ fn inspect(args: &Args) -> Result<()> {
 fn tokenize(args: &Args) -> Result<()> {
     let text = match (args.get("text"), args.get("file")) {
         (Some(t), None) => t.to_string(),
-        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("cannot read {f}"))?,
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {f}"))?
+        }
         _ => bail!("give exactly one of --text T or --file F"),
     };
     let model = args.model()?;
     let ids = model.encode(&text)?;
-    let pieces: Vec<String> = ids.iter().map(|&i| format!("{:?}", model.tokenizer.token_text(i))).collect();
+    let pieces: Vec<String> = ids
+        .iter()
+        .map(|&i| format!("{:?}", model.tokenizer.token_text(i)))
+        .collect();
     println!("{} tokens: {}", ids.len(), pieces.join(" "));
     println!("{}", serde_json::to_string(&ids)?);
     Ok(())
@@ -139,21 +152,30 @@ fn tokenize(args: &Args) -> Result<()> {
 
 fn generate(args: &Args) -> Result<()> {
     use llm_lab::chat::Message;
-    use llm_lab::generate::{GenerateOptions, Generation, CachedModel};
+    use llm_lab::generate::{CachedModel, GenerateOptions, Generation};
     use llm_lab::sampling::SamplerConfig;
-    let prompt = args.get("prompt").ok_or_else(|| anyhow!("give --prompt P"))?;
+    let prompt = args
+        .get("prompt")
+        .ok_or_else(|| anyhow!("give --prompt P"))?;
     let d = SamplerConfig::default();
     let sampler = SamplerConfig {
         temperature: args.parsed("temperature")?.unwrap_or(d.temperature),
         top_k: args.parsed("top-k")?,
         top_p: args.parsed("top-p")?,
         min_p: args.parsed("min-p")?,
-        repetition_penalty: args.parsed("repetition-penalty")?.unwrap_or(d.repetition_penalty),
+        repetition_penalty: args
+            .parsed("repetition-penalty")?
+            .unwrap_or(d.repetition_penalty),
         seed: args.parsed("seed")?.unwrap_or(d.seed),
         ..d
     };
     sampler.validate()?;
-    let options = GenerateOptions { max_new_tokens: args.parsed("max-new-tokens")?.unwrap_or(64), sampler, stream: true, ..Default::default() };
+    let options = GenerateOptions {
+        max_new_tokens: args.parsed("max-new-tokens")?.unwrap_or(64),
+        sampler,
+        stream: true,
+        ..Default::default()
+    };
     let model = args.model()?;
     let out = if args.flag("chat") {
         let text = model.render_chat(&[Message::user(prompt)])?;

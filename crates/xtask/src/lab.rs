@@ -11,7 +11,12 @@ use crate::cli::Args;
 use crate::test::run_step;
 
 /// Pinned versions: the course must behave the same on every student's machine.
-pub const PYTHON_PACKAGES: &[&str] = &["jupyterlab==4.6.6", "nbclient==0.11.0", "nbconvert==7.17.2", "jupyter_client==8.10.0"];
+pub const PYTHON_PACKAGES: &[&str] = &[
+    "jupyterlab==4.6.6",
+    "nbclient==0.11.0",
+    "nbconvert==7.17.2",
+    "jupyter_client==8.10.0",
+];
 pub const EVCXR_VERSION: &str = "0.22.0";
 /// evcxr's compiled-crate cache, in MiB: candle and friends need about 1 GiB.
 const EVCXR_CACHE_MIB: u32 = 4096;
@@ -25,8 +30,16 @@ pub struct Lab {
 
 impl Lab {
     pub fn new() -> Self {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().and_then(Path::parent).expect("xtask lives in crates/xtask").to_path_buf();
-        Lab { venv: root.join(".venv"), evcxr_config: root.join(".lab").join("evcxr"), root }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .and_then(Path::parent)
+            .expect("xtask lives in crates/xtask")
+            .to_path_buf();
+        Lab {
+            venv: root.join(".venv"),
+            evcxr_config: root.join(".lab").join("evcxr"),
+            root,
+        }
     }
 
     pub fn jupyter(&self) -> PathBuf {
@@ -42,7 +55,11 @@ impl Lab {
     }
 
     fn kernel_dir(&self) -> PathBuf {
-        self.venv.join("share").join("jupyter").join("kernels").join("rust")
+        self.venv
+            .join("share")
+            .join("jupyter")
+            .join("kernels")
+            .join("rust")
     }
 
     /// Whether everything `setup` installs is in place.
@@ -54,7 +71,8 @@ impl Lab {
 
     /// Environment for a kernel that must not share evcxr's work folder with another one.
     pub fn kernel_env(&self, cmd: &mut Command, tmp: &Path) {
-        cmd.env("EVCXR_CONFIG_DIR", &self.evcxr_config).env("EVCXR_TMPDIR", tmp);
+        cmd.env("EVCXR_CONFIG_DIR", &self.evcxr_config)
+            .env("EVCXR_TMPDIR", tmp);
     }
 }
 
@@ -66,7 +84,9 @@ fn cargo_bin_dir() -> PathBuf {
 }
 
 fn dirs_home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"))
 }
 
 pub fn evcxr_binary() -> Option<PathBuf> {
@@ -74,7 +94,11 @@ pub fn evcxr_binary() -> Option<PathBuf> {
     if in_cargo.exists() {
         return Some(in_cargo);
     }
-    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join("evcxr_jupyter")).find(|p| p.exists()))
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("evcxr_jupyter"))
+            .find(|p| p.exists())
+    })
 }
 
 /// The version cargo installed (evcxr_jupyter has no `--version`); None for a binary cargo does not know.
@@ -82,7 +106,10 @@ fn evcxr_version(bin: &Path) -> Option<String> {
     if bin.parent() != Some(cargo_bin_dir().as_path()) {
         return None;
     }
-    let out = Command::new(env!("CARGO")).args(["install", "--list"]).output().ok()?;
+    let out = Command::new(env!("CARGO"))
+        .args(["install", "--list"])
+        .output()
+        .ok()?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("evcxr_jupyter v"))
@@ -94,7 +121,11 @@ pub fn timed<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let t = Instant::now();
     eprintln!("==> {what}");
     let r = f();
-    eprintln!("<== {what}: {} in {:.1} s", if r.is_ok() { "ok" } else { "FAILED" }, t.elapsed().as_secs_f64());
+    eprintln!(
+        "<== {what}: {} in {:.1} s",
+        if r.is_ok() { "ok" } else { "FAILED" },
+        t.elapsed().as_secs_f64()
+    );
     r
 }
 
@@ -107,7 +138,10 @@ pub fn setup(_args: &Args) -> Result<()> {
             eprintln!("    already there");
             return Ok(());
         }
-        run_step("python3 -m venv", Command::new("python3").args(["-m", "venv"]).arg(&lab.venv))
+        run_step(
+            "python3 -m venv",
+            Command::new("python3").args(["-m", "venv"]).arg(&lab.venv),
+        )
     })?;
     timed("JupyterLab, nbclient, nbconvert (pinned)", || {
         if std::fs::read_to_string(lab.stamp()).is_ok_and(|s| s == PYTHON_PACKAGES.join("\n")) {
@@ -116,45 +150,76 @@ pub fn setup(_args: &Args) -> Result<()> {
         }
         run_step(
             "pip install",
-            Command::new(lab.python()).args(["-m", "pip", "install", "--disable-pip-version-check", "--quiet"]).args(PYTHON_PACKAGES),
+            Command::new(lab.python())
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--disable-pip-version-check",
+                    "--quiet",
+                ])
+                .args(PYTHON_PACKAGES),
         )?;
         std::fs::write(lab.stamp(), PYTHON_PACKAGES.join("\n"))?;
         Ok(())
     })?;
     let evcxr = timed(&format!("evcxr_jupyter {EVCXR_VERSION}"), || {
-        if let Some(b) = evcxr_binary().filter(|b| evcxr_version(b).as_deref() == Some(EVCXR_VERSION)) {
+        if let Some(b) =
+            evcxr_binary().filter(|b| evcxr_version(b).as_deref() == Some(EVCXR_VERSION))
+        {
             eprintln!("    already installed: {}", b.display());
             return Ok(b);
         }
         eprintln!("    building it from crates.io (about 20 minutes on 2 cores, once)");
         run_step(
             "cargo install evcxr_jupyter",
-            Command::new(env!("CARGO")).args(["install", "evcxr_jupyter", "--locked", "--version", EVCXR_VERSION]),
+            Command::new(env!("CARGO")).args([
+                "install",
+                "evcxr_jupyter",
+                "--locked",
+                "--version",
+                EVCXR_VERSION,
+            ]),
         )?;
         evcxr_binary().context("evcxr_jupyter was installed but cannot be found in ~/.cargo/bin")
     })?;
-    timed("Rust kernel registered in .venv, evcxr cache configured", || {
-        std::fs::create_dir_all(lab.kernel_dir())?;
-        let spec = serde_json::json!({
-            "argv": [evcxr, "--control_file", "{connection_file}"],
-            "display_name": "Rust (llm-lab)",
-            "language": "rust",
-            "interrupt_mode": "message",
-            "env": { "EVCXR_CONFIG_DIR": lab.evcxr_config },
-        });
-        std::fs::write(lab.kernel_dir().join("kernel.json"), serde_json::to_string_pretty(&spec)?)?;
-        std::fs::create_dir_all(&lab.evcxr_config)?;
-        std::fs::write(lab.evcxr_config.join("init.evcxr"), format!(":cache {EVCXR_CACHE_MIB}\n"))?;
-        Ok(())
-    })?;
+    timed(
+        "Rust kernel registered in .venv, evcxr cache configured",
+        || {
+            std::fs::create_dir_all(lab.kernel_dir())?;
+            let spec = serde_json::json!({
+                "argv": [evcxr, "--control_file", "{connection_file}"],
+                "display_name": "Rust (llm-lab)",
+                "language": "rust",
+                "interrupt_mode": "message",
+                "env": { "EVCXR_CONFIG_DIR": lab.evcxr_config },
+            });
+            std::fs::write(
+                lab.kernel_dir().join("kernel.json"),
+                serde_json::to_string_pretty(&spec)?,
+            )?;
+            std::fs::create_dir_all(&lab.evcxr_config)?;
+            std::fs::write(
+                lab.evcxr_config.join("init.evcxr"),
+                format!(":cache {EVCXR_CACHE_MIB}\n"),
+            )?;
+            Ok(())
+        },
+    )?;
     timed("models", || {
         for m in llm_lab::models::registry() {
             llm_lab::models::fetch(m.name)?;
         }
         Ok(())
     })?;
-    let secs = timed("warm evcxr's cache (a fresh kernel reaches the first logits)", || warm(&lab))?;
-    eprintln!("setup done in {:.0} s; a fresh kernel printed its first logits after {secs:.1} s", total.elapsed().as_secs_f64());
+    let secs = timed(
+        "warm evcxr's cache (a fresh kernel reaches the first logits)",
+        || warm(&lab),
+    )?;
+    eprintln!(
+        "setup done in {:.0} s; a fresh kernel printed its first logits after {secs:.1} s",
+        total.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -186,7 +251,11 @@ pub fn warm(lab: &Lab) -> Result<f64> {
 }
 
 pub fn tempfile_dir(tag: &str) -> Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!("llm-lab-{tag}-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos()));
+    let d = std::env::temp_dir().join(format!(
+        "llm-lab-{tag}-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    ));
     std::fs::create_dir_all(&d)?;
     Ok(d)
 }
@@ -198,7 +267,10 @@ pub fn lab(args: &Args) -> Result<()> {
         setup(args)?;
     }
     let mut cmd = Command::new(lab.jupyter());
-    cmd.arg("lab").arg("--notebook-dir").arg(&lab.root).current_dir(&lab.root);
+    cmd.arg("lab")
+        .arg("--notebook-dir")
+        .arg(&lab.root)
+        .current_dir(&lab.root);
     cmd.env("EVCXR_CONFIG_DIR", &lab.evcxr_config);
     if let Some(port) = args.get("port") {
         cmd.arg(format!("--port={port}"));
@@ -206,7 +278,9 @@ pub fn lab(args: &Args) -> Result<()> {
     if args.flag("no-browser") {
         cmd.arg("--no-browser");
     }
-    let status = cmd.status().context("cannot start JupyterLab; run `cargo xtask setup`")?;
+    let status = cmd
+        .status()
+        .context("cannot start JupyterLab; run `cargo xtask setup`")?;
     if !status.success() {
         bail!("JupyterLab exited with {status}");
     }

@@ -12,7 +12,8 @@ use crate::lab::{tempfile_dir, Lab};
 
 /// The first cell of every notebook: the helper crate by a path that works from notebooks/,
 /// exercises/ and solutions/ alike, and everything a lesson needs in scope.
-pub const SETUP_CELL: &str = ":dep llm-lab = { path = \"../crates/llm-lab\" }\nuse llm_lab::prelude::*;";
+pub const SETUP_CELL: &str =
+    ":dep llm-lab = { path = \"../crates/llm-lab\" }\nuse llm_lab::prelude::*;";
 
 /// Marks the lines of a solution that become `todo!()` in the exercise.
 const BEGIN: &str = "// BEGIN SOLUTION";
@@ -56,8 +57,10 @@ pub fn source_of(cell: &Value) -> String {
 }
 
 pub fn read(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not a valid notebook", path.display()))
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a valid notebook", path.display()))
 }
 
 fn write(path: &Path, nb: &Value) -> Result<()> {
@@ -75,20 +78,36 @@ pub fn execute(lab: &Lab, nb: &Path, out: &Path) -> Result<Value> {
     let tmp = tempfile_dir("kernel")?;
     let dir = nb.parent().unwrap_or(Path::new("."));
     let mut cmd = Command::new(lab.jupyter());
-    cmd.args(["nbconvert", "--to", "notebook", "--execute", "--ExecutePreprocessor.kernel_name=rust", "--ExecutePreprocessor.timeout=1800"])
-        .arg(format!("--ExecutePreprocessor.startup_timeout=120"))
-        .arg("--output-dir")
-        .arg(out.parent().unwrap_or(Path::new(".")))
-        .arg("--output")
-        .arg(out.file_name().unwrap_or_default())
-        .arg(nb)
-        .current_dir(dir);
+    cmd.args([
+        "nbconvert",
+        "--to",
+        "notebook",
+        "--execute",
+        "--ExecutePreprocessor.kernel_name=rust",
+        "--ExecutePreprocessor.timeout=1800",
+    ])
+    .arg(format!("--ExecutePreprocessor.startup_timeout=120"))
+    .arg("--output-dir")
+    .arg(out.parent().unwrap_or(Path::new(".")))
+    .arg("--output")
+    .arg(out.file_name().unwrap_or_default())
+    .arg(nb)
+    .current_dir(dir);
     lab.kernel_env(&mut cmd, &tmp);
-    let output = cmd.output().with_context(|| "cannot run jupyter nbconvert; run `cargo xtask setup`")?;
+    let output = cmd
+        .output()
+        .with_context(|| "cannot run jupyter nbconvert; run `cargo xtask setup`")?;
     let _ = std::fs::remove_dir_all(&tmp);
     if !output.status.success() {
         let err = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = err.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: Vec<&str> = err
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         bail!("{} failed to execute:\n{}", nb.display(), tail.join("\n"));
     }
     read(out)
@@ -115,7 +134,12 @@ fn output_text(o: &Value) -> String {
     };
     match o["output_type"].as_str() {
         Some("stream") => join(&o["text"]),
-        Some("error") => format!("ERROR {}: {}\n{}", join(&o["ename"]), join(&o["evalue"]), join(&o["traceback"])),
+        Some("error") => format!(
+            "ERROR {}: {}\n{}",
+            join(&o["ename"]),
+            join(&o["evalue"]),
+            join(&o["traceback"])
+        ),
         _ => {
             let d = &o["data"];
             format!("{}{}", join(&d["text/plain"]), join(&d["text/html"]))
@@ -152,11 +176,20 @@ pub fn problems(kind: Kind, nb: &Value) -> Vec<String> {
         for o in cell["outputs"].as_array().into_iter().flatten() {
             let text = output_text(o);
             if o["output_type"] == "error" {
-                p.push(format!("cell {i}: error output: {}", text.lines().next().unwrap_or("")));
+                p.push(format!(
+                    "cell {i}: error output: {}",
+                    text.lines().next().unwrap_or("")
+                ));
             } else if kind != Kind::Exercise && text.contains("panicked at") {
-                p.push(format!("cell {i}: a panic: {}", text.lines().find(|l| l.contains("panicked")).unwrap_or("")));
+                p.push(format!(
+                    "cell {i}: a panic: {}",
+                    text.lines().find(|l| l.contains("panicked")).unwrap_or("")
+                ));
             } else if kind != Kind::Exercise && o["name"] == "stderr" && text.contains("Error") {
-                p.push(format!("cell {i}: an error on stderr: {}", text.lines().next().unwrap_or("")));
+                p.push(format!(
+                    "cell {i}: an error on stderr: {}",
+                    text.lines().next().unwrap_or("")
+                ));
             }
         }
     }
@@ -172,7 +205,9 @@ pub fn problems(kind: Kind, nb: &Value) -> Vec<String> {
     }
     for (name, status) in &reports {
         if status != expected {
-            p.push(format!("check {name} reports {status:?}, expected {expected:?}"));
+            p.push(format!(
+                "check {name} reports {status:?}, expected {expected:?}"
+            ));
         }
     }
     p
@@ -182,7 +217,10 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot list {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "ipynb") && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "ipynb")
+                && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+        })
         .collect();
     v.sort();
     Ok(v)
@@ -190,23 +228,44 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Executes every notebook of `kind` in `dir`; returns the problems found. With `write_back`,
 /// the executed notebook replaces the committed one (lessons and solutions keep their outputs).
-pub fn run_all(lab: &Lab, dir: &Path, kind: Kind, write_back: bool, only: &[String]) -> Result<Vec<String>> {
+pub fn run_all(
+    lab: &Lab,
+    dir: &Path,
+    kind: Kind,
+    write_back: bool,
+    only: &[String],
+) -> Result<Vec<String>> {
     let mut all = vec![];
     for nb in list(dir)? {
-        let name = nb.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = nb
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         if !only.is_empty() && !only.iter().any(|o| name.contains(o.as_str())) {
             continue;
         }
         let t = std::time::Instant::now();
         let out = tempfile_dir("nb")?.join("out.ipynb");
         let result = execute(lab, &nb, &out);
-        let rel = nb.strip_prefix(&lab.root).unwrap_or(&nb).display().to_string();
+        let rel = nb
+            .strip_prefix(&lab.root)
+            .unwrap_or(&nb)
+            .display()
+            .to_string();
         match result {
             Err(e) => all.push(format!("{rel}: {e:#}")),
             Ok(executed) => {
                 let p = problems(kind, &executed);
-                eprintln!("    {rel}: {} in {:.0} s{}", if p.is_empty() { "ok" } else { "FAILED" }, t.elapsed().as_secs_f64(),
-                    check_reports(&executed).iter().map(|(n, s)| format!("\n      {n}: {s}")).collect::<String>());
+                eprintln!(
+                    "    {rel}: {} in {:.0} s{}",
+                    if p.is_empty() { "ok" } else { "FAILED" },
+                    t.elapsed().as_secs_f64(),
+                    check_reports(&executed)
+                        .iter()
+                        .map(|(n, s)| format!("\n      {n}: {s}"))
+                        .collect::<String>()
+                );
                 all.extend(p.iter().map(|x| format!("{rel}: {x}")));
                 if write_back && p.is_empty() {
                     write(&nb, &tidy(executed))?;
@@ -281,7 +340,10 @@ pub fn exercises(args: &Args) -> Result<()> {
     let lab = Lab::new();
     let drift = sync_exercises(&lab, !args.flag("check"))?;
     if args.flag("check") && !drift.is_empty() {
-        bail!("exercises/ is out of date with solutions/ ({}); run `cargo xtask exercises`", drift.join(", "));
+        bail!(
+            "exercises/ is out of date with solutions/ ({}); run `cargo xtask exercises`",
+            drift.join(", ")
+        );
     }
     Ok(())
 }
@@ -299,7 +361,13 @@ pub fn sync_exercises(lab: &Lab, write_files: bool) -> Result<Vec<String>> {
         let generated = exercise_from_solution(&read(&sol)?)?;
         let current = read(&target).ok();
         if current.as_ref() != Some(&generated) {
-            drift.push(target.strip_prefix(&lab.root).unwrap_or(&target).display().to_string());
+            drift.push(
+                target
+                    .strip_prefix(&lab.root)
+                    .unwrap_or(&target)
+                    .display()
+                    .to_string(),
+            );
             if write_files {
                 write(&target, &generated)?;
             }
@@ -338,10 +406,15 @@ pub fn check(args: &Args) -> Result<()> {
     if !lab.is_ready() {
         crate::lab::setup(&Args::parse(&[], &[])?)?;
     }
-    let files: Vec<PathBuf> = if args.words.is_empty() { list(&lab.root.join("exercises"))? } else { args.words.iter().map(PathBuf::from).collect() };
+    let files: Vec<PathBuf> = if args.words.is_empty() {
+        list(&lab.root.join("exercises"))?
+    } else {
+        args.words.iter().map(PathBuf::from).collect()
+    };
     let (mut passed, mut total) = (0, 0);
     for f in files {
-        let f = std::fs::canonicalize(&f).with_context(|| format!("no such notebook: {}", f.display()))?;
+        let f = std::fs::canonicalize(&f)
+            .with_context(|| format!("no such notebook: {}", f.display()))?;
         let out = tempfile_dir("check")?.join("out.ipynb");
         println!("{}", f.file_name().unwrap().to_string_lossy());
         match execute(&lab, &f, &out) {
@@ -377,19 +450,30 @@ mod tests {
     #[test]
     fn solution_regions_become_todo_at_their_indentation() {
         let src = "fn f(x: u32) -> u32 {\n    // BEGIN SOLUTION\n    x + 1\n    // END SOLUTION\n}\nprintln!(\"kept\");";
-        assert_eq!(strip_solutions(src).unwrap(), "fn f(x: u32) -> u32 {\n    todo!()\n}\nprintln!(\"kept\");");
+        assert_eq!(
+            strip_solutions(src).unwrap(),
+            "fn f(x: u32) -> u32 {\n    todo!()\n}\nprintln!(\"kept\");"
+        );
         assert!(strip_solutions("// BEGIN SOLUTION\nx").is_err());
         assert!(strip_solutions("x\n// END SOLUTION\n").is_err());
-        assert!(strip_solutions("// BEGIN SOLUTION\n// BEGIN SOLUTION\n// END SOLUTION\n").is_err());
+        assert!(
+            strip_solutions("// BEGIN SOLUTION\n// BEGIN SOLUTION\n// END SOLUTION\n").is_err()
+        );
     }
 
     #[test]
     fn exercises_lose_outputs_and_solutions() {
-        let mut sol = new_notebook(&["fn f() -> u32 {\n    // BEGIN SOLUTION\n    42\n    // END SOLUTION\n}"]);
-        sol["cells"][0]["outputs"] = json!([{"output_type": "stream", "name": "stdout", "text": ["42"]}]);
+        let mut sol = new_notebook(&[
+            "fn f() -> u32 {\n    // BEGIN SOLUTION\n    42\n    // END SOLUTION\n}",
+        ]);
+        sol["cells"][0]["outputs"] =
+            json!([{"output_type": "stream", "name": "stdout", "text": ["42"]}]);
         sol["cells"][0]["execution_count"] = json!(3);
         let ex = exercise_from_solution(&sol).unwrap();
-        assert_eq!(source_of(&ex["cells"][0]), "fn f() -> u32 {\n    todo!()\n}");
+        assert_eq!(
+            source_of(&ex["cells"][0]),
+            "fn f() -> u32 {\n    todo!()\n}"
+        );
         assert_eq!(ex["cells"][0]["outputs"], json!([]));
         assert!(ex["cells"][0]["execution_count"].is_null());
     }
@@ -407,24 +491,44 @@ mod tests {
     #[test]
     fn judging_executed_notebooks() {
         let passed = executed(json!([stdout("llm-lab check: temperatura = passed\n")]));
-        let todo = executed(json!([stdout("llm-lab check: temperatura = not done yet\n")]));
+        let todo = executed(json!([stdout(
+            "llm-lab check: temperatura = not done yet\n"
+        )]));
         let failed = executed(json!([stdout("llm-lab check: temperatura = failed\n")]));
-        let panic = executed(json!([{"output_type": "stream", "name": "stderr", "text": ["thread panicked at src/lib.rs:1:1"]}]));
-        let error = executed(json!([{"output_type": "error", "ename": "Error", "evalue": "x", "traceback": []}]));
+        let panic = executed(
+            json!([{"output_type": "stream", "name": "stderr", "text": ["thread panicked at src/lib.rs:1:1"]}]),
+        );
+        let error = executed(
+            json!([{"output_type": "error", "ename": "Error", "evalue": "x", "traceback": []}]),
+        );
         assert!(problems(Kind::Solution, &passed).is_empty());
         assert!(!problems(Kind::Solution, &todo).is_empty());
         assert!(!problems(Kind::Solution, &failed).is_empty());
-        assert!(!problems(Kind::Solution, &executed(json!([]))).is_empty(), "a solution must run its checks");
+        assert!(
+            !problems(Kind::Solution, &executed(json!([]))).is_empty(),
+            "a solution must run its checks"
+        );
         assert!(problems(Kind::Exercise, &todo).is_empty());
-        assert!(!problems(Kind::Exercise, &passed).is_empty(), "an untouched exercise cannot pass");
+        assert!(
+            !problems(Kind::Exercise, &passed).is_empty(),
+            "an untouched exercise cannot pass"
+        );
         assert!(problems(Kind::Exercise, &executed(json!([stdout("llm-lab check: x = not done yet\n"), {"output_type": "stream", "name": "stderr", "text": ["panicked at"]}]))).is_empty());
         assert!(!problems(Kind::Lesson, &panic).is_empty());
         assert!(!problems(Kind::Lesson, &error).is_empty());
         assert!(problems(Kind::Lesson, &executed(json!([stdout("ok")]))).is_empty());
-        assert_eq!(check_reports(&passed), vec![("temperatura".to_string(), "passed".to_string())]);
+        assert_eq!(
+            check_reports(&passed),
+            vec![("temperatura".to_string(), "passed".to_string())]
+        );
         // Reports after rich HTML outputs are still read, one per check.
         let html = json!({"output_type": "display_data", "data": {"text/html": ["<div>✅</div>"]}, "metadata": {}});
-        let two = executed(json!([stdout("llm-lab check: a = passed"), html.clone(), stdout("llm-lab check: b = failed"), html]));
+        let two = executed(json!([
+            stdout("llm-lab check: a = passed"),
+            html.clone(),
+            stdout("llm-lab check: b = failed"),
+            html
+        ]));
         assert_eq!(check_reports(&two).len(), 2);
         assert!(!problems(Kind::Solution, &two).is_empty());
     }

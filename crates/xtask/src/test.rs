@@ -12,7 +12,9 @@ use crate::notebooks::{self, Kind};
 /// Runs a command, streaming its output, and fails if it fails.
 pub fn run_step(what: &str, cmd: &mut Command) -> Result<()> {
     crate::lab::timed(what, || {
-        let status = cmd.status().map_err(|e| anyhow::anyhow!("cannot start {what}: {e}"))?;
+        let status = cmd
+            .status()
+            .map_err(|e| anyhow::anyhow!("cannot start {what}: {e}"))?;
         if !status.success() {
             bail!("{what} failed ({status})");
         }
@@ -23,15 +25,23 @@ pub fn run_step(what: &str, cmd: &mut Command) -> Result<()> {
 pub fn test(args: &Args) -> Result<()> {
     let total = Instant::now();
     // Fetch first, so the tests' own parallel first uses do not race on the download.
-    run_step("fetch the models", Command::new(env!("CARGO")).args(["xtask", "fetch"]))?;
+    run_step(
+        "fetch the models",
+        Command::new(env!("CARGO")).args(["xtask", "fetch"]),
+    )?;
     run_step(
         "cargo test (library, doctests, xtask)",
-        Command::new(env!("CARGO")).args(["test", "--workspace", "--", "--test-threads", "2"]).env("CANDLE_NUM_THREADS", "1"),
+        Command::new(env!("CARGO"))
+            .args(["test", "--workspace", "--", "--test-threads", "2"])
+            .env("CANDLE_NUM_THREADS", "1"),
     )?;
     let lab = Lab::new();
     let drift = notebooks::sync_exercises(&lab, false)?;
     if !drift.is_empty() {
-        bail!("exercises/ is out of date with solutions/ ({}); run `cargo xtask exercises`", drift.join(", "));
+        bail!(
+            "exercises/ is out of date with solutions/ ({}); run `cargo xtask exercises`",
+            drift.join(", ")
+        );
     }
     eprintln!("exercises/ matches solutions/");
     if args.flag("no-notebooks") {
@@ -41,19 +51,42 @@ pub fn test(args: &Args) -> Result<()> {
     if !lab.is_ready() {
         crate::lab::setup(&Args::parse(&[], &[])?)?;
     }
-    for (dir, kind) in [("notebooks", Kind::Lesson), ("solutions", Kind::Solution), ("exercises", Kind::Exercise)] {
+    for (dir, kind) in [
+        ("notebooks", Kind::Lesson),
+        ("solutions", Kind::Solution),
+        ("exercises", Kind::Exercise),
+    ] {
         let t = Instant::now();
         eprintln!("==> execute {dir}/ on the evcxr kernel");
         let p = notebooks::run_all(&lab, &lab.root.join(dir), kind, false, &[])?;
-        eprintln!("<== {dir}/: {} problem(s) in {:.0} s", p.len(), t.elapsed().as_secs_f64());
+        eprintln!(
+            "<== {dir}/: {} problem(s) in {:.0} s",
+            p.len(),
+            t.elapsed().as_secs_f64()
+        );
         problems.extend(p);
     }
     problems.extend(rendered_plot_problems(&lab)?);
-    let n_notebooks = ["notebooks", "solutions", "exercises"].iter().map(|d| notebooks::list(&lab.root.join(d)).map(|v| v.len()).unwrap_or(0)).sum::<usize>();
-    println!("notebooks: {} passed, {} failed", n_notebooks.saturating_sub(problems.len().min(n_notebooks)), problems.len());
+    let n_notebooks = ["notebooks", "solutions", "exercises"]
+        .iter()
+        .map(|d| {
+            notebooks::list(&lab.root.join(d))
+                .map(|v| v.len())
+                .unwrap_or(0)
+        })
+        .sum::<usize>();
+    println!(
+        "notebooks: {} passed, {} failed",
+        n_notebooks.saturating_sub(problems.len().min(n_notebooks)),
+        problems.len()
+    );
     eprintln!("test done in {:.0} s", total.elapsed().as_secs_f64());
     if !problems.is_empty() {
-        bail!("{} notebook problem(s):\n{}", problems.len(), problems.join("\n"));
+        bail!(
+            "{} notebook problem(s):\n{}",
+            problems.len(),
+            problems.join("\n")
+        );
     }
     Ok(())
 }
@@ -70,10 +103,17 @@ fn committed_notebook_problems(lab: &Lab) -> Result<Vec<String>> {
                     continue;
                 }
                 if cell["execution_count"].is_null() {
-                    p.push(format!("{rel}: cell {i} has no committed output; run `cargo xtask notebooks`"));
+                    p.push(format!(
+                        "{rel}: cell {i} has no committed output; run `cargo xtask notebooks`"
+                    ));
                     break;
                 }
-                if cell["outputs"].as_array().into_iter().flatten().any(|o| o["output_type"] == "error") {
+                if cell["outputs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|o| o["output_type"] == "error")
+                {
                     p.push(format!("{rel}: cell {i} has a committed error output; fix it and run `cargo xtask notebooks`"));
                 }
             }
@@ -81,8 +121,16 @@ fn committed_notebook_problems(lab: &Lab) -> Result<Vec<String>> {
     }
     for nb in notebooks::list(&lab.root.join("exercises"))? {
         let v = notebooks::read(&nb)?;
-        if v["cells"].as_array().into_iter().flatten().any(|c| c["outputs"].as_array().is_some_and(|o| !o.is_empty())) {
-            p.push(format!("{}: exercises are committed without outputs; run `cargo xtask exercises`", nb.display()));
+        if v["cells"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["outputs"].as_array().is_some_and(|o| !o.is_empty()))
+        {
+            p.push(format!(
+                "{}: exercises are committed without outputs; run `cargo xtask exercises`",
+                nb.display()
+            ));
         }
     }
     Ok(p)
@@ -96,7 +144,14 @@ fn rendered_plot_problems(lab: &Lab) -> Result<Vec<String>> {
         let v = notebooks::read(&nb)?;
         let plots = notebooks::all_output_text(&v).matches("<svg").count();
         let status = Command::new(lab.jupyter())
-            .args(["nbconvert", "--to", "html", "--log-level", "WARN", "--output-dir"])
+            .args([
+                "nbconvert",
+                "--to",
+                "html",
+                "--log-level",
+                "WARN",
+                "--output-dir",
+            ])
             .arg(&out)
             .arg(&nb)
             .status()?;
@@ -106,7 +161,10 @@ fn rendered_plot_problems(lab: &Lab) -> Result<Vec<String>> {
         if !status.success() || rendered.is_empty() {
             p.push(format!("{name}: could not be rendered to HTML"));
         } else if rendered.matches("<svg").count() < plots {
-            p.push(format!("{name}: {plots} plots in the outputs but only {} in the rendered page", rendered.matches("<svg").count()));
+            p.push(format!(
+                "{name}: {plots} plots in the outputs but only {} in the rendered page",
+                rendered.matches("<svg").count()
+            ));
         } else {
             eprintln!("    {name}: {plots} plot(s) rendered");
         }

@@ -3,8 +3,16 @@
 use std::process::Command;
 
 fn xtask(args: &[&str]) -> (String, String, bool) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).env("CANDLE_NUM_THREADS", "1").output().unwrap();
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned(), out.status.success())
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .env("CANDLE_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+    )
 }
 
 #[test]
@@ -19,11 +27,18 @@ fn inspect_reads_layers_and_heads() {
 
 #[test]
 fn tokenize_prints_json_ids_last() {
-    let (out, err, ok) = xtask(&["tokenize", "--text", "Certa vez, ele resolveu que não seria"]);
+    let (out, err, ok) = xtask(&[
+        "tokenize",
+        "--text",
+        "Certa vez, ele resolveu que não seria",
+    ]);
     assert!(ok, "{err}");
     let last = out.lines().last().unwrap();
     let ids: Vec<u32> = serde_json::from_str(last).unwrap();
-    assert_eq!(ids, [36134, 81, 1590, 106, 28, 1427, 10575, 101, 10168, 304, 17031, 1236, 542]);
+    assert_eq!(
+        ids,
+        [36134, 81, 1590, 106, 28, 1427, 10575, 101, 10168, 304, 17031, 1236, 542]
+    );
     let dir = std::env::temp_dir().join(format!("xtask-tok-{}", std::process::id()));
     std::fs::write(&dir, "Certa vez").unwrap();
     let (out, _, ok) = xtask(&["tokenize", "--file", dir.to_str().unwrap()]);
@@ -35,12 +50,27 @@ fn tokenize_prints_json_ids_last() {
 
 #[test]
 fn generate_with_a_seed_repeats_and_bad_values_are_refused() {
-    let args = ["generate", "--prompt", "Once upon a time", "--max-new-tokens", "12", "--temperature", "0.9", "--top-p", "0.9", "--seed", "7"];
+    let args = [
+        "generate",
+        "--prompt",
+        "Once upon a time",
+        "--max-new-tokens",
+        "12",
+        "--temperature",
+        "0.9",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "7",
+    ];
     let (a, err, ok) = xtask(&args);
     assert!(ok, "{err}");
     let (b, _, _) = xtask(&args);
     assert_eq!(a, b);
-    assert!(a.starts_with("Once upon a time") && a.len() > "Once upon a time".len() + 5, "{a}");
+    assert!(
+        a.starts_with("Once upon a time") && a.len() > "Once upon a time".len() + 5,
+        "{a}"
+    );
     let (_, err, ok) = xtask(&["generate", "--prompt", "x", "--top-p", "1.5"]);
     assert!(!ok && err.contains("top_p must be in (0, 1]"), "{err}");
     let (_, err, ok) = xtask(&["generate", "--prompt", "x", "--temperature", "-1"]);
@@ -50,12 +80,30 @@ fn generate_with_a_seed_repeats_and_bad_values_are_refused() {
 #[test]
 fn bench_reports_all_engines_as_json() {
     let json = std::env::temp_dir().join(format!("bench-{}.json", std::process::id()));
-    let (out, err, ok) = xtask(&["bench", "--prompt-tokens", "8", "--gen-tokens", "2", "--repeats", "1", "--json", json.to_str().unwrap()]);
+    let (out, err, ok) = xtask(&[
+        "bench",
+        "--prompt-tokens",
+        "8",
+        "--gen-tokens",
+        "2",
+        "--repeats",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     assert!(out.contains("glass-box / quantized_llama"), "{out}");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(v["engines"].as_array().unwrap().len(), 4);
-    for key in ["prompt", "generation", "traced_prompt", "traced_generation", "repacked_prompt", "repacked_generation"] {
+    for key in [
+        "prompt",
+        "generation",
+        "traced_prompt",
+        "traced_generation",
+        "repacked_prompt",
+        "repacked_generation",
+    ] {
         assert!(v["ratios"][key].as_f64().unwrap() > 0.0, "{key}");
     }
 }

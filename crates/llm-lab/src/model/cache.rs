@@ -33,7 +33,12 @@ impl KvCache {
     }
 
     /// Appends this step's keys and values of `layer` and returns all of them so far.
-    pub(crate) fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        k: Tensor,
+        v: Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
         if self.layers.len() <= layer {
             self.layers.resize(layer + 1, None);
         }

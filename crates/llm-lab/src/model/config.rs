@@ -125,7 +125,9 @@ impl Config {
             .collect();
         match &self.rope_scaling {
             None => base,
-            Some(RopeScaling::FrequencyFactors(f)) => base.iter().zip(f).map(|(b, f)| b / f).collect(),
+            Some(RopeScaling::FrequencyFactors(f)) => {
+                base.iter().zip(f).map(|(b, f)| b / f).collect()
+            }
             Some(RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
@@ -143,7 +145,8 @@ impl Config {
                         } else if wavelen > low_wavelen {
                             f / factor
                         } else {
-                            let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * f / factor + smooth * f
                         }
                     })
@@ -155,21 +158,33 @@ impl Config {
     /// Checks that the numbers fit together, so a broken file fails here with a clear message
     /// instead of deep inside a matrix multiplication.
     pub fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |msg: String| Err(Error::model_file(path, format!("has an inconsistent configuration: {msg}")));
+        let bad = |msg: String| {
+            Err(Error::model_file(
+                path,
+                format!("has an inconsistent configuration: {msg}"),
+            ))
+        };
         if self.n_layers == 0 || self.n_heads == 0 || self.n_kv_heads == 0 || self.d_model == 0 {
             return bad(format!(
                 "layers={}, heads={}, kv heads={}, d_model={} must all be positive",
                 self.n_layers, self.n_heads, self.n_kv_heads, self.d_model
             ));
         }
-        if self.n_layers > 1024 || self.n_heads > 1024 || self.d_model > 1 << 16 || self.d_vocab > 1 << 22 {
+        if self.n_layers > 1024
+            || self.n_heads > 1024
+            || self.d_model > 1 << 16
+            || self.d_vocab > 1 << 22
+        {
             return bad(format!(
                 "absurd sizes (layers={}, heads={}, d_model={}, vocab={})",
                 self.n_layers, self.n_heads, self.d_model, self.d_vocab
             ));
         }
         if self.n_heads % self.n_kv_heads != 0 {
-            return bad(format!("{} heads is not a multiple of {} kv heads", self.n_heads, self.n_kv_heads));
+            return bad(format!(
+                "{} heads is not a multiple of {} kv heads",
+                self.n_heads, self.n_kv_heads
+            ));
         }
         if self.d_head % 2 != 0 || self.d_head * self.n_heads != self.d_model {
             return bad(format!(
@@ -179,7 +194,11 @@ impl Config {
         }
         if let Some(RopeScaling::FrequencyFactors(f)) = &self.rope_scaling {
             if f.len() != self.d_head / 2 {
-                return bad(format!("rope_freqs has {} entries, expected {}", f.len(), self.d_head / 2));
+                return bad(format!(
+                    "rope_freqs has {} entries, expected {}",
+                    f.len(),
+                    self.d_head / 2
+                ));
             }
         }
         if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) {
@@ -191,8 +210,9 @@ impl Config {
     /// Reads a Hugging Face `config.json`.
     pub fn from_hf_json(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read", path, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::model_file(path, format!("is not valid JSON ({e}); download it again")))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            Error::model_file(path, format!("is not valid JSON ({e}); download it again"))
+        })?;
         let need = |key: &str| -> Result<usize> {
             v.get(key)
                 .and_then(|x| x.as_u64())
@@ -203,7 +223,11 @@ impl Config {
         let d_model = need("hidden_size")?;
         let ids = |key: &str| -> Vec<u32> {
             match v.get(key) {
-                Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+                Some(serde_json::Value::Array(a)) => a
+                    .iter()
+                    .filter_map(|x| x.as_u64())
+                    .map(|x| x as u32)
+                    .collect(),
                 Some(x) => x.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
                 None => vec![],
             }
@@ -215,16 +239,17 @@ impl Config {
                     factor: f("factor"),
                     low_freq_factor: f("low_freq_factor"),
                     high_freq_factor: f("high_freq_factor"),
-                    original_max_position_embeddings: f("original_max_position_embeddings") as usize,
+                    original_max_position_embeddings: f("original_max_position_embeddings")
+                        as usize,
                 })
             }
             Some(serde_json::Value::Null) | None => None,
-            Some(other) => {
-                return Err(Error::model_file(
-                    path,
-                    format!("uses rope_scaling {other}, which llm-lab does not implement (only `llama3`)"),
-                ))
-            }
+            Some(other) => return Err(Error::model_file(
+                path,
+                format!(
+                    "uses rope_scaling {other}, which llm-lab does not implement (only `llama3`)"
+                ),
+            )),
         };
         let config = Config {
             name: v
@@ -232,7 +257,11 @@ impl Config {
                 .and_then(|x| x.as_str())
                 .unwrap_or("Hugging Face model")
                 .to_string(),
-            architecture: v.get("model_type").and_then(|x| x.as_str()).unwrap_or("llama").to_string(),
+            architecture: v
+                .get("model_type")
+                .and_then(|x| x.as_str())
+                .unwrap_or("llama")
+                .to_string(),
             n_layers: need("num_hidden_layers")?,
             n_heads,
             n_kv_heads: need("num_key_value_heads").unwrap_or(n_heads),
@@ -241,13 +270,22 @@ impl Config {
             d_mlp: need("intermediate_size")?,
             d_vocab: need("vocab_size")?,
             n_ctx: need("max_position_embeddings").unwrap_or(2048),
-            rope_theta: v.get("rope_theta").and_then(|x| x.as_f64()).unwrap_or(10_000.0) as f32,
+            rope_theta: v
+                .get("rope_theta")
+                .and_then(|x| x.as_f64())
+                .unwrap_or(10_000.0) as f32,
             rope_scaling,
-            rms_norm_eps: v.get("rms_norm_eps").and_then(|x| x.as_f64()).unwrap_or(1e-5),
+            rms_norm_eps: v
+                .get("rms_norm_eps")
+                .and_then(|x| x.as_f64())
+                .unwrap_or(1e-5),
             bos_token_id: ids("bos_token_id").first().copied(),
             eos_token_ids: ids("eos_token_id"),
             add_bos_token: true,
-            tied_embeddings: v.get("tie_word_embeddings").and_then(|x| x.as_bool()).unwrap_or(false),
+            tied_embeddings: v
+                .get("tie_word_embeddings")
+                .and_then(|x| x.as_bool())
+                .unwrap_or(false),
             chat_template: None,
         };
         config.validate(path)?;

@@ -31,7 +31,7 @@ pub(crate) fn forward(
     let ids = Tensor::new(tokens, device)?; // [seq]
 
     // Token embeddings: one row of the table per token.
-    let mut x = w.embed.weight.embedding(&ids)?; // [seq, D]
+    let mut x = w.embed.embedding(&ids)?; // [seq, D]
 
     // Rotation angles for positions past..past+seq; the mask hides the future.
     let (cos, sin) = rope_tables(config, past, seq, device)?; // [seq, d/2] each
@@ -43,7 +43,18 @@ pub(crate) fn forward(
         }
         // Attention sub-layer, pre-norm: x + Attn(RMSNorm(x)).
         let h = rms_norm(&x, &block.attn_norm, config.rms_norm_eps)?; // [seq, D]
-        let attn = attention(config, block, w.rope_style, &h, &cos, &sin, &mask, cache, l, trace.as_deref_mut())?; // [seq, D]
+        let attn = attention(
+            config,
+            block,
+            w.rope_style,
+            &h,
+            &cos,
+            &sin,
+            &mask,
+            cache,
+            l,
+            trace.as_deref_mut(),
+        )?; // [seq, D]
         x = (x + &attn)?;
         // MLP sub-layer, pre-norm: x + MLP(RMSNorm(x)).
         let h = rms_norm(&x, &block.mlp_norm, config.rms_norm_eps)?; // [seq, D]
@@ -61,7 +72,11 @@ pub(crate) fn forward(
     }
 
     // Final norm, then score every vocabulary entry: logits = RMSNorm(x) · W_outᵀ.
-    let x = if all_positions { x } else { x.narrow(0, seq - 1, 1)? }; // [seq or 1, D]
+    let x = if all_positions {
+        x
+    } else {
+        x.narrow(0, seq - 1, 1)?
+    }; // [seq or 1, D]
     let x = rms_norm(&x, &w.final_norm, config.rms_norm_eps)?;
     Ok(w.lm_head.forward(&x)?) // [seq or 1, V]
 }
@@ -144,7 +159,9 @@ fn repeat_kv(x: &Tensor, g: usize) -> Result<Tensor> {
         return Ok(x.clone());
     }
     let (n_kv, ctx, d) = x.dims3()?;
-    Ok(x.unsqueeze(1)?.expand((n_kv, g, ctx, d))?.reshape((n_kv * g, ctx, d))?)
+    Ok(x.unsqueeze(1)?
+        .expand((n_kv, g, ctx, d))?
+        .reshape((n_kv * g, ctx, d))?)
 }
 
 /// Rotates each pair of dimensions of `x: [n, seq, d]` by its position's angle.
@@ -158,7 +175,12 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<Tens
 }
 
 /// `cos(p·θ_i)` and `sin(p·θ_i)` for positions `past..past+seq`: `[seq, d/2]` each.
-pub(crate) fn rope_tables(config: &Config, past: usize, seq: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+pub(crate) fn rope_tables(
+    config: &Config,
+    past: usize,
+    seq: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
     let inv_freq = config.rope_inv_freqs();
     let angles: Vec<f32> = (past..past + seq)
         .flat_map(|p| inv_freq.iter().map(move |f| p as f32 * f))
@@ -171,8 +193,15 @@ pub(crate) fn rope_tables(config: &Config, past: usize, seq: usize, device: &Dev
 pub(crate) fn causal_mask(seq: usize, past: usize, device: &Device) -> Result<Tensor> {
     let ctx = past + seq;
     let mask: Vec<f32> = (0..seq)
-        .flat_map(|i| (0..ctx).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY }))
+        .flat_map(|i| {
+            (0..ctx).map(move |j| {
+                if j <= past + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
         .collect();
     Ok(Tensor::from_vec(mask, (seq, ctx), device)?.to_dtype(DType::F32)?)
 }
-

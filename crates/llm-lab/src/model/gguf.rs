@@ -26,13 +26,19 @@ impl Gguf {
     pub fn open(path: &Path) -> Result<Self> {
         let redo = "; run `cargo xtask fetch` again or download the file again";
         let file = File::open(path).map_err(|e| Error::io("cannot open model file", path, e))?;
-        let len = file.metadata().map_err(|e| Error::io("cannot stat", path, e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("cannot stat", path, e))?
+            .len();
         let mut magic = [0u8; 4];
         {
             use std::io::Read;
             let mut f = &file;
             if len < 24 || f.read_exact(&mut magic).is_err() {
-                return Err(Error::model_file(path, format!("is truncated: only {len} bytes, not even a GGUF header{redo}")));
+                return Err(Error::model_file(
+                    path,
+                    format!("is truncated: only {len} bytes, not even a GGUF header{redo}"),
+                ));
             }
         }
         if &magic != GGUF_MAGIC {
@@ -43,14 +49,22 @@ impl Gguf {
         }
         let mut reader = BufReader::new(file);
         use std::io::Seek;
-        reader.rewind().map_err(|e| Error::io("cannot read", path, e))?;
+        reader
+            .rewind()
+            .map_err(|e| Error::io("cannot read", path, e))?;
         // candle checks most bounds itself; a few corrupt values (a zero alignment, dims whose
         // product overflows) still reach arithmetic that panics, so contain that here.
-        let content = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut reader)))
-            .map_err(|_| Error::model_file(path, format!("has a corrupt GGUF header{redo}")))?
-            .map_err(|e| Error::model_file(path, format!("has an unreadable GGUF header ({e}){redo}")))?;
+        let content =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut reader)))
+                .map_err(|_| Error::model_file(path, format!("has a corrupt GGUF header{redo}")))?
+                .map_err(|e| {
+                    Error::model_file(path, format!("has an unreadable GGUF header ({e}){redo}"))
+                })?;
         if content.tensor_data_offset > len {
-            return Err(Error::model_file(path, format!("is truncated: the header ends past the end of the file{redo}")));
+            return Err(Error::model_file(
+                path,
+                format!("is truncated: the header ends past the end of the file{redo}"),
+            ));
         }
         for (name, info) in &content.tensor_infos {
             let dims = info.shape.dims();
@@ -60,7 +74,10 @@ impl Gguf {
                 .filter(|e| e % block == 0)
                 .and_then(|e| (e / block).checked_mul(info.ggml_dtype.type_size()));
             let Some(bytes) = bytes else {
-                return Err(Error::model_file(path, format!("declares tensor `{name}` with absurd dimensions {dims:?}{redo}")));
+                return Err(Error::model_file(
+                    path,
+                    format!("declares tensor `{name}` with absurd dimensions {dims:?}{redo}"),
+                ));
             };
             let end = content
                 .tensor_data_offset
@@ -79,7 +96,11 @@ impl Gguf {
                 }
             }
         }
-        Ok(Gguf { path: path.to_path_buf(), content, reader })
+        Ok(Gguf {
+            path: path.to_path_buf(),
+            content,
+            reader,
+        })
     }
 
     /// Whether the file holds a tensor named `name`.
@@ -97,7 +118,12 @@ impl Gguf {
         }
         self.content
             .tensor(&mut self.reader, name, device)
-            .map_err(|e| Error::model_file(&self.path, format!("has an unreadable tensor `{name}` ({e})")))
+            .map_err(|e| {
+                Error::model_file(
+                    &self.path,
+                    format!("has an unreadable tensor `{name}` ({e})"),
+                )
+            })
     }
 
     /// The metadata value `key`, if present.
@@ -106,9 +132,12 @@ impl Gguf {
     }
 
     fn meta_usize(&self, key: &str) -> Result<usize> {
-        let v = self
-            .meta(key)
-            .ok_or_else(|| Error::model_file(&self.path, format!("lacks the metadata `{key}`; is it a Llama-family GGUF?")))?;
+        let v = self.meta(key).ok_or_else(|| {
+            Error::model_file(
+                &self.path,
+                format!("lacks the metadata `{key}`; is it a Llama-family GGUF?"),
+            )
+        })?;
         value_as_u64(v)
             .map(|x| x as usize)
             .ok_or_else(|| Error::model_file(&self.path, format!("has a non-integer `{key}`")))
@@ -132,11 +161,16 @@ impl Gguf {
 
     /// The model's configuration, from `{arch}.*` and `tokenizer.ggml.*` metadata.
     pub fn config(&mut self) -> Result<Config> {
-        let arch = self.meta_str("general.architecture").unwrap_or("").to_string();
+        let arch = self
+            .meta_str("general.architecture")
+            .unwrap_or("")
+            .to_string();
         if arch != "llama" {
             return Err(Error::model_file(
                 &self.path,
-                format!("has architecture `{arch}`; llm-lab runs Llama-family models (`llama`) only"),
+                format!(
+                    "has architecture `{arch}`; llm-lab runs Llama-family models (`llama`) only"
+                ),
             ));
         }
         let k = |s: &str| format!("{arch}.{s}");
@@ -150,25 +184,40 @@ impl Gguf {
             None => self.meta_usize(&k("vocab_size"))?,
         };
         let rope_scaling = if self.has("rope_freqs.weight") {
-            let t = self.tensor("rope_freqs.weight", &Device::Cpu)?.dequantize(&Device::Cpu)?;
-            Some(RopeScaling::FrequencyFactors(t.flatten_all()?.to_vec1::<f32>()?))
+            let t = self
+                .tensor("rope_freqs.weight", &Device::Cpu)?
+                .dequantize(&Device::Cpu)?;
+            Some(RopeScaling::FrequencyFactors(
+                t.flatten_all()?.to_vec1::<f32>()?,
+            ))
         } else {
             None
         };
         let id = |key: &str| self.meta(key).and_then(value_as_u64).map(|x| x as u32);
-        let mut eos_token_ids: Vec<u32> = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
-            .iter()
-            .filter_map(|key| id(key))
-            .collect();
+        let mut eos_token_ids: Vec<u32> = [
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.eot_token_id",
+            "tokenizer.ggml.eom_token_id",
+        ]
+        .iter()
+        .filter_map(|key| id(key))
+        .collect();
         eos_token_ids.dedup();
         let config = Config {
             // The file name says what a student downloaded ("SmolLM2-135M-Instruct.Q4_1");
             // `general.name` is often a training-run label.
-            name: self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).or_else(|| self.meta_str("general.name").map(str::to_string)).unwrap_or_else(|| "GGUF model".into()),
+            name: self
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .or_else(|| self.meta_str("general.name").map(str::to_string))
+                .unwrap_or_else(|| "GGUF model".into()),
             architecture: arch.clone(),
             n_layers: self.meta_usize(&k("block_count"))?,
             n_heads,
-            n_kv_heads: self.meta_usize(&k("attention.head_count_kv")).unwrap_or(n_heads),
+            n_kv_heads: self
+                .meta_usize(&k("attention.head_count_kv"))
+                .unwrap_or(n_heads),
             d_head,
             d_model,
             d_mlp: self.meta_usize(&k("feed_forward_length"))?,
@@ -176,10 +225,15 @@ impl Gguf {
             n_ctx: self.meta_usize(&k("context_length")).unwrap_or(2048),
             rope_theta: self.meta_f32(&k("rope.freq_base")).unwrap_or(10_000.0),
             rope_scaling,
-            rms_norm_eps: self.meta_f32(&k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f64,
+            rms_norm_eps: self
+                .meta_f32(&k("attention.layer_norm_rms_epsilon"))
+                .unwrap_or(1e-5) as f64,
             bos_token_id: id("tokenizer.ggml.bos_token_id"),
             eos_token_ids,
-            add_bos_token: matches!(self.meta("tokenizer.ggml.add_bos_token"), Some(Value::Bool(true))),
+            add_bos_token: matches!(
+                self.meta("tokenizer.ggml.add_bos_token"),
+                Some(Value::Bool(true))
+            ),
             tied_embeddings: !self.has("output.weight"),
             chat_template: self.meta_str("tokenizer.chat_template").map(str::to_string),
         };
@@ -204,7 +258,10 @@ impl Gguf {
     /// An integer-array metadata value (`tokenizer.ggml.token_type`).
     pub fn meta_ints(&self, key: &str) -> Option<Vec<i64>> {
         match self.meta(key)? {
-            Value::Array(a) => a.iter().map(|v| value_as_u64(v).map(|x| x as i64)).collect(),
+            Value::Array(a) => a
+                .iter()
+                .map(|v| value_as_u64(v).map(|x| x as i64))
+                .collect(),
             _ => None,
         }
     }

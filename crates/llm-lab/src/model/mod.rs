@@ -4,6 +4,7 @@ pub mod cache;
 pub mod config;
 pub(crate) mod forward;
 pub mod gguf;
+mod q4_1;
 mod summary;
 pub mod trace;
 pub mod weights;
@@ -55,7 +56,11 @@ impl Model {
         } else {
             Err(Error::invalid(format!(
                 "`{name_or_path}` is neither a file, a folder, nor a known model ({})",
-                crate::models::registry().iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+                crate::models::registry()
+                    .iter()
+                    .map(|m| m.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )))
         }
     }
@@ -81,7 +86,12 @@ impl Model {
         let config = g.config()?;
         let tokenizer = Tokenizer::from_gguf(&g)?;
         let weights = Weights::from_gguf(&mut g, &config, &device)?;
-        Ok(Model { config, tokenizer, weights, source: path.to_path_buf() })
+        Ok(Model {
+            config,
+            tokenizer,
+            weights,
+            source: path.to_path_buf(),
+        })
     }
 
     fn load_hf_folder(dir: &Path, device: &Device) -> Result<Self> {
@@ -94,7 +104,10 @@ impl Model {
         let tokenizer = Tokenizer::from_file(&tok_path)?;
         if let Ok(text) = std::fs::read_to_string(dir.join("tokenizer_config.json")) {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                config.chat_template = v.get("chat_template").and_then(|t| t.as_str()).map(str::to_string);
+                config.chat_template = v
+                    .get("chat_template")
+                    .and_then(|t| t.as_str())
+                    .map(str::to_string);
                 if let Some(b) = v.get("add_bos_token").and_then(|b| b.as_bool()) {
                     config.add_bos_token = b;
                 }
@@ -107,10 +120,18 @@ impl Model {
             .collect();
         files.sort();
         if files.is_empty() {
-            return Err(Error::model_file(dir, "has no *.safetensors file; download the model's weights into it"));
+            return Err(Error::model_file(
+                dir,
+                "has no *.safetensors file; download the model's weights into it",
+            ));
         }
         let weights = Weights::from_safetensors(&files, &config, device)?;
-        Ok(Model { config, tokenizer, weights, source: dir.to_path_buf() })
+        Ok(Model {
+            config,
+            tokenizer,
+            weights,
+            source: dir.to_path_buf(),
+        })
     }
 
     /// Loads a model from a Hugging Face hub cache folder (as `huggingface-cli download` leaves it),
@@ -119,7 +140,10 @@ impl Model {
         let cache = hf_hub::Cache::new(cache_dir.as_ref().to_path_buf());
         let repo = cache.model(repo_id.to_string());
         let config = repo.get("config.json").ok_or_else(|| {
-            Error::model_file(cache_dir.as_ref(), format!("holds no snapshot of `{repo_id}` with a config.json; download it first"))
+            Error::model_file(
+                cache_dir.as_ref(),
+                format!("holds no snapshot of `{repo_id}` with a config.json; download it first"),
+            )
         })?;
         let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
         Self::load(dir)
@@ -129,9 +153,17 @@ impl Model {
     /// for gated models such as meta-llama, a token in `HF_TOKEN`).
     #[cfg(feature = "hub")]
     pub fn load_from_hub(repo_id: &str) -> Result<Self> {
-        let api = hf_hub::api::sync::Api::new().map_err(|e| Error::Fetch { what: repo_id.into(), problem: e.to_string() })?;
+        let api = hf_hub::api::sync::Api::new().map_err(|e| Error::Fetch {
+            what: repo_id.into(),
+            problem: e.to_string(),
+        })?;
         let repo = api.model(repo_id.to_string());
-        let get = |f: &str| repo.get(f).map_err(|e| Error::Fetch { what: format!("{repo_id}/{f}"), problem: format!("{e}; check your token and network") });
+        let get = |f: &str| {
+            repo.get(f).map_err(|e| Error::Fetch {
+                what: format!("{repo_id}/{f}"),
+                problem: format!("{e}; check your token and network"),
+            })
+        };
         let config = get("config.json")?;
         get("tokenizer.json")?;
         let _ = get("tokenizer_config.json");
@@ -161,10 +193,15 @@ impl Model {
 
     fn check_tokens(&self, tokens: &[u32], cache: &KvCache) -> Result<()> {
         if tokens.is_empty() {
-            return Err(Error::invalid("no tokens to run: give the model at least one token"));
+            return Err(Error::invalid(
+                "no tokens to run: give the model at least one token",
+            ));
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.d_vocab) {
-            return Err(Error::invalid(format!("token id {bad} is outside the vocabulary (0..{})", self.config.d_vocab)));
+            return Err(Error::invalid(format!(
+                "token id {bad} is outside the vocabulary (0..{})",
+                self.config.d_vocab
+            )));
         }
         if cache.len() + tokens.len() > self.config.n_ctx {
             return Err(Error::invalid(format!(
@@ -188,7 +225,10 @@ impl Model {
     /// adding them to it: the step of incremental decoding.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
         self.check_tokens(tokens, cache)?;
-        Ok(forward::forward(&self.config, &self.weights, tokens, cache, None, false)?.squeeze(0)?)
+        Ok(
+            forward::forward(&self.config, &self.weights, tokens, cache, None, false)?
+                .squeeze(0)?,
+        )
     }
 
     /// Like [`Model::forward_all`], recording attention patterns and the residual stream.
@@ -196,15 +236,35 @@ impl Model {
         let mut cache = KvCache::new();
         self.check_tokens(tokens, &cache)?;
         let mut trace = Trace::new(options, tokens);
-        let logits = forward::forward(&self.config, &self.weights, tokens, &mut cache, Some(&mut trace), true)?;
+        let logits = forward::forward(
+            &self.config,
+            &self.weights,
+            tokens,
+            &mut cache,
+            Some(&mut trace),
+            true,
+        )?;
         Ok((logits, trace))
     }
 
     /// Like [`Model::forward`], also recording this step into a trace.
-    pub fn forward_traced(&self, tokens: &[u32], cache: &mut KvCache, options: TraceOptions) -> Result<(Tensor, Trace)> {
+    pub fn forward_traced(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        options: TraceOptions,
+    ) -> Result<(Tensor, Trace)> {
         self.check_tokens(tokens, cache)?;
         let mut trace = Trace::new(options, tokens);
-        let logits = forward::forward(&self.config, &self.weights, tokens, cache, Some(&mut trace), false)?.squeeze(0)?;
+        let logits = forward::forward(
+            &self.config,
+            &self.weights,
+            tokens,
+            cache,
+            Some(&mut trace),
+            false,
+        )?
+        .squeeze(0)?;
         Ok((logits, trace))
     }
 

@@ -36,7 +36,11 @@ pub struct Trace {
 
 impl Trace {
     pub(crate) fn new(options: TraceOptions, tokens: &[u32]) -> Self {
-        Trace { options, tokens: tokens.to_vec(), tensors: BTreeMap::new() }
+        Trace {
+            options,
+            tokens: tokens.to_vec(),
+            tensors: BTreeMap::new(),
+        }
     }
 
     pub(crate) fn record(&mut self, name: String, t: &Tensor) {
@@ -59,7 +63,10 @@ impl Trace {
 
     /// Number of layers recorded.
     pub fn n_layers(&self) -> usize {
-        self.tensors.keys().filter(|k| k.ends_with(".attn.pattern")).count()
+        self.tensors
+            .keys()
+            .filter(|k| k.ends_with(".attn.pattern"))
+            .count()
     }
 
     /// Attention probabilities of one head: `pattern[query][key]`.
@@ -67,20 +74,33 @@ impl Trace {
         let p = self.get(&format!("blocks.{layer}.attn.pattern"))?;
         let n_heads = p.dim(0)?;
         if head >= n_heads {
-            return Err(Error::invalid(format!("head {head} does not exist: layer {layer} has heads 0..{n_heads}")));
+            return Err(Error::invalid(format!(
+                "head {head} does not exist: layer {layer} has heads 0..{n_heads}"
+            )));
         }
         Ok(p.get(head)?.to_vec2::<f32>()?)
     }
 
     /// One head's attention pattern as a heatmap, with `tokens` on both axes.
-    pub fn attention_figure(&self, layer: usize, head: usize, tokens: &[String]) -> Result<crate::plot::Figure> {
-        crate::plot::attention(&format!("camada {layer}, cabeça {head}"), &self.attention(layer, head)?, tokens)
+    pub fn attention_figure(
+        &self,
+        layer: usize,
+        head: usize,
+        tokens: &[String],
+    ) -> Result<crate::plot::Figure> {
+        crate::plot::attention(
+            &format!("camada {layer}, cabeça {head}"),
+            &self.attention(layer, head)?,
+            tokens,
+        )
     }
 
     /// Every head of `layer`, side by side.
     pub fn attention_grid(&self, layer: usize, tokens: &[String]) -> Result<crate::plot::Figure> {
         let n = self.get(&format!("blocks.{layer}.attn.pattern"))?.dim(0)?;
-        let figs = (0..n).map(|h| self.attention_figure(layer, h, tokens)).collect::<Result<Vec<_>>>()?;
+        let figs = (0..n)
+            .map(|h| self.attention_figure(layer, h, tokens))
+            .collect::<Result<Vec<_>>>()?;
         Ok(crate::plot::Figure::row(&figs))
     }
 

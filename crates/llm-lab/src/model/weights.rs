@@ -1,18 +1,20 @@
 //! The model's parameters, loaded from a GGUF file or a Hugging Face folder into the same structs.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use super::config::Config;
 use super::gguf::Gguf;
+use super::q4_1::Q4_1Matrix;
 use crate::error::{Error, Result};
 
 /// A weight matrix `[out, in]`, possibly quantized, applied as `x · Wᵀ`.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    pub(crate) weight: QMatMul,
+    pub(crate) weight: Matrix,
     /// Output width.
     pub out_features: usize,
     /// Input width.
@@ -21,29 +23,100 @@ pub struct Linear {
     pub format: String,
 }
 
+/// Where a matrix's numbers live and which kernel multiplies them.
+#[derive(Debug, Clone)]
+pub(crate) enum Matrix {
+    /// candle's own storage and kernels.
+    Candle(QMatMul),
+    /// Q4_1 blocks as stored, multiplied by this crate's SIMD kernel (candle's is scalar).
+    Q4_1(Arc<Q4_1Matrix>),
+}
+
 impl Linear {
     fn from_qtensor(q: QTensor) -> Result<Self> {
         let (out_features, in_features) = q.shape().dims2()?;
         let format = format!("{:?}", q.dtype());
-        Ok(Linear { weight: QMatMul::from_qtensor(q)?, out_features, in_features, format })
+        let weight = if q.dtype() == GgmlDType::Q4_1 {
+            let m =
+                Q4_1Matrix::from_bytes(&q.data()?, out_features, in_features).ok_or_else(|| {
+                    candle_core::Error::Msg(format!(
+                        "Q4_1 matrix [{out_features}, {in_features}] has the wrong number of bytes"
+                    ))
+                })?;
+            Matrix::Q4_1(Arc::new(m))
+        } else {
+            Matrix::Candle(QMatMul::from_qtensor(q)?)
+        };
+        Ok(Linear {
+            weight,
+            out_features,
+            in_features,
+            format,
+        })
     }
 
     fn from_tensor(t: Tensor) -> Result<Self> {
         let (out_features, in_features) = t.dims2()?;
         let format = format!("{:?}", t.dtype()).to_uppercase();
-        Ok(Linear { weight: QMatMul::Tensor(t.to_dtype(DType::F32)?), out_features, in_features, format })
+        Ok(Linear {
+            weight: Matrix::Candle(QMatMul::Tensor(t.to_dtype(DType::F32)?)),
+            out_features,
+            in_features,
+            format,
+        })
     }
 
-    /// `x · Wᵀ`: `[seq, in] → [seq, out]`.
+    /// `x · Wᵀ`: `[…, in] → […, out]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        candle_core::Module::forward(&self.weight, x)
+        match &self.weight {
+            Matrix::Candle(q) => candle_core::Module::forward(q, x),
+            Matrix::Q4_1(m) => {
+                let x = x.to_dtype(DType::F32)?.contiguous()?;
+                let rows = x.elem_count() / self.in_features;
+                let mut y = vec![0f32; rows * self.out_features];
+                with_f32_slice(&x, |xs| m.matmul(xs, rows, &mut y))?;
+                let mut dims = x.dims().to_vec();
+                *dims
+                    .last_mut()
+                    .expect("a matrix input has at least one dimension") = self.out_features;
+                Tensor::from_vec(y, dims, x.device())
+            }
+        }
+    }
+
+    /// Rows `ids` of the matrix as `f32`, `[len, in]`: the token embedding lookup.
+    pub fn embedding(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.weight {
+            Matrix::Candle(q) => q.embedding(ids),
+            Matrix::Q4_1(m) => {
+                let ids = ids.to_vec1::<u32>()?;
+                let mut out = vec![0f32; ids.len() * self.in_features];
+                for (&id, row) in ids.iter().zip(out.chunks_exact_mut(self.in_features)) {
+                    if id as usize >= self.out_features {
+                        candle_core::bail!(
+                            "token id {id} is out of range for {} embeddings",
+                            self.out_features
+                        )
+                    }
+                    m.dequantize_row(id as usize, row);
+                }
+                Tensor::from_vec(out, (ids.len(), self.in_features), &Device::Cpu)
+            }
+        }
     }
 
     /// The weight as an `f32` tensor `[out, in]` (dequantized), for students to inspect.
     pub fn weight(&self) -> Result<Tensor> {
         Ok(match &self.weight {
-            QMatMul::QTensor(q) => q.dequantize(&q.device())?,
-            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
+            Matrix::Candle(QMatMul::QTensor(q)) => q.dequantize(&q.device())?,
+            Matrix::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.to_dtype(DType::F32)?,
+            Matrix::Q4_1(m) => {
+                let mut out = vec![0f32; self.out_features * self.in_features];
+                for (r, row) in out.chunks_exact_mut(self.in_features).enumerate() {
+                    m.dequantize_row(r, row);
+                }
+                Tensor::from_vec(out, (self.out_features, self.in_features), &Device::Cpu)?
+            }
         })
     }
 
@@ -54,23 +127,38 @@ impl Linear {
 
     /// Converts the stored matrix to `format` (a no-op when it already is).
     fn convert(&mut self, format: WeightFormat) -> Result<()> {
-        let QMatMul::QTensor(q) = &self.weight else { return Ok(()) };
+        let stored = match &self.weight {
+            Matrix::Candle(QMatMul::QTensor(q)) => q.dtype(),
+            Matrix::Q4_1(_) => GgmlDType::Q4_1,
+            Matrix::Candle(_) => return Ok(()),
+        };
         match format {
             WeightFormat::AsStored => {}
             WeightFormat::F32 => {
-                self.weight = QMatMul::Tensor(q.dequantize(&q.device())?);
+                self.weight = Matrix::Candle(QMatMul::Tensor(self.weight()?));
                 self.format = "F32".into();
             }
             WeightFormat::Repacked => {
-                let stored = q.dtype();
                 if matches!(stored, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1) {
-                    let f = q.dequantize(&q.device())?;
-                    self.weight = QMatMul::from_qtensor(QTensor::quantize(&f, GgmlDType::Q8_0)?)?;
+                    let q8 = QTensor::quantize(&self.weight()?, GgmlDType::Q8_0)?;
+                    self.weight = Matrix::Candle(QMatMul::from_qtensor(q8)?);
                     self.format = format!("Q8_0 (from {stored:?})");
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// Runs `f` on the `f32` values of a contiguous CPU tensor without copying them.
+fn with_f32_slice<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let (storage, layout) = x.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => {
+            let start = layout.start_offset();
+            Ok(f(&cpu.as_slice::<f32>()?[start..start + x.elem_count()]))
+        }
+        _ => candle_core::bail!("the Q4_1 kernel runs on the CPU only"),
     }
 }
 
@@ -137,7 +225,9 @@ pub struct Weights {
 impl Weights {
     pub(crate) fn from_gguf(g: &mut Gguf, config: &Config, device: &Device) -> Result<Self> {
         let lin = |g: &mut Gguf, name: &str| Linear::from_qtensor(g.tensor(name, device)?);
-        let vec = |g: &mut Gguf, name: &str| -> Result<Tensor> { Ok(g.tensor(name, device)?.dequantize(device)?) };
+        let vec = |g: &mut Gguf, name: &str| -> Result<Tensor> {
+            Ok(g.tensor(name, device)?.dequantize(device)?)
+        };
         let embed = lin(g, "token_embd.weight")?;
         let mut blocks = Vec::with_capacity(config.n_layers);
         for l in 0..config.n_layers {
@@ -155,23 +245,48 @@ impl Weights {
             });
         }
         let final_norm = vec(g, "output_norm.weight")?;
-        let lm_head = if g.has("output.weight") { lin(g, "output.weight")? } else { embed.clone() };
-        let w = Weights { embed, blocks, final_norm, lm_head, rope_style: RopeStyle::Interleaved };
+        let lm_head = if g.has("output.weight") {
+            lin(g, "output.weight")?
+        } else {
+            embed.clone()
+        };
+        let w = Weights {
+            embed,
+            blocks,
+            final_norm,
+            lm_head,
+            rope_style: RopeStyle::Interleaved,
+        };
         w.check_shapes(config, &g.path)?;
         Ok(w)
     }
 
-    pub(crate) fn from_safetensors(files: &[std::path::PathBuf], config: &Config, device: &Device) -> Result<Self> {
+    pub(crate) fn from_safetensors(
+        files: &[std::path::PathBuf],
+        config: &Config,
+        device: &Device,
+    ) -> Result<Self> {
         let mut all = std::collections::HashMap::new();
         for f in files {
-            let t = candle_core::safetensors::load(f, device)
-                .map_err(|e| Error::model_file(f, format!("is not a readable safetensors file ({e}); download it again")))?;
+            let t = candle_core::safetensors::load(f, device).map_err(|e| {
+                Error::model_file(
+                    f,
+                    format!("is not a readable safetensors file ({e}); download it again"),
+                )
+            })?;
             all.extend(t);
         }
-        let dir = files.first().and_then(|f| f.parent()).unwrap_or(Path::new("."));
+        let dir = files
+            .first()
+            .and_then(|f| f.parent())
+            .unwrap_or(Path::new("."));
         let mut take = |name: &str| -> Result<Tensor> {
-            all.remove(name)
-                .ok_or_else(|| Error::model_file(dir, format!("lacks the tensor `{name}`; is it a complete Llama checkpoint?")))
+            all.remove(name).ok_or_else(|| {
+                Error::model_file(
+                    dir,
+                    format!("lacks the tensor `{name}`; is it a complete Llama checkpoint?"),
+                )
+            })
         };
         let embed = Linear::from_tensor(take("model.embed_tokens.weight")?)?;
         let mut blocks = Vec::with_capacity(config.n_layers);
@@ -187,7 +302,8 @@ impl Weights {
                 w_up: lin("mlp.up_proj")?,
                 w_down: lin("mlp.down_proj")?,
                 attn_norm: take(&format!("{p}.input_layernorm.weight"))?.to_dtype(DType::F32)?,
-                mlp_norm: take(&format!("{p}.post_attention_layernorm.weight"))?.to_dtype(DType::F32)?,
+                mlp_norm: take(&format!("{p}.post_attention_layernorm.weight"))?
+                    .to_dtype(DType::F32)?,
             });
         }
         let final_norm = take("model.norm.weight")?.to_dtype(DType::F32)?;
@@ -195,7 +311,13 @@ impl Weights {
             Ok(t) => Linear::from_tensor(t)?,
             Err(_) => embed.clone(),
         };
-        let w = Weights { embed, blocks, final_norm, lm_head, rope_style: RopeStyle::HalfSplit };
+        let w = Weights {
+            embed,
+            blocks,
+            final_norm,
+            lm_head,
+            rope_style: RopeStyle::HalfSplit,
+        };
         w.check_shapes(config, dir)?;
         Ok(w)
     }
@@ -203,7 +325,15 @@ impl Weights {
     /// Converts every matrix to `format`.
     pub(crate) fn convert(&mut self, format: WeightFormat) -> Result<()> {
         for b in &mut self.blocks {
-            for l in [&mut b.w_q, &mut b.w_k, &mut b.w_v, &mut b.w_o, &mut b.w_gate, &mut b.w_up, &mut b.w_down] {
+            for l in [
+                &mut b.w_q,
+                &mut b.w_k,
+                &mut b.w_v,
+                &mut b.w_o,
+                &mut b.w_gate,
+                &mut b.w_up,
+                &mut b.w_down,
+            ] {
                 l.convert(format)?;
             }
         }
@@ -215,7 +345,10 @@ impl Weights {
     /// with an obscure broadcasting error.
     fn check_shapes(&self, c: &Config, path: &Path) -> Result<()> {
         let (q, kv) = (c.n_heads * c.d_head, c.n_kv_heads * c.d_head);
-        let mut expect = vec![("token embeddings", &self.embed, c.d_vocab, c.d_model), ("output", &self.lm_head, c.d_vocab, c.d_model)];
+        let mut expect = vec![
+            ("token embeddings", &self.embed, c.d_vocab, c.d_model),
+            ("output", &self.lm_head, c.d_vocab, c.d_model),
+        ];
         for b in &self.blocks {
             expect.extend([
                 ("W_Q", &b.w_q, q, c.d_model),
@@ -231,7 +364,10 @@ impl Weights {
             if (l.out_features, l.in_features) != (o, i) {
                 return Err(Error::model_file(
                     path,
-                    format!("has a {what} matrix of shape [{}, {}], but its config implies [{o}, {i}]", l.out_features, l.in_features),
+                    format!(
+                        "has a {what} matrix of shape [{}, {}], but its config implies [{o}, {i}]",
+                        l.out_features, l.in_features
+                    ),
                 ));
             }
         }
@@ -241,10 +377,19 @@ impl Weights {
     /// Number of parameters (the tied output counted once).
     pub fn n_params(&self, config: &Config) -> usize {
         let per_block: usize = self.blocks.first().map_or(0, |b| {
-            [&b.w_q, &b.w_k, &b.w_v, &b.w_o, &b.w_gate, &b.w_up, &b.w_down].iter().map(|l| l.n_params()).sum::<usize>()
+            [
+                &b.w_q, &b.w_k, &b.w_v, &b.w_o, &b.w_gate, &b.w_up, &b.w_down,
+            ]
+            .iter()
+            .map(|l| l.n_params())
+            .sum::<usize>()
                 + 2 * config.d_model
         });
-        let head = if config.tied_embeddings { 0 } else { self.lm_head.n_params() };
+        let head = if config.tied_embeddings {
+            0
+        } else {
+            self.lm_head.n_params()
+        };
         self.embed.n_params() + per_block * self.blocks.len() + config.d_model + head
     }
 }
@@ -253,4 +398,3 @@ impl Weights {
 pub fn is_quantized(format: &str) -> bool {
     !matches!(format, "F32" | "F16" | "BF16")
 }
-
