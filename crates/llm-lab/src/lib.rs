@@ -25,6 +25,7 @@ pub mod plot;
 pub mod sampling;
 pub mod scratch;
 pub mod testing;
+mod threads;
 pub mod tokenizer;
 
 /// The tensor library, for notebooks that need more than the prelude.

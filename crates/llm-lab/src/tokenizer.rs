@@ -2,6 +2,7 @@
 //! from a Hugging Face `tokenizer.json`; either way it is a plain [`tokenizers::Tokenizer`].
 
 use std::path::Path;
+use std::sync::Arc;
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{Vocab, BPE};
@@ -21,8 +22,9 @@ const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p
 /// A tokenizer plus the few facts about special tokens that generation needs.
 #[derive(Clone)]
 pub struct Tokenizer {
-    /// The underlying Hugging Face tokenizer.
-    pub inner: tokenizers::Tokenizer,
+    /// The underlying Hugging Face tokenizer, shared: every `Logits` names its tokens with it,
+    /// and a clone of the vocabulary per step would cost more than the step.
+    pub inner: Arc<tokenizers::Tokenizer>,
 }
 
 impl Tokenizer {
@@ -34,7 +36,9 @@ impl Tokenizer {
                 format!("is not a usable tokenizer.json ({e}); download it again"),
             )
         })?;
-        Ok(Tokenizer { inner })
+        Ok(Tokenizer {
+            inner: Arc::new(inner),
+        })
     }
 
     /// Rebuilds the tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata.
@@ -93,7 +97,9 @@ impl Tokenizer {
             .map(|t| AddedToken::from(t.to_string(), true))
             .collect();
         inner.add_special_tokens(specials)?;
-        Ok(Tokenizer { inner })
+        Ok(Tokenizer {
+            inner: Arc::new(inner),
+        })
     }
 
     /// Token ids of `text`, without any special token added.
@@ -150,7 +156,9 @@ impl Tokenizer {
         let mut inner = tokenizers::Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
-        Tokenizer { inner }
+        Tokenizer {
+            inner: Arc::new(inner),
+        }
     }
 }
 

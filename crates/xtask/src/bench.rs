@@ -1,12 +1,16 @@
-//! `cargo xtask bench`: tokens per second of the glass-box model (tracing off and on) against
-//! candle-transformers' `quantized_llama` on the same file, in the same run.
+//! `cargo xtask bench`: tokens per second and peak memory of the glass-box model (tracing off and
+//! on) against candle-transformers' `quantized_llama` on the same file, in the same run; with
+//! `--llama-bench PATH`, llama.cpp's own `llama-bench` too.
+//!
+//! Each engine runs in a child process of its own, so its peak resident memory is its own and no
+//! engine warms caches or thread pools for the next.
 
-use std::time::Instant;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use llm_lab::model::WeightFormat;
 use llm_lab::{KvCache, Model, TraceOptions};
 
 use crate::cli::Args;
@@ -15,21 +19,32 @@ const TEXT: &str = "The history of the printing press begins in the fifteenth ce
 combined movable metal type, oil-based ink and a wooden screw press into a system that could produce books \
 faster and cheaper than any scribe. Within fifty years presses were running in more than two hundred cities.";
 
-struct Engine {
-    name: &'static str,
-    /// Runs `prompt`, then `gen` single-token steps; returns (prompt seconds, generation seconds).
-    run: Box<dyn FnMut(&[u32], usize) -> Result<(f64, f64)>>,
+/// The engines measured in every run; the first is the yardstick for the ratios.
+const ENGINES: [&str; 3] = [
+    "quantized_llama (candle-transformers)",
+    "glass-box",
+    "glass-box, traced",
+];
+
+/// One engine's measurement.
+#[derive(Debug, Clone)]
+struct Row {
+    name: String,
+    prompt_tok_s: f64,
+    gen_tok_s: f64,
+    peak_rss_mb: Option<f64>,
 }
 
 fn argmax(t: &Tensor) -> Result<u32> {
     Ok(t.flatten_all()?.argmax(0)?.to_scalar::<u32>()?)
 }
 
-fn glass_box(
-    model: std::rc::Rc<Model>,
-    traced: bool,
-) -> Box<dyn FnMut(&[u32], usize) -> Result<(f64, f64)>> {
-    Box::new(move |prompt, gen| {
+/// Runs `prompt`, then `gen` greedy single-token steps; returns (prompt seconds, generation seconds).
+type Run = Box<dyn FnMut(&[u32], usize) -> Result<(f64, f64)>>;
+
+fn glass_box(path: &std::path::Path, traced: bool) -> Result<Run> {
+    let model = Model::load(path)?;
+    Ok(Box::new(move |prompt, gen| {
         let mut cache = KvCache::new();
         let step = |tokens: &[u32], cache: &mut KvCache| -> Result<Tensor> {
             Ok(if traced {
@@ -49,13 +64,11 @@ fn glass_box(
             logits = step(&[next], &mut cache)?;
         }
         Ok((pp, t.elapsed().as_secs_f64()))
-    })
+    }))
 }
 
-fn reference(
-    path: std::path::PathBuf,
-) -> Result<Box<dyn FnMut(&[u32], usize) -> Result<(f64, f64)>>> {
-    let mut f = std::fs::File::open(&path)?;
+fn quantized_llama(path: &std::path::Path) -> Result<Run> {
+    let mut f = std::fs::File::open(path)?;
     let content = candle_core::quantized::gguf_file::Content::read(&mut f)?;
     let mut m = ModelWeights::from_gguf(content, &mut f, &Device::Cpu)?;
     Ok(Box::new(move |prompt, gen| {
@@ -75,86 +88,281 @@ fn reference(
     }))
 }
 
+/// Peak resident memory of this process so far, in MB (Linux).
+fn own_peak_rss_mb() -> Option<f64> {
+    peak_rss_mb(&std::fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// `VmHWM` (the resident-set high-water mark) from a `/proc/<pid>/status` text, in MB.
+fn peak_rss_mb(status: &str) -> Option<f64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// The child side: measures one engine and prints one JSON line.
+fn run_engine(args: &Args, engine: &str) -> Result<()> {
+    let path =
+        std::path::PathBuf::from(args.get("model-path").context("--model-path is required")?);
+    let prompt: Vec<u32> =
+        serde_json::from_str(args.get("tokens").context("--tokens is required")?)?;
+    let n_gen: usize = args.parsed("gen-tokens")?.unwrap_or(64);
+    let repeats: usize = args.parsed("repeats")?.unwrap_or(3).max(1);
+    let mut run = match engine {
+        "quantized_llama (candle-transformers)" => quantized_llama(&path)?,
+        "glass-box" => glass_box(&path, false)?,
+        "glass-box, traced" => glass_box(&path, true)?,
+        other => bail!("unknown engine `{other}`"),
+    };
+    run(&prompt[..prompt.len().min(8)], 2)?; // warm-up: first-touch pages, thread pool start
+    let (mut pp, mut tg) = (f64::MAX, f64::MAX);
+    for _ in 0..repeats {
+        let (a, b) = run(&prompt, n_gen)?;
+        pp = pp.min(a);
+        tg = tg.min(b);
+    }
+    let json = serde_json::json!({
+        "prompt_tok_s": prompt.len() as f64 / pp,
+        "gen_tok_s": n_gen as f64 / tg,
+        "peak_rss_mb": own_peak_rss_mb(),
+    });
+    println!("{json}");
+    Ok(())
+}
+
+/// Runs `cmd`, sampling its peak memory from /proc while it runs; returns its stdout and peak MB.
+fn run_measured(mut cmd: Command) -> Result<(String, Option<f64>)> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut s).map(|_| s)
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut s).map(|_| s)
+    });
+    let mut peak: Option<f64> = None;
+    let status = loop {
+        // VmHWM only grows, so the last reading before exit is the peak up to ~10 ms.
+        if let Some(mb) = std::fs::read_to_string(&status_path)
+            .ok()
+            .as_deref()
+            .and_then(peak_rss_mb)
+        {
+            peak = Some(peak.map_or(mb, |p: f64| p.max(mb)));
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let out = out.join().expect("reader thread")?;
+    let err = err.join().expect("reader thread")?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status}):\n{err}");
+    }
+    Ok((out, peak))
+}
+
+fn measure_engine(
+    engine: &str,
+    path: &std::path::Path,
+    tokens: &[u32],
+    n_gen: usize,
+    repeats: usize,
+) -> Result<Row> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["bench", "--engine", engine, "--model-path"])
+        .arg(path)
+        .args([
+            "--tokens",
+            &serde_json::to_string(tokens)?,
+            "--gen-tokens",
+            &n_gen.to_string(),
+            "--repeats",
+            &repeats.to_string(),
+        ]);
+    let (out, _) = run_measured(cmd)?;
+    let line = out.lines().last().context("the engine printed nothing")?;
+    let v: serde_json::Value =
+        serde_json::from_str(line).with_context(|| format!("unexpected engine output: {out}"))?;
+    Ok(Row {
+        name: engine.to_string(),
+        prompt_tok_s: v["prompt_tok_s"].as_f64().context("prompt_tok_s")?,
+        gen_tok_s: v["gen_tok_s"].as_f64().context("gen_tok_s")?,
+        peak_rss_mb: v["peak_rss_mb"].as_f64(),
+    })
+}
+
+/// llama.cpp's `llama-bench` on the same file, prompt length, generation length and threads.
+fn measure_llama_cpp(
+    bin: &str,
+    path: &std::path::Path,
+    n_prompt: usize,
+    n_gen: usize,
+    repeats: usize,
+    threads: &str,
+) -> Result<Row> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("-m").arg(path).args([
+        "-p",
+        &n_prompt.to_string(),
+        "-n",
+        &n_gen.to_string(),
+        "-t",
+        threads,
+        "-r",
+        &repeats.to_string(),
+        "-o",
+        "json",
+    ]);
+    let (out, peak) = run_measured(cmd)?;
+    let v: serde_json::Value = serde_json::from_str(&out)
+        .with_context(|| format!("llama-bench printed no JSON: {out}"))?;
+    let rate = |prompt: bool| -> Result<f64> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| (t["n_prompt"].as_u64().unwrap_or(0) > 0) == prompt)
+            .and_then(|t| t["avg_ts"].as_f64())
+            .with_context(|| {
+                format!(
+                    "llama-bench JSON lacks the {} test",
+                    if prompt { "prompt" } else { "generation" }
+                )
+            })
+    };
+    Ok(Row {
+        name: "llama.cpp (llama-bench)".into(),
+        prompt_tok_s: rate(true)?,
+        gen_tok_s: rate(false)?,
+        peak_rss_mb: peak,
+    })
+}
+
 pub fn bench(args: &Args) -> Result<()> {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "2");
     }
+    if let Some(engine) = args.get("engine") {
+        return run_engine(args, engine);
+    }
     let threads = std::env::var("CANDLE_NUM_THREADS")?;
     let n_prompt: usize = args.parsed("prompt-tokens")?.unwrap_or(64);
     let n_gen: usize = args.parsed("gen-tokens")?.unwrap_or(64);
-    let repeats: usize = args.parsed("repeats")?.unwrap_or(3);
+    let repeats: usize = args.parsed("repeats")?.unwrap_or(3).max(1);
+    if n_prompt == 0 {
+        bail!("--prompt-tokens must be at least 1");
+    }
     let path = llm_lab::models::fetch(args.get("model").unwrap_or(llm_lab::models::DEFAULT_MODEL))?;
-    let model = std::rc::Rc::new(Model::load_with(&path, WeightFormat::AsStored)?);
-    let mut prompt = model.encode(TEXT)?;
+    let file_mb = std::fs::metadata(&path)?.len() as f64 / (1024.0 * 1024.0);
+    let tokenizer = Model::load(&path)?.tokenizer;
+    let mut prompt = tokenizer.encode(TEXT)?;
     while prompt.len() < n_prompt {
         prompt.extend_from_within(..);
     }
     prompt.truncate(n_prompt);
 
-    let mut engines = vec![
-        Engine {
-            name: "quantized_llama (candle-transformers)",
-            run: reference(path.clone())?,
-        },
-        Engine {
-            name: "glass-box",
-            run: glass_box(model.clone(), false),
-        },
-        Engine {
-            name: "glass-box, traced",
-            run: glass_box(model.clone(), true),
-        },
-        Engine {
-            name: "glass-box, Q4_1 repacked to Q8_0",
-            run: glass_box(
-                std::rc::Rc::new(Model::load_with(&path, WeightFormat::Repacked)?),
-                false,
-            ),
-        },
-    ];
-    println!("model: {} ({}), {threads} threads, {n_prompt}-token prompt, {n_gen} generated tokens, best of {repeats}", model.config.name, path.display());
     println!(
-        "{:<40} {:>14} {:>14}",
-        "engine", "prompt tok/s", "gen tok/s"
+        "model: {} ({file_mb:.1} MB), {threads} threads, {n_prompt}-token prompt, {n_gen} generated tokens, best of {repeats}",
+        path.display()
+    );
+    println!(
+        "{:<40} {:>13} {:>10} {:>14}",
+        "engine", "prompt tok/s", "gen tok/s", "peak RSS MB"
     );
     let mut rows = vec![];
-    for e in &mut engines {
-        (e.run)(&prompt[..8], 2)?; // warm-up
-        let (mut pp, mut tg) = (f64::MAX, f64::MAX);
-        for _ in 0..repeats {
-            let (a, b) = (e.run)(&prompt, n_gen)?;
-            pp = pp.min(a);
-            tg = tg.min(b);
-        }
-        let (pp, tg) = (n_prompt as f64 / pp, n_gen as f64 / tg);
-        println!("{:<40} {:>14.1} {:>14.1}", e.name, pp, tg);
-        rows.push((e.name, pp, tg));
+    for engine in ENGINES {
+        let row = measure_engine(engine, &path, &prompt, n_gen, repeats)?;
+        print_row(&row);
+        rows.push(row);
     }
-    let (_, ref_pp, ref_tg) = rows[0];
+    let llama_cpp = match args.get("llama-bench") {
+        Some(bin) => {
+            let row = measure_llama_cpp(bin, &path, n_prompt, n_gen, repeats, &threads)?;
+            print_row(&row);
+            Some(row)
+        }
+        None => None,
+    };
+
+    let (reference, glass, traced) = (&rows[0], &rows[1], &rows[2]);
     println!();
-    for (name, pp, tg) in &rows[1..] {
+    for row in [glass, traced] {
         println!(
-            "{name} / quantized_llama: prompt × {:.2}, generation × {:.2}",
-            pp / ref_pp,
-            tg / ref_tg
+            "{} / quantized_llama: prompt × {:.2}, generation × {:.2}",
+            row.name,
+            row.prompt_tok_s / reference.prompt_tok_s,
+            row.gen_tok_s / reference.gen_tok_s
         );
     }
-    let (_, gb_pp, gb_tg) = rows[1];
-    let (_, tr_pp, tr_tg) = rows[2];
+    if let Some(l) = &llama_cpp {
+        println!(
+            "glass-box / llama.cpp: prompt × {:.2}, generation × {:.2}",
+            glass.prompt_tok_s / l.prompt_tok_s,
+            glass.gen_tok_s / l.gen_tok_s
+        );
+    }
     println!(
         "tracing cost: prompt {:+.1} %, generation {:+.1} %",
-        (gb_pp / tr_pp - 1.0) * 100.0,
-        (gb_tg / tr_tg - 1.0) * 100.0
+        (glass.prompt_tok_s / traced.prompt_tok_s - 1.0) * 100.0,
+        (glass.gen_tok_s / traced.gen_tok_s - 1.0) * 100.0
     );
+    if let Some(mb) = glass.peak_rss_mb {
+        println!(
+            "glass-box peak memory: {mb:.0} MB = {:.2} × the model file",
+            mb / file_mb
+        );
+    }
+
     if let Some(out) = args.get("json") {
-        let json = serde_json::json!({
-            "model": model.config.name, "threads": threads, "prompt_tokens": n_prompt, "gen_tokens": n_gen,
-            "engines": rows.iter().map(|(n, pp, tg)| serde_json::json!({"name": n, "prompt_tok_s": pp, "gen_tok_s": tg})).collect::<Vec<_>>(),
-            "ratios": {"prompt": gb_pp / ref_pp, "generation": gb_tg / ref_tg, "traced_prompt": tr_pp / ref_pp, "traced_generation": tr_tg / ref_tg,
-                       "repacked_prompt": rows[3].1 / ref_pp, "repacked_generation": rows[3].2 / ref_tg},
+        let row_json = |r: &Row| serde_json::json!({"name": r.name, "prompt_tok_s": r.prompt_tok_s, "gen_tok_s": r.gen_tok_s, "peak_rss_mb": r.peak_rss_mb});
+        let mut json = serde_json::json!({
+            "model": path.display().to_string(), "file_mb": file_mb, "threads": threads, "prompt_tokens": n_prompt, "gen_tokens": n_gen,
+            "engines": rows.iter().chain(&llama_cpp).map(row_json).collect::<Vec<_>>(),
+            "ratios": {
+                "prompt": glass.prompt_tok_s / reference.prompt_tok_s, "generation": glass.gen_tok_s / reference.gen_tok_s,
+                "traced_prompt": traced.prompt_tok_s / reference.prompt_tok_s, "traced_generation": traced.gen_tok_s / reference.gen_tok_s,
+                "memory_over_file": glass.peak_rss_mb.map(|mb| mb / file_mb),
+            },
         });
+        if let Some(l) = &llama_cpp {
+            json["ratios"]["llama_cpp_prompt"] = (glass.prompt_tok_s / l.prompt_tok_s).into();
+            json["ratios"]["llama_cpp_generation"] = (glass.gen_tok_s / l.gen_tok_s).into();
+        }
         std::fs::write(out, serde_json::to_string_pretty(&json)?)?;
         println!("wrote {out}");
     }
     Ok(())
+}
+
+fn print_row(r: &Row) {
+    let rss = r
+        .peak_rss_mb
+        .map_or("-".to_string(), |mb| format!("{mb:.0}"));
+    println!(
+        "{:<40} {:>13.1} {:>10.1} {:>14}",
+        r.name, r.prompt_tok_s, r.gen_tok_s, rss
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peak_rss_mb;
+
+    #[test]
+    fn reads_the_high_water_mark() {
+        assert_eq!(
+            peak_rss_mb("Name:\tx\nVmPeak:\t  9000 kB\nVmHWM:\t   2048 kB\nVmRSS:\t 1024 kB\n"),
+            Some(2.0)
+        );
+        assert_eq!(peak_rss_mb("Name:\tx\n"), None);
+    }
 }

@@ -79,7 +79,16 @@ fn generate_with_a_seed_repeats_and_bad_values_are_refused() {
 
 #[test]
 fn bench_reports_all_engines_as_json() {
-    let json = std::env::temp_dir().join(format!("bench-{}.json", std::process::id()));
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    // A stand-in for llama.cpp's llama-bench: its JSON shape, fixed numbers.
+    let fake = dir.path().join("llama-bench");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho '[{\"n_prompt\": 8, \"n_gen\": 0, \"avg_ts\": 100.0}, {\"n_prompt\": 0, \"n_gen\": 2, \"avg_ts\": 50.0}]'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let (out, err, ok) = xtask(&[
         "bench",
         "--prompt-tokens",
@@ -88,22 +97,40 @@ fn bench_reports_all_engines_as_json() {
         "2",
         "--repeats",
         "1",
+        "--llama-bench",
+        fake.to_str().unwrap(),
         "--json",
         json.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
     assert!(out.contains("glass-box / quantized_llama"), "{out}");
+    assert!(out.contains("glass-box / llama.cpp"), "{out}");
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(v["engines"].as_array().unwrap().len(), 4);
+    let engines = v["engines"].as_array().unwrap();
+    assert_eq!(engines.len(), 4);
+    for e in engines {
+        assert!(
+            e["prompt_tok_s"].as_f64().unwrap() > 0.0 && e["gen_tok_s"].as_f64().unwrap() > 0.0,
+            "{e}"
+        );
+        assert!(e["peak_rss_mb"].as_f64().unwrap() > 0.0, "{e}");
+    }
+    assert_eq!(engines[3]["gen_tok_s"].as_f64(), Some(50.0));
     for key in [
         "prompt",
         "generation",
         "traced_prompt",
         "traced_generation",
-        "repacked_prompt",
-        "repacked_generation",
+        "memory_over_file",
+        "llama_cpp_prompt",
+        "llama_cpp_generation",
     ] {
         assert!(v["ratios"][key].as_f64().unwrap() > 0.0, "{key}");
     }
+    // The model holds its weights once: peak memory stays near the file's size.
+    assert!(
+        v["ratios"]["memory_over_file"].as_f64().unwrap() < 1.5,
+        "{v}"
+    );
 }

@@ -244,12 +244,14 @@ impl Config {
                 })
             }
             Some(serde_json::Value::Null) | None => None,
-            Some(other) => return Err(Error::model_file(
-                path,
-                format!(
+            Some(other) => {
+                return Err(Error::model_file(
+                    path,
+                    format!(
                     "uses rope_scaling {other}, which llm-lab does not implement (only `llama3`)"
                 ),
-            )),
+                ))
+            }
         };
         let config = Config {
             name: v

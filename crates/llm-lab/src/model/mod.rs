@@ -78,6 +78,7 @@ impl Model {
     }
 
     fn load_as_stored(path: &Path) -> Result<Self> {
+        crate::threads::settle();
         let device = Device::Cpu;
         if path.is_dir() {
             return Self::load_hf_folder(path, &device);
