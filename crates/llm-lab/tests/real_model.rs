@@ -5,7 +5,7 @@ use candle_core::{Device, IndexOp, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use llm_lab::models::{self, DEFAULT_MODEL, LLAMA_3_2_TOKENIZER};
 use llm_lab::tokenizer::Tokenizer;
-use llm_lab::{KvCache, Model};
+use llm_lab::Model;
 
 fn default_model() -> Model {
     Model::load(models::fetch(DEFAULT_MODEL).unwrap()).unwrap()
@@ -42,74 +42,64 @@ fn config_matches_the_published_numbers() {
         .contains("<|im_start|>"));
 }
 
+/// The default model multiplies 4-bit weights with activations rounded to 8 bits per block, as
+/// llama.cpp's format defines; two correct implementations then differ only in the order of float
+/// additions, which moves a few 8-bit roundings and, through 30 layers, logits by up to ~1 (on
+/// logits of magnitude ~20). Stated tolerance: against the exact maths of the same weights (F32),
+/// the glass-box's mean logit error is at most twice candle's `quantized_llama`'s plus 0.05, the
+/// two stay within 1.5 of each other, and they agree on the top token wherever candle's top two
+/// are more than 1.0 apart. (`exact_parity.rs` checks the same code paths without the rounding,
+/// to 1e-3.)
 #[test]
-fn logits_match_quantized_llama_on_several_prompts() {
-    let model = default_model();
+fn logits_are_as_close_to_exact_maths_as_quantized_llama() {
+    let path = models::fetch(DEFAULT_MODEL).unwrap();
+    let model = Model::load(&path).unwrap();
+    let exact = Model::load_with(&path, llm_lab::model::WeightFormat::F32).unwrap();
     let mut reference = reference();
-    for prompt in [
-        "Once upon a time",
-        "Certa vez, ele resolveu que não seria",
-        "fn main() { println!(\"hi\"); }",
-        "1 + 1 = 2, 2 + 2 =",
-    ] {
-        let tokens = model.encode(prompt).unwrap();
-        let ours = model.forward_all(&tokens).unwrap();
-        reference.clear_kv_cache();
-        let input = Tensor::new(tokens.as_slice(), &Device::Cpu)
+    let mean_abs = |a: &Tensor, b: &Tensor| {
+        (a - b)
             .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let theirs = reference.forward(&input, 0).unwrap().squeeze(0).unwrap();
-        let last = ours.i(tokens.len() - 1).unwrap();
-        let diff = (&last - &theirs)
+            .abs()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let max_abs = |a: &Tensor, b: &Tensor| {
+        (a - b)
             .unwrap()
             .abs()
             .unwrap()
             .max(0)
             .unwrap()
             .to_scalar::<f32>()
-            .unwrap();
-        assert!(diff <= 1e-3, "{prompt:?}: max abs difference {diff}");
-        assert_eq!(argmax(&last), argmax(&theirs), "{prompt:?}");
-    }
-}
-
-#[test]
-fn greedy_24_tokens_identical_to_quantized_llama() {
-    let model = default_model();
-    let mut reference = reference();
-    let prompt = model.encode("Once upon a time").unwrap();
-
-    let mut cache = KvCache::new();
-    let mut ours = vec![];
-    let mut logits = model.forward(&prompt, &mut cache).unwrap();
-    for _ in 0..24 {
-        let next = argmax(&logits);
-        ours.push(next);
-        logits = model.forward(&[next], &mut cache).unwrap();
-    }
-
-    let mut theirs = vec![];
-    let mut pos = 0;
-    let mut input = prompt.clone();
-    for _ in 0..24 {
-        let x = Tensor::new(input.as_slice(), &Device::Cpu)
             .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let l = reference.forward(&x, pos).unwrap().squeeze(0).unwrap();
-        pos += input.len();
-        let next = argmax(&l);
-        theirs.push(next);
-        input = vec![next];
+    };
+    for prompt in [
+        "Once upon a time",
+        "Certa vez, ele resolveu que não seria",
+        "fn main() { println!(\"hi\"); }",
+        "1 + 1 = 2, 2 + 2 =",
+        "In the beginning God created the heaven and the earth. And the earth was without form, and void",
+    ] {
+        let tokens = model.encode(prompt).unwrap();
+        let last = |t: Tensor| t.i(tokens.len() - 1).unwrap();
+        let ours = last(model.forward_all(&tokens).unwrap());
+        let truth = last(exact.forward_all(&tokens).unwrap());
+        reference.clear_kv_cache();
+        let input = Tensor::new(tokens.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let theirs = reference.forward(&input, 0).unwrap().squeeze(0).unwrap();
+        let (our_err, their_err) = (mean_abs(&ours, &truth), mean_abs(&theirs, &truth));
+        assert!(our_err <= 2.0 * their_err + 0.05, "{prompt:?}: mean error {our_err} vs quantized_llama's {their_err}");
+        let gap = max_abs(&ours, &theirs);
+        assert!(gap <= 1.5, "{prompt:?}: max abs difference {gap}");
+        let mut top: Vec<f32> = theirs.to_vec1().unwrap();
+        top.sort_by(|a, b| b.total_cmp(a));
+        if top[0] - top[1] > 1.0 {
+            assert_eq!(argmax(&ours), argmax(&theirs), "{prompt:?}");
+        }
     }
-    assert_eq!(
-        ours,
-        theirs,
-        "ours: {:?}\ntheirs: {:?}",
-        model.decode(&ours),
-        model.decode(&theirs)
-    );
 }
 
 #[test]
@@ -222,44 +212,4 @@ fn prompt_longer_than_the_context_is_a_clear_error() {
     let tokens = vec![1u32; model.config.n_ctx + 1];
     let e = model.forward_all(&tokens).unwrap_err().to_string();
     assert!(e.contains("context window"), "{e}");
-}
-
-/// Repacking Q4_1 to Q8_0 changes each weight by at most half a Q8_0 step. Stated tolerance: against
-/// the exact maths of the stored weights (F32), no logit of the repacked model is off by more than
-/// 2.0 — the same bound the stored model itself meets with its 8-bit activations (measured: both
-/// 0.7–1.2 on logits of magnitude ~20) — and the top token agrees.
-#[test]
-fn repacked_weights_stay_close_to_the_stored_ones() {
-    use llm_lab::model::WeightFormat;
-    let path = models::fetch(DEFAULT_MODEL).unwrap();
-    let stored = Model::load_with(&path, WeightFormat::AsStored).unwrap();
-    let repacked = Model::load_with(&path, WeightFormat::Repacked).unwrap();
-    let exact = Model::load_with(&path, WeightFormat::F32).unwrap();
-    assert!(repacked.to_string().contains("Q8_0 (from Q4_1)"));
-    let max_diff = |a: &llm_lab::logits::Logits, b: &llm_lab::logits::Logits| {
-        a.values()
-            .iter()
-            .zip(b.values())
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max)
-    };
-    for prompt in [
-        "Once upon a time",
-        "The capital of France is",
-        "def fibonacci(n):",
-    ] {
-        let t = stored.encode(prompt).unwrap();
-        let (s, r, e) = (
-            stored.next_token_logits(&t).unwrap(),
-            repacked.next_token_logits(&t).unwrap(),
-            exact.next_token_logits(&t).unwrap(),
-        );
-        let (stored_err, repacked_err) = (max_diff(&s, &e), max_diff(&r, &e));
-        eprintln!("{prompt:?}: stored {stored_err:.3}, repacked {repacked_err:.3} from exact");
-        assert!(
-            stored_err <= 2.0 && repacked_err <= 2.0,
-            "{prompt:?}: repacked {repacked_err}, stored {stored_err}"
-        );
-        assert_eq!(s.argmax(), r.argmax(), "{prompt:?}");
-    }
 }

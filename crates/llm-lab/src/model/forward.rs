@@ -108,17 +108,27 @@ fn attention(
     let k = rope(&k, cos, sin, rope_style)?; // [Hkv, seq, d]
 
     // Keys and values of earlier tokens come from the cache.
-    let (k, v) = cache.append(layer, k, v)?; // [Hkv, ctx, d] each
+    let (k, v) = cache.append(layer, &k, &v)?; // [Hkv, ctx, d] each
+    let ctx = k.dim(1)?;
 
-    // Grouped-query attention: each KV head serves n_heads / n_kv_heads query heads.
-    let k = repeat_kv(&k, n_h / n_kv)?; // [H, ctx, d]
-    let v = repeat_kv(&v, n_h / n_kv)?; // [H, ctx, d]
+    // Grouped-query attention: the g = H / Hkv query heads that share a KV head are stacked
+    // (heads kv·g … kv·g + g − 1), so one product serves them all and K, V are never copied.
+    let g = n_h / n_kv;
+    let q_grouped = q.reshape((n_kv, g * seq, d))?; // [Hkv, g·seq, d]
 
-    // softmax(Q Kᵀ / √d + mask) V, per head.
-    let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?; // [H, seq, ctx]
-    let scores = scores.broadcast_add(mask)?;
-    let pattern = candle_nn::ops::softmax_last_dim(&scores)?; // [H, seq, ctx], rows sum to 1
-    let heads = pattern.matmul(&v)?; // [H, seq, d]
+    let (heads, pattern) = if seq > 1 {
+        // softmax(Q Kᵀ / √d + mask) V, per head.
+        let scores = (q_grouped.matmul(&k.t()?)? / (d as f64).sqrt())?; // [Hkv, g·seq, ctx]
+        let scores = scores.reshape((n_h, seq, ctx))?.broadcast_add(mask)?; // [H, seq, ctx]
+        let pattern = candle_nn::ops::softmax_last_dim(&scores)?; // [H, seq, ctx], rows sum to 1
+        let heads = pattern.reshape((n_kv, g * seq, ctx))?.matmul(&v)?; // [Hkv, g·seq, d]
+        (heads.reshape((n_h, seq, d))?, pattern) // [H, seq, d], [H, seq, ctx]
+    } else {
+        // One new token while generating: the same formula (no mask: the newest token sees
+        // every position), fused into one loop, as the separate operations cost more than
+        // their arithmetic at this size.
+        super::single_token::attention(&q, &k, &v)? // [H, 1, d], [H, 1, ctx]
+    };
 
     // Concatenate the heads and mix them with W_O.
     let concat = heads.transpose(0, 1)?.reshape((seq, n_h * d))?; // [seq, H·d]
@@ -128,8 +138,8 @@ fn attention(
         t.record(format!("blocks.{layer}.attn.pattern"), &pattern);
         if t.options.qkv {
             t.record(format!("blocks.{layer}.attn.q"), &q);
-            t.record(format!("blocks.{layer}.attn.k"), &k);
-            t.record(format!("blocks.{layer}.attn.v"), &v);
+            t.record(format!("blocks.{layer}.attn.k"), &repeat_kv(&k, g)?);
+            t.record(format!("blocks.{layer}.attn.v"), &repeat_kv(&v, g)?);
         }
     }
     Ok(out)

@@ -5,6 +5,7 @@ pub mod config;
 pub(crate) mod forward;
 pub mod gguf;
 mod q4_1;
+mod single_token;
 mod summary;
 pub mod trace;
 pub mod weights;

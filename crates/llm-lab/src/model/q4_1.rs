@@ -2,14 +2,15 @@
 //!
 //! Q4_1 (llama.cpp's 4-bit format with a minimum) stores each run of 32 weights as a scale `d`, a
 //! minimum `m` and 32 four-bit codes `q`: `w = d·q + m`. The default model ships in this format, but
-//! candle 0.11 multiplies it with a scalar loop. This module keeps the file's blocks byte for byte
-//! (so memory stays the file's size) and multiplies them the way llama.cpp defines the format:
-//! activations are rounded to 8 bits per block of 32 (Q8_1), then
+//! candle 0.11 multiplies it with a scalar loop. This module keeps exactly the file's numbers, in
+//! the same 20 bytes per block, only regrouped so SIMD loads take eight scales or two blocks of
+//! codes at once, and multiplies them as the format is defined: activations are rounded to 8 bits
+//! per block of 32 (Q8_1), then
 //!
 //! `Σ w·x ≈ Σ_blocks d_w·d_x·Σ q_w·q_x + m_w·s_x`, with `s_x = d_x·Σ q_x`,
 //!
-//! using AVX2 when the CPU has it and candle's worker threads. The products equal candle's own
-//! Q4_1 kernel up to the order of floating-point additions; the parity tests pin that.
+//! using AVX2 when the CPU has it, on candle's worker threads. Results equal the definition (and
+//! candle's own Q4_1 kernel) up to the order of floating-point additions.
 
 use half::f16;
 
@@ -17,239 +18,425 @@ use half::f16;
 pub const BLOCK: usize = 32;
 /// Bytes per stored block: two f16 and 16 bytes of packed codes.
 const BLOCK_BYTES: usize = 20;
+/// Blocks whose scales the kernel widens together (one 256-bit register of f32).
+const GROUP: usize = 8;
 
-/// One block of weights exactly as GGUF stores it.
-#[derive(Debug, Clone, Copy)]
-#[repr(C)]
-struct BlockQ4_1 {
-    /// Scale and minimum as f16 bits.
-    d: u16,
-    m: u16,
-    /// Code `j` in the low nibble of byte `j`, code `j + 16` in its high nibble.
-    qs: [u8; BLOCK / 2],
-}
-const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == BLOCK_BYTES);
-
-/// One block of activations rounded to 8 bits; `d` and `s` already widened from their f16 values.
-#[derive(Debug, Clone, Copy)]
-#[repr(C)]
-struct BlockQ8_1 {
-    d: f32,
-    s: f32,
-    qs: [i8; BLOCK],
-}
-
-/// A `[rows, cols]` matrix of Q4_1 blocks, row-major.
+/// A `[rows, cols]` matrix of Q4_1 blocks, row-major, stored as three parallel arrays.
 #[derive(Debug, Clone)]
 pub struct Q4_1Matrix {
-    blocks: Vec<BlockQ4_1>,
     rows: usize,
     cols: usize,
+    /// Per block: the scale `d` as f16 bits.
+    d: Vec<u16>,
+    /// Per block: the minimum `m` as f16 bits.
+    m: Vec<u16>,
+    /// Per block, 16 bytes: code `j` in the low nibble of byte `j`, code `j + 16` in its high one.
+    qs: Vec<u8>,
+}
+
+/// Activations rounded to Q8_1, per token row, padded with zero blocks to whole groups.
+struct Q8_1Rows {
+    /// Blocks per row, padded to a multiple of [`GROUP`].
+    stride: usize,
+    /// Per block: `d` and `s = d·Σq`, widened from the f16 the format rounds them to.
+    d: Vec<f32>,
+    s: Vec<f32>,
+    /// Per pair of blocks (2p, 2p+1), 64 codes laid out as the weight codes unpack:
+    /// `[q_2p[0..16], q_2p+1[0..16], q_2p[16..32], q_2p+1[16..32]]`.
+    qs: Vec<i8>,
+}
+
+impl Q8_1Rows {
+    /// The 32 codes of block `b` of row `t`, in order.
+    fn block(&self, t: usize, b: usize) -> [i8; BLOCK] {
+        let pair = &self.qs[(t * self.stride + b - b % 2) * BLOCK..][..2 * BLOCK];
+        let half = (b % 2) * 16;
+        std::array::from_fn(|j| {
+            if j < 16 {
+                pair[half + j]
+            } else {
+                pair[32 + half + j - 16]
+            }
+        })
+    }
 }
 
 impl Q4_1Matrix {
     /// Takes GGUF's Q4_1 bytes of a `[rows, cols]` matrix; `None` if the sizes do not match.
     pub fn from_bytes(bytes: &[u8], rows: usize, cols: usize) -> Option<Self> {
-        if cols % BLOCK != 0
-            || bytes.len() != rows.checked_mul(cols / BLOCK)?.checked_mul(BLOCK_BYTES)?
-        {
+        let n_blocks = rows.checked_mul(cols / BLOCK)?;
+        if cols % BLOCK != 0 || bytes.len() != n_blocks.checked_mul(BLOCK_BYTES)? {
             return None;
         }
-        let blocks = bytes
-            .chunks_exact(BLOCK_BYTES)
-            .map(|b| {
-                let mut qs = [0u8; BLOCK / 2];
-                qs.copy_from_slice(&b[4..]);
-                BlockQ4_1 {
-                    d: u16::from_le_bytes([b[0], b[1]]),
-                    m: u16::from_le_bytes([b[2], b[3]]),
-                    qs,
-                }
-            })
-            .collect();
-        Some(Q4_1Matrix { blocks, rows, cols })
+        let mut matrix = Q4_1Matrix {
+            rows,
+            cols,
+            d: Vec::with_capacity(n_blocks),
+            m: Vec::with_capacity(n_blocks),
+            qs: Vec::with_capacity(n_blocks * 16),
+        };
+        for b in bytes.chunks_exact(BLOCK_BYTES) {
+            matrix.d.push(u16::from_le_bytes([b[0], b[1]]));
+            matrix.m.push(u16::from_le_bytes([b[2], b[3]]));
+            matrix.qs.extend_from_slice(&b[4..]);
+        }
+        Some(matrix)
     }
 
     /// The stored bytes, as GGUF lays them out.
     #[cfg(test)]
     fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.blocks.len() * BLOCK_BYTES);
-        for b in &self.blocks {
-            out.extend_from_slice(&b.d.to_le_bytes());
-            out.extend_from_slice(&b.m.to_le_bytes());
-            out.extend_from_slice(&b.qs);
+        let mut out = Vec::with_capacity(self.d.len() * BLOCK_BYTES);
+        for (i, (d, m)) in self.d.iter().zip(&self.m).enumerate() {
+            out.extend_from_slice(&d.to_le_bytes());
+            out.extend_from_slice(&m.to_le_bytes());
+            out.extend_from_slice(&self.qs[i * 16..(i + 1) * 16]);
         }
         out
     }
 
-    fn row(&self, r: usize) -> &[BlockQ4_1] {
-        let n = self.cols / BLOCK;
-        &self.blocks[r * n..(r + 1) * n]
+    fn blocks_per_row(&self) -> usize {
+        self.cols / BLOCK
     }
 
     /// Row `r` dequantized into `out` (`cols` values): an embedding lookup.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        for (b, out) in self.row(r).iter().zip(out.chunks_exact_mut(BLOCK)) {
-            let (d, m) = (f16::from_bits(b.d).to_f32(), f16::from_bits(b.m).to_f32());
-            for (j, &q) in b.qs.iter().enumerate() {
+        let nb = self.blocks_per_row();
+        for (i, out) in out.chunks_exact_mut(BLOCK).enumerate() {
+            let b = r * nb + i;
+            let (d, m) = (
+                f16::from_bits(self.d[b]).to_f32(),
+                f16::from_bits(self.m[b]).to_f32(),
+            );
+            for (j, &q) in self.qs[b * 16..(b + 1) * 16].iter().enumerate() {
                 out[j] = (q & 0x0F) as f32 * d + m;
-                out[j + BLOCK / 2] = (q >> 4) as f32 * d + m;
+                out[j + 16] = (q >> 4) as f32 * d + m;
             }
         }
     }
 
     /// `y = x · Wᵀ` for `x: [m, cols]` (row-major) into `y: [m, rows]`.
     pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        self.matmul_with(Kernel::best(), x, m, y)
+    }
+
+    fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize, y: &mut [f32]) {
         assert_eq!(x.len(), m * self.cols, "x must be [m, cols]");
         assert_eq!(y.len(), m * self.rows, "y must be [m, rows]");
-        let xq = quantize_activations(x);
-        let nb = self.cols / BLOCK;
-        let kernel = Kernel::detect();
+        let xq = quantize_activations(x, self.cols);
         let rows = self.rows;
         let y_ptr = y.as_mut_ptr() as usize;
-        // Each worker takes whole weight rows and runs them against every token, so a row is read
-        // from memory once per call however many tokens there are.
-        candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
-            for r in range {
-                let w = self.row(r);
-                let mut t = 0;
-                while t + 4 <= m {
-                    let dots =
-                        kernel.dot4(w, [0, 1, 2, 3].map(|i| &xq[(t + i) * nb..(t + i + 1) * nb]));
-                    for (i, v) in dots.into_iter().enumerate() {
-                        // SAFETY: element (t+i, r) is written by the one worker that owns row r.
-                        unsafe { *(y_ptr as *mut f32).add((t + i) * rows + r) = v };
+        // SAFETY: every (token, row) element is written by the one worker that owns the row.
+        let put =
+            |t: usize, r: usize, v: f32| unsafe { *(y_ptr as *mut f32).add(t * rows + r) = v };
+        // Workers take whole weight rows and run them against every token, so each row is read
+        // from memory once per call. A tile shares work: one token against four rows while
+        // generating, four tokens against one row on a prompt.
+        let pool = candle_core::utils::barrier_pool();
+        if m < 4 {
+            pool.execute_chunked(rows.div_ceil(4), |groups| {
+                for r in groups.map(|g| g * 4) {
+                    for t in 0..m {
+                        if r + 4 <= rows {
+                            let v = kernel.tile::<4, 1>(self, [r, r + 1, r + 2, r + 3], &xq, [t]);
+                            (0..4).for_each(|i| put(t, r + i, v[i][0]));
+                        } else {
+                            (r..rows).for_each(|r| {
+                                put(t, r, kernel.tile::<1, 1>(self, [r], &xq, [t])[0][0])
+                            });
+                        }
                     }
-                    t += 4;
                 }
-                for t in t..m {
-                    let v = kernel.dot(w, &xq[t * nb..(t + 1) * nb]);
-                    // SAFETY: as above.
-                    unsafe { *(y_ptr as *mut f32).add(t * rows + r) = v };
+            });
+        } else {
+            pool.execute_chunked(rows, |range| {
+                for r in range {
+                    let mut t = 0;
+                    while t + 4 <= m {
+                        let v = kernel.tile::<1, 4>(self, [r], &xq, [t, t + 1, t + 2, t + 3]);
+                        (0..4).for_each(|i| put(t + i, r, v[0][i]));
+                        t += 4;
+                    }
+                    (t..m).for_each(|t| put(t, r, kernel.tile::<1, 1>(self, [r], &xq, [t])[0][0]));
                 }
-            }
-        });
+            });
+        }
     }
 }
 
 /// Rounds each row of `x` to Q8_1 blocks: `q = round(x / d)`, `d = max|x| / 127`, `s = d·Σq`,
 /// with `d` and `s` rounded to f16 as the format stores them.
-fn quantize_activations(x: &[f32]) -> Vec<BlockQ8_1> {
-    x.chunks_exact(BLOCK)
-        .map(|xs| {
+fn quantize_activations(x: &[f32], cols: usize) -> Q8_1Rows {
+    let nb = cols / BLOCK;
+    let stride = nb.div_ceil(GROUP) * GROUP;
+    let n_rows = x.len() / cols;
+    let mut out = Q8_1Rows {
+        stride,
+        d: vec![0.0; n_rows * stride],
+        s: vec![0.0; n_rows * stride],
+        qs: vec![0; n_rows * stride * BLOCK],
+    };
+    for (t, row) in x.chunks_exact(cols).enumerate() {
+        for (b, xs) in row.chunks_exact(BLOCK).enumerate() {
             let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
             let d = amax / 127.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            let mut qs = [0i8; BLOCK];
+            let pair = &mut out.qs[(t * stride + b - b % 2) * BLOCK..][..2 * BLOCK];
+            let half = (b % 2) * 16;
             let mut sum = 0i32;
-            for (q, &v) in qs.iter_mut().zip(xs) {
-                *q = (v * id).round() as i8;
-                sum += *q as i32;
+            for (j, &v) in xs.iter().enumerate() {
+                let q = (v * id).round() as i8;
+                sum += q as i32;
+                pair[if j < 16 { half + j } else { 32 + half + j - 16 }] = q;
             }
             let d16 = f16::from_f32(d);
-            let s16 = f16::from_f32(f16::from_f32(sum as f32).to_f32() * d16.to_f32());
-            BlockQ8_1 {
-                d: d16.to_f32(),
-                s: s16.to_f32(),
-                qs,
-            }
-        })
-        .collect()
+            out.d[t * stride + b] = d16.to_f32();
+            out.s[t * stride + b] =
+                f16::from_f32(f16::from_f32(sum as f32).to_f32() * d16.to_f32()).to_f32();
+        }
+    }
+    out
 }
 
-/// Which dot-product implementation this CPU runs.
-#[derive(Debug, Clone, Copy)]
+/// Which dot-product implementation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kernel {
     Scalar,
+    /// maddubs/madd: any x86-64 CPU of the last decade.
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// VNNI's `dpbusd` does the u8 × i8 products and their sums in one instruction: recent
+    /// laptops (AVX-VNNI) and servers (AVX-512 VNNI).
+    #[cfg(target_arch = "x86_64")]
+    AvxVnni,
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
 }
 
 impl Kernel {
-    fn detect() -> Self {
+    /// Every kernel this CPU can run, slowest first.
+    fn available() -> Vec<Kernel> {
+        #[allow(unused_mut)]
+        let mut kernels = vec![Kernel::Scalar];
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
         {
-            return Kernel::Avx2;
+            kernels.push(Kernel::Avx2);
+            if is_x86_feature_detected!("avxvnni") {
+                kernels.push(Kernel::AvxVnni);
+            }
+            if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+                kernels.push(Kernel::Avx512Vnni);
+            }
         }
-        Kernel::Scalar
+        kernels
     }
 
-    fn dot(self, w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
-        match self {
-            Kernel::Scalar => dot_scalar(w, x),
-            // SAFETY: detect() saw the features.
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::dot::<1>(w, [x])[0] },
-        }
+    /// The fastest kernel this CPU runs, detected once.
+    fn best() -> Kernel {
+        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            *Kernel::available()
+                .last()
+                .expect("the scalar kernel always runs")
+        })
     }
 
-    fn dot4(self, w: &[BlockQ4_1], x: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    /// Dot products of weight rows `rows` with token rows `tokens`: `R × T` results.
+    fn tile<const R: usize, const T: usize>(
+        self,
+        w: &Q4_1Matrix,
+        rows: [usize; R],
+        x: &Q8_1Rows,
+        tokens: [usize; T],
+    ) -> [[f32; T]; R] {
+        assert!(
+            rows.iter().all(|&r| r < w.rows)
+                && tokens.iter().all(|&t| (t + 1) * x.stride <= x.d.len())
+        );
         match self {
-            Kernel::Scalar => x.map(|x| dot_scalar(w, x)),
-            // SAFETY: detect() saw the features.
+            Kernel::Scalar => rows.map(|r| tokens.map(|t| dot_scalar(w, r, x, t))),
+            // SAFETY (all three): available() saw the features; the indices were checked above.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::dot::<4>(w, x) },
+            Kernel::Avx2 => unsafe { x86::tile_avx2::<R, T>(w, rows, x, tokens) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::AvxVnni => unsafe { x86::tile_avxvnni::<R, T>(w, rows, x, tokens) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => unsafe { x86::tile_avx512vnni::<R, T>(w, rows, x, tokens) },
         }
     }
 }
 
 /// The definition, one code at a time; also the reference the SIMD kernel is tested against.
-fn dot_scalar(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
+fn dot_scalar(w: &Q4_1Matrix, r: usize, x: &Q8_1Rows, t: usize) -> f32 {
+    let nb = w.blocks_per_row();
     let mut sum = 0f32;
-    for (w, x) in w.iter().zip(x) {
+    for i in 0..nb {
+        let b = r * nb + i;
+        let codes = &w.qs[b * 16..(b + 1) * 16];
+        let xq = x.block(t, i);
         let mut qq = 0i32;
-        for j in 0..BLOCK / 2 {
-            qq += (w.qs[j] & 0x0F) as i32 * x.qs[j] as i32
-                + (w.qs[j] >> 4) as i32 * x.qs[j + BLOCK / 2] as i32;
+        for j in 0..16 {
+            qq += (codes[j] & 0x0F) as i32 * xq[j] as i32
+                + (codes[j] >> 4) as i32 * xq[j + 16] as i32;
         }
-        sum += qq as f32 * f16::from_bits(w.d).to_f32() * x.d + f16::from_bits(w.m).to_f32() * x.s;
+        let (xd, xs) = (x.d[t * x.stride + i], x.s[t * x.stride + i]);
+        sum +=
+            qq as f32 * f16::from_bits(w.d[b]).to_f32() * xd + f16::from_bits(w.m[b]).to_f32() * xs;
     }
     sum
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{BlockQ4_1, BlockQ8_1};
+mod x86 {
+    use super::{Q4_1Matrix, Q8_1Rows, BLOCK, GROUP};
     use std::arch::x86_64::*;
 
-    /// Dot products of one weight row with `N` activation rows, unpacking each weight block once.
-    /// Integer block sums come from SIMD; the float sum over blocks runs in the definition's order
-    /// (`s += q·d_w·d_x + m_w·s_x`, block by block) so results are bit-identical to it.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot<const N: usize>(w: &[BlockQ4_1], x: [&[BlockQ8_1]; N]) -> [f32; N] {
-        let low4 = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
-        let mut out = [0f32; N];
-        for (b, wb) in w.iter().enumerate() {
-            // d and m of the weight block, widened from f16 in one instruction.
-            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(
-                ((wb.m as u32) << 16 | wb.d as u32) as i32,
-            ));
-            let (dw, mw) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_shuffle_ps(dm, dm, 1)));
-            // 16 bytes → 32 codes: low nibbles are codes 0..16, high nibbles codes 16..32.
-            let packed = _mm_loadu_si128(wb.qs.as_ptr() as *const __m128i);
-            let codes = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low4);
-            for i in 0..N {
-                let xb = x[i].get_unchecked(b);
-                let xq = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m128i as *const __m256i);
-                // u8 × i8 pairs summed to i16 (15·127·2 cannot overflow), then to 8 × i32, then one.
-                let quads = _mm256_madd_epi16(_mm256_maddubs_epi16(codes, xq), ones);
-                let qq = hsum_i32(quads);
-                out[i] += qq as f32 * dw * xb.d + mw * xb.s;
+    /// Defines one `R × T` tile kernel for a set of target features and a way to sum the u8 × i8
+    /// products of a pair of blocks into eight i32 lanes (lanes 0..4: block 2p, 4..8: block 2p+1).
+    ///
+    /// A group of eight blocks at a time: the eight weight scales and minima are widened by one
+    /// instruction each; two blocks of codes come in one load and unpack into the layout the
+    /// activations were stored in; the four pair sums fold into eight block sums with three
+    /// horizontal adds, so each group costs one conversion and one FMA per row and token.
+    macro_rules! tile_kernel {
+        ($name:ident, $features:literal, |$lo:ident, $hi:ident, $x_lo:ident, $x_hi:ident, $ones:ident| $pair_sums:expr) => {
+            /// # Safety
+            /// The CPU must have the enabled features; rows and tokens must be in range.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name<const R: usize, const T: usize>(
+                w: &Q4_1Matrix,
+                rows: [usize; R],
+                x: &Q8_1Rows,
+                tokens: [usize; T],
+            ) -> [[f32; T]; R] {
+                let nb = w.cols / BLOCK;
+                let low4 = _mm256_set1_epi8(0x0F);
+                #[allow(unused_variables)]
+                let $ones = _mm256_set1_epi16(1);
+                // The horizontal adds leave block sums in the order 0, 2, 4, 6, 1, 3, 5, 7.
+                let folded = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+                let mut acc = [[_mm256_setzero_ps(); T]; R];
+                let mut min_acc = [[_mm256_setzero_ps(); T]; R];
+                for g in (0..nb).step_by(GROUP) {
+                    let n = GROUP.min(nb - g);
+                    let pairs = n.div_ceil(2);
+                    let mut xd = [_mm256_setzero_ps(); T];
+                    let mut xs = [_mm256_setzero_ps(); T];
+                    for j in 0..T {
+                        let xb = tokens[j] * x.stride + g; // padded to whole groups
+                        xd[j] =
+                            _mm256_permutevar8x32_ps(_mm256_loadu_ps(x.d.as_ptr().add(xb)), folded);
+                        xs[j] = _mm256_loadu_ps(x.s.as_ptr().add(xb));
+                    }
+                    for i in 0..R {
+                        // Scales and minima of the group's blocks, zero past the row's end.
+                        let b = rows[i] * nb + g;
+                        let (dw, mw) = if n == GROUP {
+                            (
+                                _mm256_cvtph_ps(_mm_loadu_si128(
+                                    w.d.as_ptr().add(b) as *const __m128i
+                                )),
+                                _mm256_cvtph_ps(_mm_loadu_si128(
+                                    w.m.as_ptr().add(b) as *const __m128i
+                                )),
+                            )
+                        } else {
+                            let (mut d, mut m) = ([0u16; GROUP], [0u16; GROUP]);
+                            d[..n].copy_from_slice(&w.d[b..b + n]);
+                            m[..n].copy_from_slice(&w.m[b..b + n]);
+                            (
+                                _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr() as *const __m128i)),
+                                _mm256_cvtph_ps(_mm_loadu_si128(m.as_ptr() as *const __m128i)),
+                            )
+                        };
+                        let dw = _mm256_permutevar8x32_ps(dw, folded);
+                        // Codes of blocks 2p and 2p+1: low nibbles are their codes 0..16, high
+                        // nibbles 16..32. A lone last block loads 16 bytes; the rest reads as zeros.
+                        let mut lo = [_mm256_setzero_si256(); GROUP / 2];
+                        let mut hi = [_mm256_setzero_si256(); GROUP / 2];
+                        for p in 0..pairs {
+                            let ptr = w.qs.as_ptr().add((b + 2 * p) * 16);
+                            let packed = if 2 * p + 1 < n {
+                                _mm256_loadu_si256(ptr as *const __m256i)
+                            } else {
+                                _mm256_zextsi128_si256(_mm_loadu_si128(ptr as *const __m128i))
+                            };
+                            lo[p] = _mm256_and_si256(packed, low4);
+                            hi[p] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+                        }
+                        for j in 0..T {
+                            let mut sums = [_mm256_setzero_si256(); GROUP / 2];
+                            for p in 0..pairs {
+                                let xq =
+                                    x.qs.as_ptr()
+                                        .add((tokens[j] * x.stride + g + 2 * p) * BLOCK);
+                                let ($lo, $hi) = (lo[p], hi[p]);
+                                let $x_lo = _mm256_loadu_si256(xq as *const __m256i);
+                                let $x_hi = _mm256_loadu_si256(xq.add(32) as *const __m256i);
+                                sums[p] = $pair_sums;
+                            }
+                            let blocks = _mm256_hadd_epi32(
+                                _mm256_hadd_epi32(sums[0], sums[1]),
+                                _mm256_hadd_epi32(sums[2], sums[3]),
+                            );
+                            acc[i][j] = _mm256_fmadd_ps(
+                                _mm256_mul_ps(dw, xd[j]),
+                                _mm256_cvtepi32_ps(blocks),
+                                acc[i][j],
+                            );
+                            min_acc[i][j] = _mm256_fmadd_ps(mw, xs[j], min_acc[i][j]);
+                        }
+                    }
+                }
+                let mut out = [[0f32; T]; R];
+                for i in 0..R {
+                    for j in 0..T {
+                        out[i][j] = hsum(_mm256_add_ps(acc[i][j], min_acc[i][j]));
+                    }
+                }
+                out
             }
-        }
-        out
+        };
     }
 
+    // u8 × i8 pairs to i16 (≤ 2·15·127 each, ≤ 4·15·127 after the add: no overflow), then to i32.
+    tile_kernel!(tile_avx2, "avx2,fma,f16c", |lo, hi, x_lo, x_hi, ones| {
+        _mm256_madd_epi16(
+            _mm256_add_epi16(
+                _mm256_maddubs_epi16(lo, x_lo),
+                _mm256_maddubs_epi16(hi, x_hi),
+            ),
+            ones,
+        )
+    });
+    tile_kernel!(
+        tile_avxvnni,
+        "avx2,fma,f16c,avxvnni",
+        |lo, hi, x_lo, x_hi, ones| _mm256_dpbusd_avx_epi32(
+            _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), lo, x_lo),
+            hi,
+            x_hi
+        )
+    );
+    tile_kernel!(
+        tile_avx512vnni,
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        |lo, hi, x_lo, x_hi, ones| _mm256_dpbusd_epi32(
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, x_lo),
+            hi,
+            x_hi
+        )
+    );
+
     #[target_feature(enable = "avx2")]
-    unsafe fn hsum_i32(v: __m256i) -> i32 {
-        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-        _mm_cvtsi128_si32(s)
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
     }
 }
 
@@ -301,36 +488,63 @@ mod tests {
     }
 
     #[test]
-    fn kernel_is_bit_identical_to_the_definition_and_close_to_f32() {
-        let (rows, cols) = (37, 256);
-        let (w, x) = random_matrix(rows, cols, 7);
-        for m in [1, 3, 4, 9] {
-            let x = &x[..m * cols];
-            let mut y = vec![0f32; m * rows];
-            w.matmul(x, m, &mut y);
-            let xq = quantize_activations(x);
-            let mut wrow = vec![0f32; cols];
-            for r in 0..rows {
-                w.dequantize_row(r, &mut wrow);
-                for t in 0..m {
-                    let exact: f32 = wrow
-                        .iter()
-                        .zip(&x[t * cols..(t + 1) * cols])
-                        .map(|(a, b)| a * b)
-                        .sum();
-                    let def =
-                        dot_scalar(w.row(r), &xq[t * (cols / BLOCK)..(t + 1) * (cols / BLOCK)]);
-                    let got = y[t * rows + r];
-                    assert_eq!(
-                        got.to_bits(),
-                        def.to_bits(),
-                        "row {r} token {t}: {got} vs definition {def}"
-                    );
-                    // 8-bit activations: the product stays close to the exact one.
+    fn activations_keep_each_block_in_order() {
+        let x: Vec<f32> = (0..3 * 96).map(|i| (i % 97) as f32 - 48.0).collect();
+        let q = quantize_activations(&x, 96);
+        assert_eq!(q.stride, GROUP);
+        for t in 0..3 {
+            for b in 0..3 {
+                let d = q.d[t * q.stride + b];
+                let back: Vec<f32> = q.block(t, b).iter().map(|&c| c as f32 * d).collect();
+                for (j, v) in back.iter().enumerate() {
                     assert!(
-                        (got - exact).abs() <= 0.02 * (1.0 + exact.abs()),
-                        "row {r} token {t}: {got} vs exact {exact}"
+                        (v - x[t * 96 + b * BLOCK + j]).abs() <= d,
+                        "token {t} block {b} code {j}"
                     );
+                }
+            }
+            // Padding blocks are zero, so they add nothing.
+            assert!(q.d[t * q.stride + 3..(t + 1) * q.stride]
+                .iter()
+                .all(|&d| d == 0.0));
+        }
+    }
+
+    #[test]
+    fn every_tile_shape_agrees_with_the_definition_and_the_f32_product() {
+        // Whole groups, a partial group with an odd block, and the model's 18-block rows.
+        for (rows, cols) in [(37, 256), (6, 96), (9, 576), (5, 32)] {
+            let (w, x) = random_matrix(rows, cols, 7);
+            for (kernel, m) in Kernel::available()
+                .into_iter()
+                .flat_map(|k| [1, 2, 4, 9].map(|m| (k, m)))
+            {
+                let x = &x[..m * cols];
+                let mut y = vec![0f32; m * rows];
+                w.matmul_with(kernel, x, m, &mut y);
+                let xq = quantize_activations(x, cols);
+                let mut wrow = vec![0f32; cols];
+                for r in 0..rows {
+                    w.dequantize_row(r, &mut wrow);
+                    for t in 0..m {
+                        let exact: f32 = wrow
+                            .iter()
+                            .zip(&x[t * cols..(t + 1) * cols])
+                            .map(|(a, b)| a * b)
+                            .sum();
+                        let def = dot_scalar(&w, r, &xq, t);
+                        let got = y[t * rows + r];
+                        // Only the order of float additions differs from the definition.
+                        assert!(
+                            (got - def).abs() <= 1e-5 * (1.0 + def.abs()),
+                            "{kernel:?} {rows}×{cols}, row {r} token {t}: {got} vs definition {def}"
+                        );
+                        // 8-bit activations keep the product close to the exact one.
+                        assert!(
+                            (got - exact).abs() <= 0.02 * (1.0 + exact.abs()),
+                            "{kernel:?} {rows}×{cols}, row {r} token {t}: {got} vs exact {exact}"
+                        );
+                    }
                 }
             }
         }

@@ -127,24 +127,13 @@ impl Linear {
 
     /// Converts the stored matrix to `format` (a no-op when it already is).
     fn convert(&mut self, format: WeightFormat) -> Result<()> {
-        let stored = match &self.weight {
-            Matrix::Candle(QMatMul::QTensor(q)) => q.dtype(),
-            Matrix::Q4_1(_) => GgmlDType::Q4_1,
-            Matrix::Candle(_) => return Ok(()),
-        };
-        match format {
-            WeightFormat::AsStored => {}
-            WeightFormat::F32 => {
-                self.weight = Matrix::Candle(QMatMul::Tensor(self.weight()?));
-                self.format = "F32".into();
-            }
-            WeightFormat::Repacked => {
-                if matches!(stored, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1) {
-                    let q8 = QTensor::quantize(&self.weight()?, GgmlDType::Q8_0)?;
-                    self.weight = Matrix::Candle(QMatMul::from_qtensor(q8)?);
-                    self.format = format!("Q8_0 (from {stored:?})");
-                }
-            }
+        let quantized = matches!(
+            &self.weight,
+            Matrix::Candle(QMatMul::QTensor(_)) | Matrix::Q4_1(_)
+        );
+        if quantized && format == WeightFormat::F32 {
+            self.weight = Matrix::Candle(QMatMul::Tensor(self.weight()?));
+            self.format = "F32".into();
         }
         Ok(())
     }
@@ -165,14 +154,12 @@ fn with_f32_slice<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Re
 /// How the weight matrices are kept in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
-    /// Exactly as the file stores them (quantized matrices multiply against quantized activations).
+    /// Exactly the file's numbers: quantized matrices multiply against activations rounded to
+    /// 8 bits, as llama.cpp defines its formats (Q4_1 by this crate's SIMD kernel).
     #[default]
     AsStored,
-    /// Dequantized to f32: the exact maths of the stored weights, ~4× the memory, slower.
+    /// Dequantized to f32: the exact maths of the stored weights, ~6× the memory, slower.
     F32,
-    /// Formats without fast CPU kernels in candle (Q4_1, Q5_0, Q5_1) requantized to Q8_0 at load:
-    /// the same values up to Q8_0's rounding, about 1.4× their memory, several times faster.
-    Repacked,
 }
 
 /// How query and key dimensions are paired for rotation.
