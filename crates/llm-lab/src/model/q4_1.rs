@@ -41,6 +41,9 @@ struct Q8_1Rows {
     /// Per block: `d` and `s = d·Σq`, widened from the f16 the format rounds them to.
     d: Vec<f32>,
     s: Vec<f32>,
+    /// `d` again, each group of eight in the order the SIMD kernel's block sums come out:
+    /// 0, 2, 4, 6, 1, 3, 5, 7.
+    d_folded: Vec<f32>,
     /// Per pair of blocks (2p, 2p+1), 64 codes laid out as the weight codes unpack:
     /// `[q_2p[0..16], q_2p+1[0..16], q_2p[16..32], q_2p+1[16..32]]`.
     qs: Vec<i8>,
@@ -174,6 +177,7 @@ fn quantize_activations(x: &[f32], cols: usize) -> Q8_1Rows {
         stride,
         d: vec![0.0; n_rows * stride],
         s: vec![0.0; n_rows * stride],
+        d_folded: vec![0.0; n_rows * stride],
         qs: vec![0; n_rows * stride * BLOCK],
     };
     for (t, row) in x.chunks_exact(cols).enumerate() {
@@ -194,6 +198,11 @@ fn quantize_activations(x: &[f32], cols: usize) -> Q8_1Rows {
             out.s[t * stride + b] =
                 f16::from_f32(f16::from_f32(sum as f32).to_f32() * d16.to_f32()).to_f32();
         }
+    }
+    // Within each group, block b's scale goes to slot b/2 (even b) or 4 + b/2 (odd b).
+    for (i, &d) in out.d.iter().enumerate() {
+        let (group, b) = (i - i % GROUP, i % GROUP);
+        out.d_folded[group + b / 2 + (b % 2) * GROUP / 2] = d;
     }
     out
 }
@@ -300,7 +309,8 @@ mod x86 {
     /// A group of eight blocks at a time: the eight weight scales and minima are widened by one
     /// instruction each; two blocks of codes come in one load and unpack into the layout the
     /// activations were stored in; the four pair sums fold into eight block sums with three
-    /// horizontal adds, so each group costs one conversion and one FMA per row and token.
+    /// horizontal adds, so a group costs one conversion and two FMAs per row and token. A row's
+    /// last, partial group is first copied into a zero-padded buffer, so the loop has no branches.
     macro_rules! tile_kernel {
         ($name:ident, $features:literal, |$lo:ident, $hi:ident, $x_lo:ident, $x_hi:ident, $ones:ident| $pair_sums:expr) => {
             /// # Safety
@@ -318,83 +328,73 @@ mod x86 {
                 let $ones = _mm256_set1_epi16(1);
                 // The horizontal adds leave block sums in the order 0, 2, 4, 6, 1, 3, 5, 7.
                 let folded = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-                let mut acc = [[_mm256_setzero_ps(); T]; R];
-                let mut min_acc = [[_mm256_setzero_ps(); T]; R];
-                for g in (0..nb).step_by(GROUP) {
-                    let n = GROUP.min(nb - g);
-                    let pairs = n.div_ceil(2);
-                    let mut xd = [_mm256_setzero_ps(); T];
-                    let mut xs = [_mm256_setzero_ps(); T];
-                    for j in 0..T {
-                        let xb = tokens[j] * x.stride + g; // padded to whole groups
-                        xd[j] =
-                            _mm256_permutevar8x32_ps(_mm256_loadu_ps(x.d.as_ptr().add(xb)), folded);
-                        xs[j] = _mm256_loadu_ps(x.s.as_ptr().add(xb));
-                    }
-                    for i in 0..R {
-                        // Scales and minima of the group's blocks, zero past the row's end.
-                        let b = rows[i] * nb + g;
-                        let (dw, mw) = if n == GROUP {
+                let mut tail_d = [0u16; GROUP];
+                let mut tail_m = [0u16; GROUP];
+                let mut tail_qs = [0u8; GROUP * 16];
+                let mut out = [[0f32; T]; R];
+                for i in 0..R {
+                    let row = rows[i] * nb;
+                    // Both terms of every block land in one accumulator per token.
+                    let mut acc = [_mm256_setzero_ps(); T];
+                    for g in (0..nb).step_by(GROUP) {
+                        let n = GROUP.min(nb - g);
+                        let (d, m, qs) = if n == GROUP {
                             (
-                                _mm256_cvtph_ps(_mm_loadu_si128(
-                                    w.d.as_ptr().add(b) as *const __m128i
-                                )),
-                                _mm256_cvtph_ps(_mm_loadu_si128(
-                                    w.m.as_ptr().add(b) as *const __m128i
-                                )),
+                                w.d.as_ptr().add(row + g),
+                                w.m.as_ptr().add(row + g),
+                                w.qs.as_ptr().add((row + g) * 16),
                             )
                         } else {
-                            let (mut d, mut m) = ([0u16; GROUP], [0u16; GROUP]);
-                            d[..n].copy_from_slice(&w.d[b..b + n]);
-                            m[..n].copy_from_slice(&w.m[b..b + n]);
-                            (
-                                _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr() as *const __m128i)),
-                                _mm256_cvtph_ps(_mm_loadu_si128(m.as_ptr() as *const __m128i)),
-                            )
+                            tail_d.fill(0);
+                            tail_m.fill(0);
+                            tail_qs.fill(0);
+                            tail_d[..n].copy_from_slice(&w.d[row + g..row + g + n]);
+                            tail_m[..n].copy_from_slice(&w.m[row + g..row + g + n]);
+                            tail_qs[..n * 16]
+                                .copy_from_slice(&w.qs[(row + g) * 16..(row + g + n) * 16]);
+                            (tail_d.as_ptr(), tail_m.as_ptr(), tail_qs.as_ptr())
                         };
-                        let dw = _mm256_permutevar8x32_ps(dw, folded);
+                        let dw = _mm256_permutevar8x32_ps(
+                            _mm256_cvtph_ps(_mm_loadu_si128(d as *const __m128i)),
+                            folded,
+                        );
+                        let mw = _mm256_cvtph_ps(_mm_loadu_si128(m as *const __m128i));
                         // Codes of blocks 2p and 2p+1: low nibbles are their codes 0..16, high
-                        // nibbles 16..32. A lone last block loads 16 bytes; the rest reads as zeros.
+                        // nibbles 16..32.
                         let mut lo = [_mm256_setzero_si256(); GROUP / 2];
                         let mut hi = [_mm256_setzero_si256(); GROUP / 2];
-                        for p in 0..pairs {
-                            let ptr = w.qs.as_ptr().add((b + 2 * p) * 16);
-                            let packed = if 2 * p + 1 < n {
-                                _mm256_loadu_si256(ptr as *const __m256i)
-                            } else {
-                                _mm256_zextsi128_si256(_mm_loadu_si128(ptr as *const __m128i))
-                            };
+                        for p in 0..GROUP / 2 {
+                            let packed = _mm256_loadu_si256(qs.add(p * 32) as *const __m256i);
                             lo[p] = _mm256_and_si256(packed, low4);
                             hi[p] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
                         }
                         for j in 0..T {
+                            let xb = tokens[j] * x.stride + g; // padded to whole groups
+                            let xq = x.qs.as_ptr().add(xb * BLOCK);
                             let mut sums = [_mm256_setzero_si256(); GROUP / 2];
-                            for p in 0..pairs {
-                                let xq =
-                                    x.qs.as_ptr()
-                                        .add((tokens[j] * x.stride + g + 2 * p) * BLOCK);
+                            for p in 0..GROUP / 2 {
                                 let ($lo, $hi) = (lo[p], hi[p]);
-                                let $x_lo = _mm256_loadu_si256(xq as *const __m256i);
-                                let $x_hi = _mm256_loadu_si256(xq.add(32) as *const __m256i);
+                                let $x_lo = _mm256_loadu_si256(xq.add(p * 64) as *const __m256i);
+                                let $x_hi =
+                                    _mm256_loadu_si256(xq.add(p * 64 + 32) as *const __m256i);
                                 sums[p] = $pair_sums;
                             }
                             let blocks = _mm256_hadd_epi32(
                                 _mm256_hadd_epi32(sums[0], sums[1]),
                                 _mm256_hadd_epi32(sums[2], sums[3]),
                             );
-                            acc[i][j] = _mm256_fmadd_ps(
-                                _mm256_mul_ps(dw, xd[j]),
+                            let xd = _mm256_loadu_ps(x.d_folded.as_ptr().add(xb));
+                            let xs = _mm256_loadu_ps(x.s.as_ptr().add(xb));
+                            acc[j] = _mm256_fmadd_ps(
+                                _mm256_mul_ps(dw, xd),
                                 _mm256_cvtepi32_ps(blocks),
-                                acc[i][j],
+                                acc[j],
                             );
-                            min_acc[i][j] = _mm256_fmadd_ps(mw, xs[j], min_acc[i][j]);
+                            acc[j] = _mm256_fmadd_ps(mw, xs, acc[j]);
                         }
                     }
-                }
-                let mut out = [[0f32; T]; R];
-                for i in 0..R {
                     for j in 0..T {
-                        out[i][j] = hsum(_mm256_add_ps(acc[i][j], min_acc[i][j]));
+                        out[i][j] = hsum(acc[j]);
                     }
                 }
                 out
@@ -415,20 +415,24 @@ mod x86 {
     tile_kernel!(
         tile_avxvnni,
         "avx2,fma,f16c,avxvnni",
-        |lo, hi, x_lo, x_hi, ones| _mm256_dpbusd_avx_epi32(
-            _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), lo, x_lo),
-            hi,
-            x_hi
-        )
+        |lo, hi, x_lo, x_hi, ones| {
+            _mm256_dpbusd_avx_epi32(
+                _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), lo, x_lo),
+                hi,
+                x_hi,
+            )
+        }
     );
     tile_kernel!(
         tile_avx512vnni,
         "avx2,fma,f16c,avx512vnni,avx512vl",
-        |lo, hi, x_lo, x_hi, ones| _mm256_dpbusd_epi32(
-            _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, x_lo),
-            hi,
-            x_hi
-        )
+        |lo, hi, x_lo, x_hi, ones| {
+            _mm256_dpbusd_epi32(
+                _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, x_lo),
+                hi,
+                x_hi,
+            )
+        }
     );
 
     #[target_feature(enable = "avx2")]
