@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use super::cache::KvCache;
 use super::config::Config;
 use super::trace::Trace;
-use super::weights::{BlockWeights, RopeStyle, Weights};
+use super::weights::{BlockWeights, Linear, RopeStyle, Weights};
 use crate::error::Result;
 
 /// Runs the model on `tokens` (appended after what `cache` holds) and returns logits.
@@ -98,10 +98,12 @@ fn attention(
     let (seq, _) = h.dims2()?;
     let (n_h, n_kv, d) = (config.n_heads, config.n_kv_heads, config.d_head);
 
-    // Project to queries, keys and values, then split the width into heads.
-    let q = split_heads(&block.w_q.forward(h)?, n_h, d)?; // [H, seq, d]
-    let k = split_heads(&block.w_k.forward(h)?, n_kv, d)?; // [Hkv, seq, d]
-    let v = split_heads(&block.w_v.forward(h)?, n_kv, d)?; // [Hkv, seq, d]
+    // Project to queries, keys and values (one pass over h for the three), then split the width
+    // into heads.
+    let [q, k, v] = Linear::forward_many([&block.w_q, &block.w_k, &block.w_v], h)?;
+    let q = split_heads(&q, n_h, d)?; // [H, seq, d]
+    let k = split_heads(&k, n_kv, d)?; // [Hkv, seq, d]
+    let v = split_heads(&v, n_kv, d)?; // [Hkv, seq, d]
 
     // Positions enter here, by rotating q and k (RoPE), not by adding a vector to the input.
     let q = rope(&q, cos, sin, rope_style)?; // [H, seq, d]
@@ -147,8 +149,8 @@ fn attention(
 
 /// SwiGLU MLP: `W_down · (SiLU(W_gate · x) ⊙ W_up · x)`, `[seq, D] → [seq, D]`.
 fn swiglu_mlp(block: &BlockWeights, h: &Tensor) -> Result<Tensor> {
-    let gate = candle_nn::ops::silu(&block.w_gate.forward(h)?)?; // [seq, d_mlp]
-    let up = block.w_up.forward(h)?; // [seq, d_mlp]
+    let [gate, up] = Linear::forward_many([&block.w_gate, &block.w_up], h)?; // [seq, d_mlp] each
+    let gate = candle_nn::ops::silu(&gate)?;
     Ok(block.w_down.forward(&(gate * up)?)?) // [seq, D]
 }
 

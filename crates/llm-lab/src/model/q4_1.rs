@@ -120,51 +120,68 @@ impl Q4_1Matrix {
 
     /// `y = x · Wᵀ` for `x: [m, cols]` (row-major) into `y: [m, rows]`.
     pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) {
-        self.matmul_with(Kernel::best(), x, m, y)
+        matmul_many(Kernel::best(), &[self], x, m, &mut [y])
     }
+}
 
-    fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize, y: &mut [f32]) {
-        assert_eq!(x.len(), m * self.cols, "x must be [m, cols]");
-        assert_eq!(y.len(), m * self.rows, "y must be [m, rows]");
-        let xq = quantize_activations(x, self.cols);
-        let rows = self.rows;
-        let y_ptr = y.as_mut_ptr() as usize;
-        // SAFETY: every (token, row) element is written by the one worker that owns the row.
-        let put =
-            |t: usize, r: usize, v: f32| unsafe { *(y_ptr as *mut f32).add(t * rows + r) = v };
-        // Workers take whole weight rows and run them against every token, so each row is read
-        // from memory once per call. A tile shares work: one token against four rows while
-        // generating, four tokens against one row on a prompt.
-        let pool = candle_core::utils::barrier_pool();
-        if m < 4 {
-            pool.execute_chunked(rows.div_ceil(4), |groups| {
-                for r in groups.map(|g| g * 4) {
-                    for t in 0..m {
-                        if r + 4 <= rows {
-                            let v = kernel.tile::<4, 1>(self, [r, r + 1, r + 2, r + 3], &xq, [t]);
-                            (0..4).for_each(|i| put(t, r + i, v[i][0]));
-                        } else {
-                            (r..rows).for_each(|r| {
-                                put(t, r, kernel.tile::<1, 1>(self, [r], &xq, [t])[0][0])
-                            });
-                        }
-                    }
-                }
-            });
-        } else {
-            pool.execute_chunked(rows, |range| {
-                for r in range {
-                    let mut t = 0;
-                    while t + 4 <= m {
-                        let v = kernel.tile::<1, 4>(self, [r], &xq, [t, t + 1, t + 2, t + 3]);
-                        (0..4).for_each(|i| put(t + i, r, v[0][i]));
-                        t += 4;
-                    }
-                    (t..m).for_each(|t| put(t, r, kernel.tile::<1, 1>(self, [r], &xq, [t])[0][0]));
-                }
-            });
-        }
+/// `ys[k] = x · Wₖᵀ` for matrices that read the same input (W_Q, W_K, W_V; gate and up): the
+/// input is rounded to 8 bits once and all their rows are shared out among the workers in one go.
+pub fn matmul_many(kernel: Kernel, ws: &[&Q4_1Matrix], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
+    let cols = ws[0].cols;
+    assert_eq!(x.len(), m * cols, "x must be [m, cols]");
+    assert_eq!(ws.len(), ys.len(), "one output per matrix");
+    for (w, y) in ws.iter().zip(ys.iter()) {
+        assert!(
+            w.cols == cols && y.len() == m * w.rows,
+            "matrices must share the input width; y must be [m, rows]"
+        );
     }
+    let xq = quantize_activations(x, cols);
+    // Work items: tiles of four rows while generating (one token against four rows), single
+    // rows on a prompt (four tokens at a time against one row). Each worker takes whole rows and
+    // runs them against every token, so each row is read from memory once per call.
+    let rows_per_item = if m < 4 { 4 } else { 1 };
+    let items: Vec<usize> = ws.iter().map(|w| w.rows.div_ceil(rows_per_item)).collect();
+    let starts: Vec<usize> = items
+        .iter()
+        .scan(0, |acc, &n| {
+            let s = *acc;
+            *acc += n;
+            Some(s)
+        })
+        .collect();
+    let outputs: Vec<usize> = ys.iter_mut().map(|y| y.as_mut_ptr() as usize).collect();
+    candle_core::utils::barrier_pool().execute_chunked(items.iter().sum(), |range| {
+        for item in range {
+            let k = starts.partition_point(|&s| s <= item) - 1;
+            let (w, rows) = (ws[k], ws[k].rows);
+            // SAFETY: every (token, row) element of every output is written by the one worker
+            // that owns the row; `outputs` were checked to be [m, rows] above.
+            let put = |t: usize, r: usize, v: f32| unsafe {
+                *(outputs[k] as *mut f32).add(t * rows + r) = v
+            };
+            let r = (item - starts[k]) * rows_per_item;
+            if m < 4 {
+                for t in 0..m {
+                    if r + 4 <= rows {
+                        let v = kernel.tile::<4, 1>(w, [r, r + 1, r + 2, r + 3], &xq, [t]);
+                        (0..4).for_each(|i| put(t, r + i, v[i][0]));
+                    } else {
+                        (r..rows)
+                            .for_each(|r| put(t, r, kernel.tile::<1, 1>(w, [r], &xq, [t])[0][0]));
+                    }
+                }
+            } else {
+                let mut t = 0;
+                while t + 4 <= m {
+                    let v = kernel.tile::<1, 4>(w, [r], &xq, [t, t + 1, t + 2, t + 3]);
+                    (0..4).for_each(|i| put(t + i, r, v[0][i]));
+                    t += 4;
+                }
+                (t..m).for_each(|t| put(t, r, kernel.tile::<1, 1>(w, [r], &xq, [t])[0][0]));
+            }
+        }
+    });
 }
 
 /// Rounds each row of `x` to Q8_1 blocks: `q = round(x / d)`, `d = max|x| / 127`, `s = d·Σq`,
@@ -209,7 +226,7 @@ fn quantize_activations(x: &[f32], cols: usize) -> Q8_1Rows {
 
 /// Which dot-product implementation runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kernel {
+pub enum Kernel {
     Scalar,
     /// maddubs/madd: any x86-64 CPU of the last decade.
     #[cfg(target_arch = "x86_64")]
@@ -244,7 +261,7 @@ impl Kernel {
     }
 
     /// The fastest kernel this CPU runs, detected once.
-    fn best() -> Kernel {
+    pub fn best() -> Kernel {
         static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *BEST.get_or_init(|| {
             *Kernel::available()
@@ -492,6 +509,21 @@ mod tests {
     }
 
     #[test]
+    fn matrices_sharing_an_input_give_what_each_gives_alone() {
+        let (a, x) = random_matrix(37, 96, 3);
+        let (b, _) = random_matrix(6, 96, 4);
+        for m in [1, 5] {
+            let x = &x[..m * 96];
+            let (mut ya, mut yb) = (vec![0f32; m * 37], vec![0f32; m * 6]);
+            matmul_many(Kernel::best(), &[&a, &b], x, m, &mut [&mut ya, &mut yb]);
+            let (mut wa, mut wb) = (vec![0f32; m * 37], vec![0f32; m * 6]);
+            a.matmul(x, m, &mut wa);
+            b.matmul(x, m, &mut wb);
+            assert_eq!((ya, yb), (wa, wb), "{m} tokens");
+        }
+    }
+
+    #[test]
     fn activations_keep_each_block_in_order() {
         let x: Vec<f32> = (0..3 * 96).map(|i| (i % 97) as f32 - 48.0).collect();
         let q = quantize_activations(&x, 96);
@@ -525,7 +557,7 @@ mod tests {
             {
                 let x = &x[..m * cols];
                 let mut y = vec![0f32; m * rows];
-                w.matmul_with(kernel, x, m, &mut y);
+                matmul_many(kernel, &[&w], x, m, &mut [&mut y]);
                 let xq = quantize_activations(x, cols);
                 let mut wrow = vec![0f32; cols];
                 for r in 0..rows {

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::Config;
 use super::gguf::Gguf;
-use super::q4_1::Q4_1Matrix;
+use super::q4_1::{Kernel, Q4_1Matrix};
 use crate::error::{Error, Result};
 
 /// A weight matrix `[out, in]`, possibly quantized, applied as `x · Wᵀ`.
@@ -84,6 +84,42 @@ impl Linear {
         }
     }
 
+    /// `[x · W₁ᵀ, x · W₂ᵀ, …]` for matrices that read the same input: the same numbers as
+    /// calling [`forward`](Self::forward) on each, in one pass when all are Q4_1.
+    pub fn forward_many<const N: usize>(
+        linears: [&Linear; N],
+        x: &Tensor,
+    ) -> candle_core::Result<[Tensor; N]> {
+        let q4_1: Option<Vec<&Q4_1Matrix>> = linears
+            .iter()
+            .map(|l| match &l.weight {
+                Matrix::Q4_1(m) if l.in_features == linears[0].in_features => Some(m.as_ref()),
+                _ => None,
+            })
+            .collect();
+        let Some(matrices) = q4_1 else {
+            return all_ok(linears.map(|l| l.forward(x)));
+        };
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let rows = x.elem_count() / linears[0].in_features;
+        let mut ys: Vec<Vec<f32>> = linears
+            .iter()
+            .map(|l| vec![0f32; rows * l.out_features])
+            .collect();
+        let mut outs: Vec<&mut [f32]> = ys.iter_mut().map(|y| y.as_mut_slice()).collect();
+        with_f32_slice(&x, |xs| {
+            super::q4_1::matmul_many(Kernel::best(), &matrices, xs, rows, &mut outs)
+        })?;
+        let mut ys = ys.into_iter();
+        all_ok(linears.map(|l| {
+            let mut dims = x.dims().to_vec();
+            *dims
+                .last_mut()
+                .expect("a matrix input has at least one dimension") = l.out_features;
+            Tensor::from_vec(ys.next().expect("one output per matrix"), dims, x.device())
+        }))
+    }
+
     /// Rows `ids` of the matrix as `f32`, `[len, in]`: the token embedding lookup.
     pub fn embedding(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         match &self.weight {
@@ -137,6 +173,12 @@ impl Linear {
         }
         Ok(())
     }
+}
+
+/// `[Ok(a), Ok(b), …]` → `Ok([a, b, …])`, or the first error.
+fn all_ok<T, const N: usize>(xs: [candle_core::Result<T>; N]) -> candle_core::Result<[T; N]> {
+    let v: Vec<T> = xs.into_iter().collect::<candle_core::Result<_>>()?;
+    Ok(v.try_into().ok().expect("N results from N inputs"))
 }
 
 /// Runs `f` on the `f32` values of a contiguous CPU tensor without copying them.
