@@ -64,9 +64,36 @@ impl Lab {
 
     /// Whether everything `setup` installs is in place.
     pub fn is_ready(&self) -> bool {
+        let spec_is_current = |evcxr: &Path| {
+            std::fs::read_to_string(self.kernel_dir().join("kernel.json"))
+                .ok()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                .is_some_and(|v| v == self.kernel_spec(evcxr))
+        };
         std::fs::read_to_string(self.stamp()).is_ok_and(|s| s == PYTHON_PACKAGES.join("\n"))
-            && self.kernel_dir().join("kernel.json").exists()
-            && evcxr_binary().is_some_and(|b| evcxr_version(&b).as_deref() == Some(EVCXR_VERSION))
+            && evcxr_binary().is_some_and(|b| {
+                evcxr_version(&b).as_deref() == Some(EVCXR_VERSION) && spec_is_current(&b)
+            })
+    }
+
+    /// The Jupyter kernelspec of the course's Rust kernel.
+    ///
+    /// evcxr compiles every crate, dependencies included, with debug assertions and overflow
+    /// checks on; in candle's and this crate's numeric loops they cost about 3× the run time of a
+    /// forward pass. The kernel turns them off (students' own code loses overflow panics too:
+    /// cargo's environment settings apply to the whole build).
+    pub fn kernel_spec(&self, evcxr: &Path) -> serde_json::Value {
+        serde_json::json!({
+            "argv": [evcxr, "--control_file", "{connection_file}"],
+            "display_name": "Rust (llm-lab)",
+            "language": "rust",
+            "interrupt_mode": "message",
+            "env": {
+                "EVCXR_CONFIG_DIR": self.evcxr_config,
+                "CARGO_PROFILE_DEV_DEBUG_ASSERTIONS": "false",
+                "CARGO_PROFILE_DEV_OVERFLOW_CHECKS": "false",
+            },
+        })
     }
 
     /// Environment for a kernel that must not share evcxr's work folder with another one.
@@ -187,16 +214,9 @@ pub fn setup(_args: &Args) -> Result<()> {
         "Rust kernel registered in .venv, evcxr cache configured",
         || {
             std::fs::create_dir_all(lab.kernel_dir())?;
-            let spec = serde_json::json!({
-                "argv": [evcxr, "--control_file", "{connection_file}"],
-                "display_name": "Rust (llm-lab)",
-                "language": "rust",
-                "interrupt_mode": "message",
-                "env": { "EVCXR_CONFIG_DIR": lab.evcxr_config },
-            });
             std::fs::write(
                 lab.kernel_dir().join("kernel.json"),
-                serde_json::to_string_pretty(&spec)?,
+                serde_json::to_string_pretty(&lab.kernel_spec(&evcxr))?,
             )?;
             std::fs::create_dir_all(&lab.evcxr_config)?;
             std::fs::write(
