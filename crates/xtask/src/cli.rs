@@ -21,7 +21,8 @@ commands:
   generate --prompt P [--chat] [--max-new-tokens N] [--temperature T] [--top-k K]
            [--top-p P] [--min-p M] [--repetition-penalty R] [--seed S] [--model NAME|PATH]
                                      stream a continuation (or, with --chat, an answer)
-  bench [--json FILE] [--prompt-tokens N] [--gen-tokens N] [--repeats N] [--llama-bench PATH]
+  bench [--json FILE] [--prompt-tokens N] [--gen-tokens N] [--repeats N] [--rounds N]
+        [--llama-bench PATH]
                                      tokens/s and peak memory: glass-box (tracing off/on) vs
                                      candle's quantized_llama (and llama.cpp's llama-bench)
   test [--no-notebooks]              the whole test suite (what CI runs): cargo tests, then every

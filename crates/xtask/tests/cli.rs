@@ -97,6 +97,8 @@ fn bench_reports_all_engines_as_json() {
         "2",
         "--repeats",
         "1",
+        "--rounds",
+        "1",
         "--llama-bench",
         fake.to_str().unwrap(),
         "--json",

@@ -86,6 +86,23 @@ impl Linear {
 
     /// `[x · W₁ᵀ, x · W₂ᵀ, …]` for matrices that read the same input: the same numbers as
     /// calling [`forward`](Self::forward) on each, in one pass when all are Q4_1.
+    ///
+    /// ```
+    /// use llm_lab::model::weights::Linear;
+    /// use llm_lab::testing::{write_tiny_gguf, TinySpec};
+    /// use llm_lab::candle_core::{quantized::GgmlDType, DType, Device, Tensor};
+    /// use llm_lab::Model;
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("tiny.gguf");
+    /// write_tiny_gguf(&path, &TinySpec { format: GgmlDType::Q4_1, ..Default::default() })?;
+    /// let model = Model::load(&path)?;
+    /// let b = &model.weights.blocks[0];
+    /// let h = Tensor::ones((3, model.config.d_model), DType::F32, &Device::Cpu)?;
+    /// let [q, k] = Linear::forward_many([&b.w_q, &b.w_k], &h)?;
+    /// let same = |a: &Tensor, b: &Tensor| a.to_vec2::<f32>().unwrap() == b.to_vec2::<f32>().unwrap();
+    /// assert!(same(&q, &b.w_q.forward(&h)?) && same(&k, &b.w_k.forward(&h)?));
+    /// # Ok::<(), llm_lab::Error>(())
+    /// ```
     pub fn forward_many<const N: usize>(
         linears: [&Linear; N],
         x: &Tensor,
