@@ -295,8 +295,9 @@ pub fn bench(args: &Args) -> Result<()> {
     prompt.truncate(n_prompt);
 
     println!(
-        "model: {} ({file_mb:.1} MB), {threads} threads, {n_prompt}-token prompt, {n_gen} generated tokens, best of {rounds}×{repeats}",
-        path.display()
+        "model: {} ({file_mb:.1} MB), {threads} threads, Q4_1 kernel {}, {n_prompt}-token prompt, {n_gen} generated tokens, best of {rounds}×{repeats}",
+        path.display(),
+        llm_lab::model::q4_1_kernel()
     );
     println!(
         "{:<40} {:>13} {:>10} {:>14}",
@@ -359,7 +360,7 @@ pub fn bench(args: &Args) -> Result<()> {
     if let Some(out) = args.get("json") {
         let row_json = |r: &Row| serde_json::json!({"name": r.name, "prompt_tok_s": r.prompt_tok_s, "gen_tok_s": r.gen_tok_s, "peak_rss_mb": r.peak_rss_mb});
         let mut json = serde_json::json!({
-            "model": path.display().to_string(), "file_mb": file_mb, "threads": threads, "prompt_tokens": n_prompt, "gen_tokens": n_gen,
+            "model": path.display().to_string(), "file_mb": file_mb, "threads": threads, "q4_1_kernel": llm_lab::model::q4_1_kernel(), "prompt_tokens": n_prompt, "gen_tokens": n_gen,
             "engines": rows.iter().chain(&llama_cpp).map(row_json).collect::<Vec<_>>(),
             "ratios": {
                 "prompt": glass.prompt_tok_s / reference.prompt_tok_s, "generation": glass.gen_tok_s / reference.gen_tok_s,

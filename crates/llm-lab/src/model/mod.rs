@@ -5,6 +5,16 @@ pub mod config;
 pub(crate) mod forward;
 pub mod gguf;
 mod q4_1;
+
+/// The Q4_1 product kernel this process uses (`Scalar`, `Avx2`, `AvxVnni`, `Avx512Vnni`): the
+/// fastest the CPU runs, or the one `LLM_LAB_KERNEL` names.
+///
+/// ```
+/// assert!(!llm_lab::model::q4_1_kernel().is_empty());
+/// ```
+pub fn q4_1_kernel() -> String {
+    format!("{:?}", q4_1::Kernel::best())
+}
 mod single_token;
 mod summary;
 pub mod trace;

@@ -260,13 +260,20 @@ impl Kernel {
         kernels
     }
 
-    /// The fastest kernel this CPU runs, detected once.
+    /// The fastest kernel this CPU runs, detected once; `LLM_LAB_KERNEL=scalar|avx2|avxvnni|avx512vnni`
+    /// picks a slower one instead (to compare them, or as a laptop without VNNI would run).
     pub fn best() -> Kernel {
         static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *BEST.get_or_init(|| {
-            *Kernel::available()
-                .last()
-                .expect("the scalar kernel always runs")
+            let available = Kernel::available();
+            let fastest = *available.last().expect("the scalar kernel always runs");
+            match std::env::var("LLM_LAB_KERNEL") {
+                Ok(name) => available.into_iter().find(|k| format!("{k:?}").eq_ignore_ascii_case(&name)).unwrap_or_else(|| {
+                    eprintln!("llm-lab: LLM_LAB_KERNEL={name} is not one this CPU runs; using {fastest:?}");
+                    fastest
+                }),
+                Err(_) => fastest,
+            }
         })
     }
 
