@@ -9,8 +9,9 @@
 //!
 //! `Σ w·x ≈ Σ_blocks d_w·d_x·Σ q_w·q_x + m_w·s_x`, with `s_x = d_x·Σ q_x`,
 //!
-//! using AVX2 when the CPU has it, on candle's worker threads. Results equal the definition (and
-//! candle's own Q4_1 kernel) up to the order of floating-point additions.
+//! with AVX2 or VNNI instructions when the CPU has them (a scalar loop elsewhere), on candle's
+//! worker threads. Results equal the definition (and candle's own Q4_1 kernel) up to the order of
+//! floating-point additions.
 
 use half::f16;
 
