@@ -111,12 +111,16 @@ fn bench_reports_all_engines_as_json() {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let engines = v["engines"].as_array().unwrap();
     assert_eq!(engines.len(), 4);
+    // Peak memory comes from /proc: Linux only (elsewhere the bench prints "-").
+    let measures_memory = cfg!(target_os = "linux");
     for e in engines {
         assert!(
             e["prompt_tok_s"].as_f64().unwrap() > 0.0 && e["gen_tok_s"].as_f64().unwrap() > 0.0,
             "{e}"
         );
-        assert!(e["peak_rss_mb"].as_f64().unwrap() > 0.0, "{e}");
+        if measures_memory {
+            assert!(e["peak_rss_mb"].as_f64().unwrap() > 0.0, "{e}");
+        }
     }
     assert_eq!(engines[3]["gen_tok_s"].as_f64(), Some(50.0));
     for key in [
@@ -124,15 +128,14 @@ fn bench_reports_all_engines_as_json() {
         "generation",
         "traced_prompt",
         "traced_generation",
-        "memory_over_file",
         "llama_cpp_prompt",
         "llama_cpp_generation",
     ] {
         assert!(v["ratios"][key].as_f64().unwrap() > 0.0, "{key}");
     }
     // The model holds its weights once: peak memory stays near the file's size.
-    assert!(
-        v["ratios"]["memory_over_file"].as_f64().unwrap() < 1.5,
-        "{v}"
-    );
+    if measures_memory {
+        let ratio = v["ratios"]["memory_over_file"].as_f64().unwrap();
+        assert!(ratio > 0.0 && ratio < 1.5, "{v}");
+    }
 }
