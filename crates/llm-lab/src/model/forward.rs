@@ -116,10 +116,10 @@ fn attention(
     // Grouped-query attention: the g = H / Hkv query heads that share a KV head are stacked
     // (heads kv·g … kv·g + g − 1), so one product serves them all and K, V are never copied.
     let g = n_h / n_kv;
-    let q_grouped = q.reshape((n_kv, g * seq, d))?; // [Hkv, g·seq, d]
 
     let (heads, pattern) = if seq > 1 {
-        // softmax(Q Kᵀ / √d + mask) V, per head.
+        let q_grouped = q.reshape((n_kv, g * seq, d))?; // [Hkv, g·seq, d]
+                                                        // softmax(Q Kᵀ / √d + mask) V, per head.
         let scores = (q_grouped.matmul(&k.t()?)? / (d as f64).sqrt())?; // [Hkv, g·seq, ctx]
         let scores = scores.reshape((n_h, seq, ctx))?.broadcast_add(mask)?; // [H, seq, ctx]
         let pattern = candle_nn::ops::softmax_last_dim(&scores)?; // [H, seq, ctx], rows sum to 1
