@@ -161,17 +161,7 @@ fn tensor_close(a: &Tensor, b: &Tensor, tol: f32) -> Option<bool> {
     if a.dims() != b.dims() {
         return Some(false);
     }
-    let d = (a - b)
-        .ok()?
-        .abs()
-        .ok()?
-        .flatten_all()
-        .ok()?
-        .max(0)
-        .ok()?
-        .to_scalar::<f32>()
-        .ok()?;
-    Some(d <= tol)
+    Some(crate::testing::max_abs_diff(a, b).ok()? <= tol)
 }
 
 // ---- counting -------------------------------------------------------------------------------

@@ -10,6 +10,20 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
 
+/// The largest `|a − b|` over all elements of two tensors of one shape: how far a result is
+/// from its reference.
+///
+/// ```
+/// use llm_lab::candle_core::{Device, Tensor};
+/// let a = Tensor::new(&[1f32, 2.0, 3.0], &Device::Cpu)?;
+/// let b = Tensor::new(&[1f32, 2.5, 2.0], &Device::Cpu)?;
+/// assert_eq!(llm_lab::testing::max_abs_diff(&a, &b)?, 1.0);
+/// # Ok::<(), llm_lab::candle_core::Error>(())
+/// ```
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> candle_core::Result<f32> {
+    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+}
+
 /// The shape and storage of a tiny test model.
 #[derive(Debug, Clone)]
 pub struct TinySpec {

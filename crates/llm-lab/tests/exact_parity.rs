@@ -9,6 +9,7 @@ use candle_core::{Device, IndexOp, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use llm_lab::model::WeightFormat;
 use llm_lab::models::{self, DEFAULT_MODEL};
+use llm_lab::testing::max_abs_diff;
 use llm_lab::{KvCache, Model};
 
 fn exact_reference() -> ModelWeights {
@@ -51,14 +52,7 @@ fn logits_match_at_every_position() {
                 .unsqueeze(0)
                 .unwrap();
             let theirs = reference.forward(&input, 0).unwrap().squeeze(0).unwrap();
-            let diff = (&ours.i(n - 1).unwrap() - &theirs)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(&ours.i(n - 1).unwrap(), &theirs).unwrap();
             assert!(
                 diff <= 1e-3,
                 "{prompt:?}, position {}: max abs difference {diff}",
@@ -99,14 +93,7 @@ fn greedy_48_tokens_identical_with_the_cache() {
             .unsqueeze(0)
             .unwrap();
         let l = reference.forward(&x, pos).unwrap().squeeze(0).unwrap();
-        let diff = (&our_logits[step] - &l)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&our_logits[step], &l).unwrap();
         assert!(diff <= 1e-3, "step {step}: max abs difference {diff}");
         pos += input.len();
         let next = argmax(&l);

@@ -66,16 +66,6 @@ fn logits_are_as_close_to_exact_maths_as_quantized_llama() {
             .to_scalar::<f32>()
             .unwrap()
     };
-    let max_abs = |a: &Tensor, b: &Tensor| {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
     for prompt in [
         "Once upon a time",
         "Certa vez, ele resolveu que não seria",
@@ -92,7 +82,7 @@ fn logits_are_as_close_to_exact_maths_as_quantized_llama() {
         let theirs = reference.forward(&input, 0).unwrap().squeeze(0).unwrap();
         let (our_err, their_err) = (mean_abs(&ours, &truth), mean_abs(&theirs, &truth));
         assert!(our_err <= 2.0 * their_err + 0.05, "{prompt:?}: mean error {our_err} vs quantized_llama's {their_err}");
-        let gap = max_abs(&ours, &theirs);
+        let gap = llm_lab::testing::max_abs_diff(&ours, &theirs).unwrap();
         assert!(gap <= 1.5, "{prompt:?}: max abs difference {gap}");
         let mut top: Vec<f32> = theirs.to_vec1().unwrap();
         top.sort_by(|a, b| b.total_cmp(a));

@@ -6,16 +6,7 @@ use llm_lab::testing::{write_tiny_gguf, TinySpec};
 use llm_lab::{scratch, Model, TraceOptions};
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    llm_lab::testing::max_abs_diff(a, b).unwrap()
 }
 
 fn tiny() -> (tempfile::TempDir, Model) {

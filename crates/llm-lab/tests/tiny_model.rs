@@ -8,16 +8,7 @@ use llm_lab::testing::{write_tiny_gguf, write_tiny_hf_folder, TinySpec};
 use llm_lab::{KvCache, Model, TraceOptions};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    llm_lab::testing::max_abs_diff(a, b).unwrap()
 }
 
 fn tokens() -> Vec<u32> {

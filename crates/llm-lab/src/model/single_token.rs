@@ -96,7 +96,7 @@ fn softmax_in_place(s: &mut [f32]) {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, Tensor, D};
+    use candle_core::{Device, Tensor};
 
     /// The same formula with tensor operations, as `forward.rs` writes it.
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor, group: usize) -> (Tensor, Tensor) {
@@ -132,18 +132,7 @@ mod tests {
                 &v.contiguous().unwrap(),
                 n_h / n_kv,
             );
-            let diff = |a: &Tensor, b: &Tensor| {
-                (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(D::Minus1)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-            };
+            let diff = |a: &Tensor, b: &Tensor| crate::testing::max_abs_diff(a, b).unwrap();
             assert!(
                 diff(&heads, &want_heads) < 1e-5,
                 "heads differ for {n_h}/{n_kv} heads, ctx {ctx}"
