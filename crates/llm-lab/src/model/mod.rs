@@ -15,6 +15,19 @@ mod q4_1;
 pub fn q4_1_kernel() -> String {
     format!("{:?}", q4_1::Kernel::best())
 }
+
+/// Runs `f` on the `f32` storage of a CPU tensor and its layout, without copying: this crate's
+/// own kernels (Q4_1 products, single-token attention) read tensors in place.
+pub(crate) fn with_cpu_f32<R>(
+    t: &Tensor,
+    f: impl FnOnce(&[f32], &candle_core::Layout) -> R,
+) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => Ok(f(cpu.as_slice::<f32>()?, layout)),
+        _ => candle_core::bail!("llm-lab's own kernels run on the CPU only"),
+    }
+}
 mod single_token;
 mod summary;
 pub mod trace;

@@ -119,11 +119,6 @@ impl Q4_1Matrix {
             }
         }
     }
-
-    /// `y = x · Wᵀ` for `x: [m, cols]` (row-major) into `y: [m, rows]`.
-    pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) {
-        matmul_many(Kernel::best(), &[self], x, m, &mut [y])
-    }
 }
 
 /// `ys[k] = x · Wₖᵀ` for matrices that read the same input (W_Q, W_K, W_V; gate and up): the
@@ -556,8 +551,8 @@ mod tests {
             let (mut ya, mut yb) = (vec![0f32; m * 37], vec![0f32; m * 6]);
             matmul_many(Kernel::best(), &[&a, &b], x, m, &mut [&mut ya, &mut yb]);
             let (mut wa, mut wb) = (vec![0f32; m * 37], vec![0f32; m * 6]);
-            a.matmul(x, m, &mut wa);
-            b.matmul(x, m, &mut wb);
+            matmul_many(Kernel::best(), &[&a], x, m, &mut [&mut wa]);
+            matmul_many(Kernel::best(), &[&b], x, m, &mut [&mut wb]);
             assert_eq!((ya, yb), (wa, wb), "{m} tokens");
         }
     }

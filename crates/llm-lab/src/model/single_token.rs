@@ -6,7 +6,7 @@
 //! more in dispatch and allocation than in arithmetic, so this helper does them in one pass over
 //! the cached keys and values, reading them in place.
 
-use candle_core::{Layout, Storage, Tensor};
+use candle_core::Tensor;
 
 use crate::error::Result;
 
@@ -56,16 +56,12 @@ fn with_rows<R>(
     } else {
         t.contiguous()?
     };
-    let (storage, layout): (_, &Layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        return Err(
-            candle_core::Error::Msg("single-token attention runs on the CPU".into()).into(),
-        );
-    };
-    let data = cpu.as_slice::<f32>()?;
-    let (start, stride, d) = (layout.start_offset(), layout.stride(), t.dim(2)?);
-    let row = |h: usize, j: usize| &data[start + h * stride[0] + j * stride[1]..][..d];
-    Ok(f(&row))
+    let d = t.dim(2)?;
+    Ok(super::with_cpu_f32(&t, |data, layout| {
+        let (start, stride) = (layout.start_offset(), layout.stride());
+        let row = |h: usize, j: usize| &data[start + h * stride[0] + j * stride[1]..][..d];
+        f(&row)
+    })?)
 }
 
 /// Dot product with eight independent sums, which the compiler turns into SIMD.

@@ -70,16 +70,9 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match &self.weight {
             Matrix::Candle(q) => candle_core::Module::forward(q, x),
-            Matrix::Q4_1(m) => {
-                let x = x.to_dtype(DType::F32)?.contiguous()?;
-                let rows = x.elem_count() / self.in_features;
-                let mut y = vec![0f32; rows * self.out_features];
-                with_f32_slice(&x, |xs| m.matmul(xs, rows, &mut y))?;
-                let mut dims = x.dims().to_vec();
-                *dims
-                    .last_mut()
-                    .expect("a matrix input has at least one dimension") = self.out_features;
-                Tensor::from_vec(y, dims, x.device())
+            Matrix::Q4_1(_) => {
+                let [y] = Self::forward_many([self], x)?;
+                Ok(y)
             }
         }
     }
@@ -124,7 +117,8 @@ impl Linear {
             .map(|l| vec![0f32; rows * l.out_features])
             .collect();
         let mut outs: Vec<&mut [f32]> = ys.iter_mut().map(|y| y.as_mut_slice()).collect();
-        with_f32_slice(&x, |xs| {
+        super::with_cpu_f32(&x, |data, layout| {
+            let xs = &data[layout.start_offset()..][..x.elem_count()];
             super::q4_1::matmul_many(Kernel::best(), &matrices, xs, rows, &mut outs)
         })?;
         let mut ys = ys.into_iter();
@@ -196,18 +190,6 @@ impl Linear {
 fn all_ok<T, const N: usize>(xs: [candle_core::Result<T>; N]) -> candle_core::Result<[T; N]> {
     let v: Vec<T> = xs.into_iter().collect::<candle_core::Result<_>>()?;
     Ok(v.try_into().ok().expect("N results from N inputs"))
-}
-
-/// Runs `f` on the `f32` values of a contiguous CPU tensor without copying them.
-fn with_f32_slice<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
-    let (storage, layout) = x.storage_and_layout();
-    match &*storage {
-        candle_core::Storage::Cpu(cpu) => {
-            let start = layout.start_offset();
-            Ok(f(&cpu.as_slice::<f32>()?[start..start + x.elem_count()]))
-        }
-        _ => candle_core::bail!("the Q4_1 kernel runs on the CPU only"),
-    }
 }
 
 /// How the weight matrices are kept in memory.
