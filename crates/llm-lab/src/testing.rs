@@ -10,6 +10,25 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
 
+/// Writes the tiny model `spec` into a fresh temporary folder and loads it; keep the folder
+/// alive as long as the model is used.
+///
+/// ```
+/// use llm_lab::testing::{tiny_model, TinySpec};
+/// let (_dir, model) = tiny_model(&TinySpec::default())?;
+/// assert_eq!(model.config.n_layers, 2);
+/// # Ok::<(), llm_lab::Error>(())
+/// ```
+pub fn tiny_model(spec: &TinySpec) -> Result<(tempfile::TempDir, crate::Model)> {
+    let dir = tempfile::tempdir().map_err(|e| {
+        crate::error::Error::io("cannot create a folder in", std::env::temp_dir(), e)
+    })?;
+    let path = dir.path().join("tiny.gguf");
+    write_tiny_gguf(&path, spec)?;
+    let model = crate::Model::load(&path)?;
+    Ok((dir, model))
+}
+
 /// The largest `|a − b|` over all elements of two tensors of one shape: how far a result is
 /// from its reference.
 ///

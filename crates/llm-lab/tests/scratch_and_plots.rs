@@ -2,7 +2,7 @@
 
 use candle_core::{IndexOp, Tensor};
 use llm_lab::model::Config;
-use llm_lab::testing::{write_tiny_gguf, TinySpec};
+use llm_lab::testing::{tiny_model, TinySpec};
 use llm_lab::{scratch, Model, TraceOptions};
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -10,11 +10,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 fn tiny() -> (tempfile::TempDir, Model) {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("t.gguf");
-    write_tiny_gguf(&p, &TinySpec::default()).unwrap();
-    let m = Model::load(&p).unwrap();
-    (dir, m)
+    tiny_model(&TinySpec::default()).unwrap()
 }
 
 #[test]

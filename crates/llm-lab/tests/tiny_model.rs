@@ -4,7 +4,7 @@
 use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::{Device, IndexOp, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use llm_lab::testing::{write_tiny_gguf, write_tiny_hf_folder, TinySpec};
+use llm_lab::testing::{tiny_model, write_tiny_gguf, write_tiny_hf_folder, TinySpec};
 use llm_lab::{KvCache, Model, TraceOptions};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -97,17 +97,11 @@ fn the_comparison_can_fail() {
 
 #[test]
 fn incremental_decoding_equals_full_forward() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.gguf");
-    write_tiny_gguf(
-        &path,
-        &TinySpec {
-            format: GgmlDType::Q8_0,
-            ..Default::default()
-        },
-    )
+    let (_dir, model) = tiny_model(&TinySpec {
+        format: GgmlDType::Q8_0,
+        ..Default::default()
+    })
     .unwrap();
-    let model = Model::load(&path).unwrap();
     let full = model.forward_all(&tokens()).unwrap();
     let mut cache = KvCache::new();
     // A 5-token prompt, then one token at a time.
@@ -123,10 +117,7 @@ fn incremental_decoding_equals_full_forward() {
 
 #[test]
 fn attention_rows_sum_to_one_and_never_look_ahead() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.gguf");
-    write_tiny_gguf(&path, &TinySpec::default()).unwrap();
-    let model = Model::load(&path).unwrap();
+    let (_dir, model) = tiny_model(&TinySpec::default()).unwrap();
     let (logits, trace) = model
         .run_with_trace(&tokens(), TraceOptions::default())
         .unwrap();
@@ -158,17 +149,11 @@ fn attention_rows_sum_to_one_and_never_look_ahead() {
 
 #[test]
 fn trace_names_are_stable() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.gguf");
-    write_tiny_gguf(
-        &path,
-        &TinySpec {
-            n_layers: 1,
-            ..Default::default()
-        },
-    )
+    let (_dir, model) = tiny_model(&TinySpec {
+        n_layers: 1,
+        ..Default::default()
+    })
     .unwrap();
-    let model = Model::load(&path).unwrap();
     let (_, trace) = model
         .run_with_trace(&tokens()[..3], TraceOptions::default())
         .unwrap();
@@ -260,17 +245,11 @@ fn hub_cache_layout_loads_offline() {
 
 #[test]
 fn summary_prints_like_pytorch() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.gguf");
-    write_tiny_gguf(
-        &path,
-        &TinySpec {
-            format: GgmlDType::Q8_0,
-            ..Default::default()
-        },
-    )
+    let (_dir, model) = tiny_model(&TinySpec {
+        format: GgmlDType::Q8_0,
+        ..Default::default()
+    })
     .unwrap();
-    let model = Model::load(&path).unwrap();
     let s = model.to_string();
     assert!(s.contains("(layers): 2 × LlamaDecoderLayer("), "{s}");
     assert!(
@@ -297,18 +276,12 @@ fn summary_prints_like_pytorch() {
 
 #[test]
 fn embed_unembed_and_every_position_agree_with_the_forward_pass() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.gguf");
-    write_tiny_gguf(
-        &path,
-        &TinySpec {
-            format: GgmlDType::Q8_0,
-            embed_format: GgmlDType::Q8_0,
-            ..Default::default()
-        },
-    )
+    let (_dir, model) = tiny_model(&TinySpec {
+        format: GgmlDType::Q8_0,
+        embed_format: GgmlDType::Q8_0,
+        ..Default::default()
+    })
     .unwrap();
-    let model = Model::load(&path).unwrap();
     let t = tokens();
     let (logits, trace) = model.run_with_trace(&t, TraceOptions::default()).unwrap();
     assert_eq!(

@@ -82,13 +82,9 @@ impl Linear {
     ///
     /// ```
     /// use llm_lab::model::weights::Linear;
-    /// use llm_lab::testing::{write_tiny_gguf, TinySpec};
+    /// use llm_lab::testing::{tiny_model, TinySpec};
     /// use llm_lab::candle_core::{quantized::GgmlDType, DType, Device, Tensor};
-    /// use llm_lab::Model;
-    /// let dir = tempfile::tempdir().unwrap();
-    /// let path = dir.path().join("tiny.gguf");
-    /// write_tiny_gguf(&path, &TinySpec { format: GgmlDType::Q4_1, ..Default::default() })?;
-    /// let model = Model::load(&path)?;
+    /// let (_dir, model) = tiny_model(&TinySpec { format: GgmlDType::Q4_1, ..Default::default() })?;
     /// let b = &model.weights.blocks[0];
     /// let h = Tensor::ones((3, model.config.d_model), DType::F32, &Device::Cpu)?;
     /// let [q, k] = Linear::forward_many([&b.w_q, &b.w_k], &h)?;
