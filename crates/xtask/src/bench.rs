@@ -57,28 +57,37 @@ fn argmax(t: &Tensor) -> Result<u32> {
 /// Runs `prompt`, then `gen` greedy single-token steps; returns (prompt seconds, generation seconds).
 type Run = Box<dyn FnMut(&[u32], usize) -> Result<(f64, f64)>>;
 
+/// Times one greedy run: `step(tokens, position)` returns the logits after `tokens`, which start
+/// at `position` (0 starts afresh).
+fn time_greedy(
+    prompt: &[u32],
+    gen: usize,
+    mut step: impl FnMut(&[u32], usize) -> Result<Tensor>,
+) -> Result<(f64, f64)> {
+    let t = Instant::now();
+    let mut logits = step(prompt, 0)?;
+    let pp = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for i in 0..gen {
+        let next = argmax(&logits)?;
+        logits = step(&[next], prompt.len() + i)?;
+    }
+    Ok((pp, t.elapsed().as_secs_f64()))
+}
+
 fn glass_box(path: &std::path::Path, traced: bool) -> Result<Run> {
     let model = Model::load(path)?;
     Ok(Box::new(move |prompt, gen| {
         let mut cache = KvCache::new();
-        let step = |tokens: &[u32], cache: &mut KvCache| -> Result<Tensor> {
+        time_greedy(prompt, gen, |tokens, _| {
             Ok(if traced {
                 model
-                    .forward_traced(tokens, cache, TraceOptions::default())?
+                    .forward_traced(tokens, &mut cache, TraceOptions::default())?
                     .0
             } else {
-                model.forward(tokens, cache)?
+                model.forward(tokens, &mut cache)?
             })
-        };
-        let t = Instant::now();
-        let mut logits = step(prompt, &mut cache)?;
-        let pp = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        for _ in 0..gen {
-            let next = argmax(&logits)?;
-            logits = step(&[next], &mut cache)?;
-        }
-        Ok((pp, t.elapsed().as_secs_f64()))
+        })
     }))
 }
 
@@ -88,18 +97,9 @@ fn quantized_llama(path: &std::path::Path) -> Result<Run> {
     let mut m = ModelWeights::from_gguf(content, &mut f, &Device::Cpu)?;
     Ok(Box::new(move |prompt, gen| {
         m.clear_kv_cache();
-        let t = Instant::now();
-        let mut logits = m.forward(&Tensor::new(prompt, &Device::Cpu)?.unsqueeze(0)?, 0)?;
-        let pp = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        for i in 0..gen {
-            let next = argmax(&logits)?;
-            logits = m.forward(
-                &Tensor::new(&[next], &Device::Cpu)?.unsqueeze(0)?,
-                prompt.len() + i,
-            )?;
-        }
-        Ok((pp, t.elapsed().as_secs_f64()))
+        time_greedy(prompt, gen, |tokens, pos| {
+            Ok(m.forward(&Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0)?, pos)?)
+        })
     }))
 }
 
@@ -153,16 +153,17 @@ fn run_measured(mut cmd: Command) -> Result<(String, Option<f64>)> {
         .spawn()
         .with_context(|| format!("cannot start {cmd:?}"))?;
     let status_path = format!("/proc/{}/status", child.id());
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut stdout, &mut s).map(|_| s)
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut stderr, &mut s).map(|_| s)
-    });
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    // Both pipes drained while the child runs, so a full pipe cannot stall it.
+    let read_all = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            r.read_to_string(&mut s).map(|_| s)
+        })
+    };
+    let out = read_all(Box::new(stdout));
+    let err = read_all(Box::new(stderr));
     let mut peak: Option<f64> = None;
     let status = loop {
         // VmHWM only grows, so the last reading before exit is the peak up to ~10 ms.
