@@ -70,7 +70,7 @@ impl Q4_1Matrix {
     /// Takes GGUF's Q4_1 bytes of a `[rows, cols]` matrix; `None` if the sizes do not match.
     pub fn from_bytes(bytes: &[u8], rows: usize, cols: usize) -> Option<Self> {
         let n_blocks = rows.checked_mul(cols / BLOCK)?;
-        if cols % BLOCK != 0 || bytes.len() != n_blocks.checked_mul(BLOCK_BYTES)? {
+        if !cols.is_multiple_of(BLOCK) || bytes.len() != n_blocks.checked_mul(BLOCK_BYTES)? {
             return None;
         }
         let mut matrix = Q4_1Matrix {
