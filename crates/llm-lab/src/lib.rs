@@ -18,6 +18,7 @@ pub mod check;
 pub mod display;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod logits;
 pub mod model;
 pub mod models;

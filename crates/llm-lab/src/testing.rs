@@ -266,7 +266,7 @@ pub fn write_tiny_hf_folder(dir: &Path, spec: &TinySpec) -> Result<()> {
         .map_err(|e| crate::Error::io("cannot create a temporary folder", "/tmp", e))?;
     let gguf = tmp.path().join("t.gguf");
     write_tiny_gguf(&gguf, spec)?;
-    let g = crate::model::gguf::Gguf::open(&gguf)?;
+    let g = crate::gguf::Gguf::open(&gguf)?;
     let tok = crate::tokenizer::Tokenizer::from_gguf(&g)?;
     tok.inner.save(dir.join("tokenizer.json"), false)?;
     Ok(())

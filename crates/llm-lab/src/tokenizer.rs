@@ -13,7 +13,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
 
 use crate::error::{Error, Result};
-use crate::model::gguf::Gguf;
+use crate::gguf::Gguf;
 
 /// Llama 3's pre-tokenizer pattern: contractions, words with one leading non-letter, numbers in
 /// groups of up to three digits, punctuation runs, newlines, other whitespace.

@@ -5,7 +5,11 @@
 
 use std::path::Path;
 
+use candle_core::quantized::gguf_file::Value;
+use candle_core::Device;
+
 use crate::error::{Error, Result};
+use crate::gguf::{value_as_u64, Gguf};
 
 /// How RoPE frequencies are stretched for long contexts (Llama 3.1 and later).
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +73,88 @@ pub struct Config {
 }
 
 impl Config {
+    /// The model's configuration, from a GGUF file's `{arch}.*` and `tokenizer.ggml.*` metadata.
+    pub fn from_gguf(g: &mut Gguf) -> Result<Config> {
+        let arch = self
+            .meta_str("general.architecture")
+            .unwrap_or("")
+            .to_string();
+        if arch != "llama" {
+            return Err(Error::model_file(
+                &g.path,
+                format!(
+                    "has architecture `{arch}`; llm-lab runs Llama-family models (`llama`) only"
+                ),
+            ));
+        }
+        let k = |s: &str| format!("{arch}.{s}");
+        let n_heads = g.meta_usize(&k("attention.head_count"))?;
+        let d_model = g.meta_usize(&k("embedding_length"))?;
+        let d_head = self
+            .meta_usize(&k("rope.dimension_count"))
+            .unwrap_or(d_model / n_heads.max(1));
+        let d_vocab = match g.content.tensor_infos.get("token_embd.weight") {
+            Some(info) => info.shape.dims()[0],
+            None => g.meta_usize(&k("vocab_size"))?,
+        };
+        let rope_scaling = if g.has("rope_freqs.weight") {
+            let t = self
+                .tensor("rope_freqs.weight", &Device::Cpu)?
+                .dequantize(&Device::Cpu)?;
+            Some(RopeScaling::FrequencyFactors(
+                t.flatten_all()?.to_vec1::<f32>()?,
+            ))
+        } else {
+            None
+        };
+        let id = |key: &str| g.meta(key).and_then(value_as_u64).map(|x| x as u32);
+        let mut eos_token_ids: Vec<u32> = [
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.eot_token_id",
+            "tokenizer.ggml.eom_token_id",
+        ]
+        .iter()
+        .filter_map(|key| id(key))
+        .collect();
+        eos_token_ids.dedup();
+        let config = Config {
+            // The file name says what a student downloaded ("SmolLM2-135M-Instruct.Q4_1");
+            // `general.name` is often a training-run label.
+            name: self
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .or_else(|| g.meta_str("general.name").map(str::to_string))
+                .unwrap_or_else(|| "GGUF model".into()),
+            architecture: arch.clone(),
+            n_layers: g.meta_usize(&k("block_count"))?,
+            n_heads,
+            n_kv_heads: self
+                .meta_usize(&k("attention.head_count_kv"))
+                .unwrap_or(n_heads),
+            d_head,
+            d_model,
+            d_mlp: g.meta_usize(&k("feed_forward_length"))?,
+            d_vocab,
+            n_ctx: g.meta_usize(&k("context_length")).unwrap_or(2048),
+            rope_theta: g.meta_f32(&k("rope.freq_base")).unwrap_or(10_000.0),
+            rope_scaling,
+            rms_norm_eps: self
+                .meta_f32(&k("attention.layer_norm_rms_epsilon"))
+                .unwrap_or(1e-5) as f64,
+            bos_token_id: id("tokenizer.ggml.bos_token_id"),
+            eos_token_ids,
+            add_bos_token: matches!(
+                g.meta("tokenizer.ggml.add_bos_token"),
+                Some(Value::Bool(true))
+            ),
+            tied_embeddings: !g.has("output.weight"),
+            chat_template: g.meta_str("tokenizer.chat_template").map(str::to_string),
+        };
+        config.validate(&g.path)?;
+        Ok(config)
+    }
+
     /// Llama 3.2 1B (Instruct), as published by Meta: the lecture's model.
     pub fn llama_3_2_1b() -> Self {
         Self::llama_3_2("Llama 3.2 1B Instruct", 16, 32, 2048)

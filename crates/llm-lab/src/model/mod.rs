@@ -3,7 +3,6 @@
 pub mod cache;
 pub mod config;
 pub(crate) mod forward;
-pub mod gguf;
 mod q4_1;
 
 /// The Q4_1 product kernel this process uses (`Scalar`, `Avx2`, `AvxVnni`, `Avx512Vnni`): the
@@ -107,8 +106,8 @@ impl Model {
         if path.is_dir() {
             return Self::load_hf_folder(path, &device);
         }
-        let mut g = gguf::Gguf::open(path)?;
-        let config = g.config()?;
+        let mut g = crate::gguf::Gguf::open(path)?;
+        let config = Config::from_gguf(&mut g)?;
         let tokenizer = Tokenizer::from_gguf(&g)?;
         let weights = Weights::from_gguf(&mut g, &config, &device)?;
         Ok(Model {

@@ -7,7 +7,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use super::config::Config;
-use super::gguf::Gguf;
+use crate::gguf::Gguf;
 use super::q4_1::{Kernel, Q4_1Matrix};
 use crate::error::{Error, Result};
 

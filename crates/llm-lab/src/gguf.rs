@@ -1,4 +1,4 @@
-//! Reading GGUF files (llama.cpp's format) defensively: a truncated download or a corrupt header
+//! Reading GGUF files (llama.cpp's format) defensively, for the model and the tokenizer alike: a truncated download or a corrupt header
 //! becomes an error that says what to do, never a panic or a multi-gigabyte allocation.
 
 use std::fs::File;
@@ -9,7 +9,6 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::QTensor;
 use candle_core::Device;
 
-use super::config::{Config, RopeScaling};
 use crate::error::{Error, Result};
 
 /// An opened, validated GGUF file: metadata in memory, tensors read on demand.
@@ -131,7 +130,8 @@ impl Gguf {
         self.content.metadata.get(key)
     }
 
-    fn meta_usize(&self, key: &str) -> Result<usize> {
+    /// An integer metadata value; an error names the key when it is missing.
+    pub fn meta_usize(&self, key: &str) -> Result<usize> {
         let v = self.meta(key).ok_or_else(|| {
             Error::model_file(
                 &self.path,
@@ -143,7 +143,8 @@ impl Gguf {
             .ok_or_else(|| Error::model_file(&self.path, format!("has a non-integer `{key}`")))
     }
 
-    fn meta_f32(&self, key: &str) -> Option<f32> {
+    /// A float (or integer) metadata value.
+    pub fn meta_f32(&self, key: &str) -> Option<f32> {
         match self.meta(key)? {
             Value::F32(x) => Some(*x),
             Value::F64(x) => Some(*x as f32),
@@ -157,88 +158,6 @@ impl Gguf {
             Value::String(s) => Some(s.as_str()),
             _ => None,
         }
-    }
-
-    /// The model's configuration, from `{arch}.*` and `tokenizer.ggml.*` metadata.
-    pub fn config(&mut self) -> Result<Config> {
-        let arch = self
-            .meta_str("general.architecture")
-            .unwrap_or("")
-            .to_string();
-        if arch != "llama" {
-            return Err(Error::model_file(
-                &self.path,
-                format!(
-                    "has architecture `{arch}`; llm-lab runs Llama-family models (`llama`) only"
-                ),
-            ));
-        }
-        let k = |s: &str| format!("{arch}.{s}");
-        let n_heads = self.meta_usize(&k("attention.head_count"))?;
-        let d_model = self.meta_usize(&k("embedding_length"))?;
-        let d_head = self
-            .meta_usize(&k("rope.dimension_count"))
-            .unwrap_or(d_model / n_heads.max(1));
-        let d_vocab = match self.content.tensor_infos.get("token_embd.weight") {
-            Some(info) => info.shape.dims()[0],
-            None => self.meta_usize(&k("vocab_size"))?,
-        };
-        let rope_scaling = if self.has("rope_freqs.weight") {
-            let t = self
-                .tensor("rope_freqs.weight", &Device::Cpu)?
-                .dequantize(&Device::Cpu)?;
-            Some(RopeScaling::FrequencyFactors(
-                t.flatten_all()?.to_vec1::<f32>()?,
-            ))
-        } else {
-            None
-        };
-        let id = |key: &str| self.meta(key).and_then(value_as_u64).map(|x| x as u32);
-        let mut eos_token_ids: Vec<u32> = [
-            "tokenizer.ggml.eos_token_id",
-            "tokenizer.ggml.eot_token_id",
-            "tokenizer.ggml.eom_token_id",
-        ]
-        .iter()
-        .filter_map(|key| id(key))
-        .collect();
-        eos_token_ids.dedup();
-        let config = Config {
-            // The file name says what a student downloaded ("SmolLM2-135M-Instruct.Q4_1");
-            // `general.name` is often a training-run label.
-            name: self
-                .path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .or_else(|| self.meta_str("general.name").map(str::to_string))
-                .unwrap_or_else(|| "GGUF model".into()),
-            architecture: arch.clone(),
-            n_layers: self.meta_usize(&k("block_count"))?,
-            n_heads,
-            n_kv_heads: self
-                .meta_usize(&k("attention.head_count_kv"))
-                .unwrap_or(n_heads),
-            d_head,
-            d_model,
-            d_mlp: self.meta_usize(&k("feed_forward_length"))?,
-            d_vocab,
-            n_ctx: self.meta_usize(&k("context_length")).unwrap_or(2048),
-            rope_theta: self.meta_f32(&k("rope.freq_base")).unwrap_or(10_000.0),
-            rope_scaling,
-            rms_norm_eps: self
-                .meta_f32(&k("attention.layer_norm_rms_epsilon"))
-                .unwrap_or(1e-5) as f64,
-            bos_token_id: id("tokenizer.ggml.bos_token_id"),
-            eos_token_ids,
-            add_bos_token: matches!(
-                self.meta("tokenizer.ggml.add_bos_token"),
-                Some(Value::Bool(true))
-            ),
-            tied_embeddings: !self.has("output.weight"),
-            chat_template: self.meta_str("tokenizer.chat_template").map(str::to_string),
-        };
-        config.validate(&self.path)?;
-        Ok(config)
     }
 
     /// A string-array metadata value (`tokenizer.ggml.tokens`, `merges`).
@@ -267,7 +186,8 @@ impl Gguf {
     }
 }
 
-fn value_as_u64(v: &Value) -> Option<u64> {
+/// An integer metadata value of any width, if it is a non-negative integer.
+pub fn value_as_u64(v: &Value) -> Option<u64> {
     match v {
         Value::U8(x) => Some(*x as u64),
         Value::U16(x) => Some(*x as u64),
