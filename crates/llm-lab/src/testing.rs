@@ -9,6 +9,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
+use crate::model::Architecture;
 
 /// Writes the tiny model `spec` into a fresh temporary folder and loads it; keep the folder
 /// alive as long as the model is used.
@@ -61,6 +62,49 @@ pub struct TinySpec {
     pub seed: u64,
     /// Tensors to leave out (to test error messages).
     pub skip: Vec<String>,
+    /// Llama (byte-level BPE vocabulary) or Gemma 3 (SentencePiece vocabulary, q/k norms,
+    /// post-norms, sliding window).
+    pub architecture: Architecture,
+    /// Width of a head; `None`: `d_model / n_heads` (Gemma's may differ).
+    pub d_head: Option<usize>,
+    /// Gemma: the local layers' window.
+    pub sliding_window: usize,
+    /// Gemma: every `sliding_window_pattern`-th layer is global.
+    pub sliding_window_pattern: usize,
+}
+
+impl TinySpec {
+    /// A tiny Gemma 3: three layers (two local with a window of 4, then one global), heads
+    /// wider than `d_model / n_heads`, one KV head shared by four query heads.
+    ///
+    /// ```
+    /// use llm_lab::testing::{tiny_model, TinySpec};
+    /// let (_dir, model) = tiny_model(&TinySpec::gemma())?;
+    /// let c = &model.config;
+    /// assert_eq!((c.n_layers, c.n_heads, c.n_kv_heads, c.d_head), (3, 4, 1, 32));
+    /// assert_eq!((c.is_local(1), c.is_local(2)), (true, false));
+    /// # Ok::<(), llm_lab::Error>(())
+    /// ```
+    pub fn gemma() -> Self {
+        TinySpec {
+            n_layers: 3,
+            n_kv_heads: 1,
+            d_head: Some(32),
+            architecture: Architecture::Gemma3,
+            ..Default::default()
+        }
+    }
+
+    fn d_head(&self) -> usize {
+        self.d_head.unwrap_or(self.d_model / self.n_heads)
+    }
+
+    fn vocab(&self) -> Vec<String> {
+        match self.architecture {
+            Architecture::Llama => tiny_vocab(),
+            Architecture::Gemma3 => tiny_spm_vocab().into_iter().map(|(p, _, _)| p).collect(),
+        }
+    }
 }
 
 impl Default for TinySpec {
@@ -76,6 +120,10 @@ impl Default for TinySpec {
             untied_output: false,
             seed: 1,
             skip: vec![],
+            architecture: Architecture::Llama,
+            d_head: None,
+            sliding_window: 4,
+            sliding_window_pattern: 3,
         }
     }
 }
@@ -93,6 +141,33 @@ pub fn tiny_vocab() -> Vec<String> {
     v
 }
 
+/// A SentencePiece vocabulary in Gemma's layout: (piece, score, GGUF token type). Ids 0–3 are
+/// `<pad>`, `<eos>`, `<bos>`, `<unk>`; then two control tokens, a user-defined `\n\n`, the 256
+/// byte tokens, and pieces for lower-case letters and a few words, with and without `▁`.
+pub fn tiny_spm_vocab() -> Vec<(String, f32, i32)> {
+    let mut v: Vec<(String, f32, i32)> = ["<pad>", "<eos>", "<bos>", "<unk>"]
+        .iter()
+        .map(|p| (p.to_string(), -1000.0, 3))
+        .collect();
+    v.push(("<start_of_turn>".into(), -1000.0, 3));
+    v.push(("<end_of_turn>".into(), -1000.0, 3));
+    v.push(("\n\n".into(), -1000.0, 4));
+    v.extend((0..=255u8).map(|b| (format!("<0x{b:02X}>"), 0.0, 6)));
+    let mut score = 0.0;
+    let mut normal = |p: String, v: &mut Vec<(String, f32, i32)>| {
+        score -= 1.0;
+        v.push((p, score, 1));
+    };
+    for w in ["▁the", "▁a", "th", "he", "er", "▁", "\n"] {
+        normal(w.into(), &mut v);
+    }
+    for c in 'a'..='z' {
+        normal(c.to_string(), &mut v);
+        normal(format!("▁{c}"), &mut v);
+    }
+    v
+}
+
 /// The tiny model's weights in GGUF naming, as f32 tensors `[out, in]`.
 pub fn tiny_weights(spec: &TinySpec) -> Result<Vec<(String, Tensor)>> {
     let mut rng = crate::sampling::Rng::new(spec.seed);
@@ -104,18 +179,31 @@ pub fn tiny_weights(spec: &TinySpec) -> Result<Vec<(String, Tensor)>> {
         Ok(Tensor::from_vec(v, shape, &dev)?)
     };
     let d = spec.d_model;
-    let d_head = d / spec.n_heads;
+    let d_head = spec.d_head();
+    let q = spec.n_heads * d_head;
     let kv = spec.n_kv_heads * d_head;
-    let vocab = tiny_vocab().len();
+    let vocab = spec.vocab().len();
     let s = 1.0 / (d as f32).sqrt();
+    let gemma = spec.architecture == Architecture::Gemma3;
     let mut t = vec![("token_embd.weight".to_string(), rand((vocab, d), 1.0)?)];
     for l in 0..spec.n_layers {
         let n = |x: &str| format!("blk.{l}.{x}.weight");
         t.push((n("attn_norm"), (rand((1, d), 0.2)? + 1.0)?.flatten_all()?));
-        t.push((n("attn_q"), rand((d, d), 2.0 * s)?));
+        t.push((n("attn_q"), rand((q, d), 2.0 * s)?));
         t.push((n("attn_k"), rand((kv, d), 2.0 * s)?));
         t.push((n("attn_v"), rand((kv, d), s)?));
-        t.push((n("attn_output"), rand((d, d), s)?));
+        t.push((n("attn_output"), rand((d, q), 1.0 / (q as f32).sqrt())?));
+        if gemma {
+            // Gains around 1, as GGUF stores Gemma's `1 + w`.
+            for (name, width) in [
+                ("attn_q_norm", d_head),
+                ("attn_k_norm", d_head),
+                ("post_attention_norm", d),
+                ("post_ffw_norm", d),
+            ] {
+                t.push((n(name), (rand((1, width), 0.2)? + 1.0)?.flatten_all()?));
+            }
+        }
         t.push((n("ffn_norm"), (rand((1, d), 0.2)? + 1.0)?.flatten_all()?));
         t.push((n("ffn_gate"), rand((spec.d_mlp, d), s)?));
         t.push((n("ffn_up"), rand((spec.d_mlp, d), s)?));
@@ -135,8 +223,83 @@ pub fn tiny_weights(spec: &TinySpec) -> Result<Vec<(String, Tensor)>> {
     Ok(t)
 }
 
-/// Writes the tiny model as a GGUF file with complete Llama metadata and a byte-level tokenizer.
+/// Writes the tiny model as a GGUF file with complete metadata: a Llama with a byte-level BPE
+/// tokenizer, or a Gemma 3 with a SentencePiece one.
 pub fn write_tiny_gguf(path: &Path, spec: &TinySpec) -> Result<()> {
+    let meta = match spec.architecture {
+        Architecture::Llama => tiny_llama_metadata(spec),
+        Architecture::Gemma3 => tiny_gemma_metadata(spec),
+    };
+    let mut tensors = vec![];
+    for (name, t) in tiny_weights(spec)? {
+        let format = if name == "token_embd.weight" {
+            spec.embed_format
+        } else if name.ends_with("norm.weight") {
+            GgmlDType::F32
+        } else {
+            spec.format
+        };
+        tensors.push((name, QTensor::quantize(&t, format)?));
+    }
+    let mut f =
+        std::fs::File::create(path).map_err(|e| crate::Error::io("cannot create", path, e))?;
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut f, &meta_refs, &tensor_refs)?;
+    Ok(())
+}
+
+/// Gemma 3's keys as llama.cpp's converter writes them (plus `sliding_window_type`, the name
+/// candle-transformers reads the pattern under).
+fn tiny_gemma_metadata(spec: &TinySpec) -> Vec<(&'static str, Value)> {
+    let vocab = tiny_spm_vocab();
+    let u = |x: usize| Value::U32(x as u32);
+    vec![
+        ("general.architecture", Value::String("gemma3".into())),
+        ("general.name", Value::String("tiny test gemma".into())),
+        ("gemma3.block_count", u(spec.n_layers)),
+        ("gemma3.attention.head_count", u(spec.n_heads)),
+        ("gemma3.attention.head_count_kv", u(spec.n_kv_heads)),
+        ("gemma3.attention.key_length", u(spec.d_head())),
+        ("gemma3.attention.value_length", u(spec.d_head())),
+        ("gemma3.embedding_length", u(spec.d_model)),
+        ("gemma3.feed_forward_length", u(spec.d_mlp)),
+        ("gemma3.rope.freq_base", Value::F32(1_000_000.0)),
+        ("gemma3.attention.layer_norm_rms_epsilon", Value::F32(1e-6)),
+        ("gemma3.attention.sliding_window", u(spec.sliding_window)),
+        (
+            "gemma3.attention.sliding_window_pattern",
+            u(spec.sliding_window_pattern),
+        ),
+        (
+            "gemma3.attention.sliding_window_type",
+            u(spec.sliding_window_pattern),
+        ),
+        ("gemma3.context_length", u(64)),
+        ("tokenizer.ggml.model", Value::String("llama".into())),
+        ("tokenizer.ggml.pre", Value::String("default".into())),
+        (
+            "tokenizer.ggml.tokens",
+            Value::Array(vocab.iter().map(|t| Value::String(t.0.clone())).collect()),
+        ),
+        (
+            "tokenizer.ggml.scores",
+            Value::Array(vocab.iter().map(|t| Value::F32(t.1)).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type",
+            Value::Array(vocab.iter().map(|t| Value::I32(t.2)).collect()),
+        ),
+        ("tokenizer.ggml.bos_token_id", u(2)),
+        ("tokenizer.ggml.eos_token_id", u(1)),
+        ("tokenizer.ggml.unknown_token_id", u(3)),
+        ("tokenizer.ggml.padding_token_id", u(0)),
+        ("tokenizer.ggml.add_bos_token", Value::Bool(true)),
+        ("tokenizer.ggml.add_space_prefix", Value::Bool(false)),
+    ]
+}
+
+fn tiny_llama_metadata(spec: &TinySpec) -> Vec<(&'static str, Value)> {
     let vocab = tiny_vocab();
     let n = vocab.len();
     let u = |x: usize| Value::U32(x as u32);
@@ -172,23 +335,7 @@ pub fn write_tiny_gguf(path: &Path, spec: &TinySpec) -> Result<()> {
         ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
     ];
     meta.push(("tokenizer.chat_template", Value::String(CHATML.into())));
-    let mut tensors = vec![];
-    for (name, t) in tiny_weights(spec)? {
-        let format = if name == "token_embd.weight" {
-            spec.embed_format
-        } else if name.ends_with("norm.weight") {
-            GgmlDType::F32
-        } else {
-            spec.format
-        };
-        tensors.push((name, QTensor::quantize(&t, format)?));
-    }
-    let mut f =
-        std::fs::File::create(path).map_err(|e| crate::Error::io("cannot create", path, e))?;
-    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    gguf_file::write(&mut f, &meta_refs, &tensor_refs)?;
-    Ok(())
+    meta
 }
 
 const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
@@ -196,6 +343,11 @@ const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['r
 /// Writes the same tiny model (F32) as a Hugging Face folder: config.json, model.safetensors and
 /// tokenizer.json, with Q and K rows in Hugging Face's (un-permuted) order.
 pub fn write_tiny_hf_folder(dir: &Path, spec: &TinySpec) -> Result<()> {
+    if spec.architecture != Architecture::Llama {
+        return Err(crate::Error::invalid(
+            "tiny Hugging Face folders are written for Llama specs only; use write_tiny_gguf for Gemma",
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| crate::Error::io("cannot create", dir, e))?;
     let d_head = spec.d_model / spec.n_heads;
     // GGUF rows of a head are (pair i, member j); Hugging Face's are (member j, pair i).
@@ -268,7 +420,9 @@ pub fn write_tiny_hf_folder(dir: &Path, spec: &TinySpec) -> Result<()> {
     write_tiny_gguf(&gguf, spec)?;
     let g = crate::gguf::Gguf::open(&gguf)?;
     let tok = crate::tokenizer::Tokenizer::from_gguf(&g)?;
-    tok.inner.save(dir.join("tokenizer.json"), false)?;
+    tok.as_hf()
+        .ok_or_else(|| crate::Error::Tokenizer("the tiny model's tokenizer is not byte-level BPE".into()))?
+        .save(dir.join("tokenizer.json"), false)?;
     Ok(())
 }
 

@@ -1,5 +1,7 @@
-//! Text ↔ token ids. A model's tokenizer is rebuilt from its GGUF metadata (byte-level BPE) or read
-//! from a Hugging Face `tokenizer.json`; either way it is a plain [`tokenizers::Tokenizer`].
+//! Text ↔ token ids. A model's tokenizer is rebuilt from its GGUF metadata — byte-level BPE
+//! (`tokenizer.ggml.model = gpt2`, SmolLM2, Llama 3) as a [`tokenizers::Tokenizer`], or
+//! SentencePiece (`llama`, Gemma) with llama.cpp's algorithm in [`spm`] — or read from a Hugging
+//! Face `tokenizer.json`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,16 +17,28 @@ use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 
+pub mod spm;
+use spm::{Spm, TokenKind};
+
 /// Llama 3's pre-tokenizer pattern: contractions, words with one leading non-letter, numbers in
 /// groups of up to three digits, punctuation runs, newlines, other whitespace.
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// A tokenizer plus the few facts about special tokens that generation needs.
+///
+/// Cloning is cheap: every `Logits` names its tokens with it, and a copy of the vocabulary per
+/// step would cost more than the step.
 #[derive(Clone)]
 pub struct Tokenizer {
-    /// The underlying Hugging Face tokenizer, shared: every `Logits` names its tokens with it,
-    /// and a clone of the vocabulary per step would cost more than the step.
-    pub inner: Arc<tokenizers::Tokenizer>,
+    kind: Kind,
+}
+
+#[derive(Clone)]
+enum Kind {
+    /// A Hugging Face tokenizer (byte-level BPE from GGUF, or any tokenizer.json).
+    Hf(Arc<tokenizers::Tokenizer>),
+    /// A SentencePiece vocabulary from GGUF, encoded as llama.cpp does.
+    Spm(Arc<Spm>),
 }
 
 impl Tokenizer {
@@ -36,21 +50,79 @@ impl Tokenizer {
                 format!("is not a usable tokenizer.json ({e}); download it again"),
             )
         })?;
-        Ok(Tokenizer {
-            inner: Arc::new(inner),
-        })
+        Ok(Tokenizer::hf(inner))
+    }
+
+    fn hf(inner: tokenizers::Tokenizer) -> Self {
+        Tokenizer {
+            kind: Kind::Hf(Arc::new(inner)),
+        }
     }
 
     /// Rebuilds the tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata.
     pub(crate) fn from_gguf(gguf: &Gguf) -> Result<Self> {
-        let path = &gguf.path;
-        let model = gguf.meta_str("tokenizer.ggml.model").unwrap_or("");
-        if model != "gpt2" {
-            return Err(Error::model_file(
-                path,
-                format!("has a `{model}` tokenizer; llm-lab rebuilds byte-level BPE (`gpt2`) tokenizers only — use a Hugging Face folder with tokenizer.json instead"),
-            ));
+        match gguf.meta_str("tokenizer.ggml.model").unwrap_or("") {
+            "gpt2" => Self::bpe_from_gguf(gguf),
+            "llama" => Self::spm_from_gguf(gguf),
+            model => Err(Error::model_file(
+                &gguf.path,
+                format!("has a `{model}` tokenizer; llm-lab rebuilds byte-level BPE (`gpt2`) and SentencePiece (`llama`) tokenizers only — use a Hugging Face folder with tokenizer.json instead"),
+            )),
         }
+    }
+
+    /// SentencePiece: pieces, scores and token types, plus the file's `add_space_prefix`.
+    fn spm_from_gguf(gguf: &Gguf) -> Result<Self> {
+        let path = &gguf.path;
+        let tokens = gguf
+            .meta_strings("tokenizer.ggml.tokens")
+            .ok_or_else(|| Error::model_file(path, "lacks `tokenizer.ggml.tokens`"))?;
+        let n = tokens.len();
+        let scores = match gguf.meta("tokenizer.ggml.scores") {
+            Some(candle_core::quantized::gguf_file::Value::Array(a)) => a
+                .iter()
+                .map(|v| v.to_f32().ok())
+                .collect::<Option<Vec<f32>>>()
+                .ok_or_else(|| Error::model_file(path, "has non-float `tokenizer.ggml.scores`"))?,
+            _ => return Err(Error::model_file(path, "lacks `tokenizer.ggml.scores`, which a SentencePiece tokenizer needs; download the file again")),
+        };
+        let kinds = match gguf.meta_ints("tokenizer.ggml.token_type") {
+            Some(types) => types
+                .iter()
+                .map(|&t| {
+                    TokenKind::from_gguf(t).ok_or_else(|| {
+                        Error::model_file(path, format!("has an unknown token type {t}"))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+            None => vec![TokenKind::Normal; n],
+        };
+        // SentencePiece's default (and llama.cpp's) is to prefix a space; Gemma's file says no.
+        let add_space_prefix = !matches!(
+            gguf.meta("tokenizer.ggml.add_space_prefix"),
+            Some(candle_core::quantized::gguf_file::Value::Bool(false))
+        );
+        let unknown = gguf
+            .meta("tokenizer.ggml.unknown_token_id")
+            .and_then(crate::gguf::value_as_u64)
+            .and_then(|u| u32::try_from(u).ok())
+            .filter(|&u| (u as usize) < n);
+        let spm = Spm::new(
+            tokens.into_iter().map(str::to_string).collect(),
+            scores,
+            kinds,
+            add_space_prefix,
+            unknown,
+        )
+        .map_err(|e| Error::model_file(path, e))?;
+        Ok(Tokenizer {
+            kind: Kind::Spm(Arc::new(spm)),
+        })
+    }
+
+    /// Byte-level BPE: tokens and merges, with the pre-tokenizer llama.cpp uses for `pre`.
+    fn bpe_from_gguf(gguf: &Gguf) -> Result<Self> {
+        let path = &gguf.path;
         let tokens = gguf
             .meta_strings("tokenizer.ggml.tokens")
             .ok_or_else(|| Error::model_file(path, "lacks `tokenizer.ggml.tokens`"))?;
@@ -97,9 +169,24 @@ impl Tokenizer {
             .map(|t| AddedToken::from(t.to_string(), true))
             .collect();
         inner.add_special_tokens(specials)?;
-        Ok(Tokenizer {
-            inner: Arc::new(inner),
-        })
+        Ok(Tokenizer::hf(inner))
+    }
+
+    /// The Hugging Face tokenizer underneath, when there is one (not for SentencePiece GGUF
+    /// vocabularies, which llm-lab encodes itself).
+    pub fn as_hf(&self) -> Option<&tokenizers::Tokenizer> {
+        match &self.kind {
+            Kind::Hf(t) => Some(t),
+            Kind::Spm(_) => None,
+        }
+    }
+
+    /// The SentencePiece vocabulary, when the tokenizer is one.
+    pub fn as_spm(&self) -> Option<&Spm> {
+        match &self.kind {
+            Kind::Spm(s) => Some(s),
+            Kind::Hf(_) => None,
+        }
     }
 
     /// Token ids of `text`, without any special token added.
@@ -111,12 +198,28 @@ impl Tokenizer {
     /// # Ok::<(), llm_lab::Error>(())
     /// ```
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self.inner.encode(text, false)?.get_ids().to_vec())
+        match &self.kind {
+            Kind::Hf(t) => Ok(t.encode(text, false)?.get_ids().to_vec()),
+            Kind::Spm(s) => s.encode(text).map_err(|e| {
+                Error::Tokenizer(format!("the vocabulary {e}; the model file is not usable"))
+            }),
+        }
     }
 
     /// The text of `ids`, special tokens included.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        Ok(self.inner.decode(ids, false)?)
+        match &self.kind {
+            Kind::Hf(t) => Ok(t.decode(ids, false)?),
+            Kind::Spm(s) => {
+                if let Some(&bad) = ids.iter().find(|&&i| i as usize >= s.len()) {
+                    return Err(Error::Tokenizer(format!(
+                        "token id {bad} is outside the vocabulary (0..{})",
+                        s.len()
+                    )));
+                }
+                Ok(s.decode(ids))
+            }
+        }
     }
 
     /// The text of one token, as it appears inside decoded text (spaces as spaces).
@@ -126,17 +229,26 @@ impl Tokenizer {
 
     /// The vocabulary entry of `id` as stored (byte-level symbols such as `Ġ` for a space).
     pub fn token_piece(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
+        match &self.kind {
+            Kind::Hf(t) => t.id_to_token(id),
+            Kind::Spm(s) => s.piece(id).map(str::to_string),
+        }
     }
 
     /// The id of an exact vocabulary entry, such as `<|im_end|>`.
     pub fn token_id(&self, piece: &str) -> Option<u32> {
-        self.inner.token_to_id(piece)
+        match &self.kind {
+            Kind::Hf(t) => t.token_to_id(piece),
+            Kind::Spm(s) => s.id(piece),
+        }
     }
 
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        match &self.kind {
+            Kind::Hf(t) => t.get_vocab_size(true),
+            Kind::Spm(s) => s.len(),
+        }
     }
 
     /// A tiny byte-level tokenizer (256 single-byte tokens, no merges), for examples and tests.
@@ -156,9 +268,7 @@ impl Tokenizer {
         let mut inner = tokenizers::Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
-        Tokenizer {
-            inner: Arc::new(inner),
-        }
+        Tokenizer::hf(inner)
     }
 }
 

@@ -1,4 +1,5 @@
-//! The numbers that define a Llama-family model: how many layers and heads, how wide, how long.
+//! The numbers that define a model: which architecture, how many layers and heads, how wide,
+//! how long.
 //!
 //! Field names follow TransformerLens (`n_layers`, `n_heads`, `d_model`, `d_head`, `d_mlp`, `d_vocab`,
 //! `n_ctx`) so that a student who moves on to Python finds the same words.
@@ -10,6 +11,44 @@ use candle_core::Device;
 
 use crate::error::{Error, Result};
 use crate::gguf::{value_as_u64, Gguf};
+
+/// Which forward pass a model runs. Both share the lecture's skeleton (embeddings, blocks of
+/// attention + MLP on a residual stream, final norm, logits); Gemma 3 changes a few pieces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// Llama (SmolLM2, Llama 3.x): pre-norm blocks, SwiGLU MLP, one RoPE base for every layer.
+    Llama,
+    /// Gemma 3: embeddings scaled by √d_model, RMSNorm on each query and key head, norms before
+    /// *and after* each sub-layer, GELU-gated MLP, and local layers that attend within a sliding
+    /// window with their own RoPE base.
+    Gemma3,
+}
+
+impl Architecture {
+    /// The name GGUF's `general.architecture` uses.
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Architecture::Llama => "llama",
+            Architecture::Gemma3 => "gemma3",
+        }
+    }
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.gguf_name())
+    }
+}
+
+/// The non-linearity of the gated MLP: `W_down · (act(W_gate · x) ⊙ W_up · x)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// SiLU, `x · σ(x)` (Llama's SwiGLU).
+    Silu,
+    /// GELU with the tanh approximation, `x/2 · (1 + tanh(√(2/π) · (x + 0.044715 x³)))` (Gemma's
+    /// GeGLU).
+    GeluTanh,
+}
 
 /// How RoPE frequencies are stretched for long contexts (Llama 3.1 and later).
 #[derive(Debug, Clone, PartialEq)]
@@ -25,7 +64,7 @@ pub enum RopeScaling {
     FrequencyFactors(Vec<f32>),
 }
 
-/// The shape of a Llama-family model.
+/// The shape of a model.
 ///
 /// ```
 /// let c = llm_lab::Config::llama_3_2_1b();
@@ -36,8 +75,8 @@ pub enum RopeScaling {
 pub struct Config {
     /// Human-readable model name.
     pub name: String,
-    /// Architecture as the file names it (`llama`).
-    pub architecture: String,
+    /// Which forward pass runs (the file's `general.architecture`).
+    pub architecture: Architecture,
     /// Number of transformer blocks (camadas).
     pub n_layers: usize,
     /// Number of attention heads for queries (cabeças).
@@ -54,8 +93,20 @@ pub struct Config {
     pub d_vocab: usize,
     /// Context length the model was trained for (the window L).
     pub n_ctx: usize,
-    /// RoPE base frequency θ.
+    /// RoPE base frequency θ (of the global layers, on Gemma 3).
     pub rope_theta: f32,
+    /// RoPE base of the local (sliding-window) layers; equal to `rope_theta` when there are none.
+    pub rope_theta_local: f32,
+    /// How many positions a local layer's query sees: itself and the `window − 1` before it
+    /// (Gemma 3: 512). `None`: every layer sees the whole context.
+    pub sliding_window: Option<usize>,
+    /// With a sliding window, every `sliding_window_pattern`-th layer is global and the others
+    /// local (Gemma 3: 6, so layers 5, 11, 17 are global).
+    pub sliding_window_pattern: usize,
+    /// Factor applied to the token embeddings before the first block (Gemma: √d_model, Llama: 1).
+    pub embedding_scale: f32,
+    /// The gated MLP's activation.
+    pub mlp_activation: Activation,
     /// Long-context RoPE scaling, if any.
     pub rope_scaling: Option<RopeScaling>,
     /// ε inside RMSNorm.
@@ -75,30 +126,56 @@ pub struct Config {
 impl Config {
     /// The model's configuration, from a GGUF file's `{arch}.*` and `tokenizer.ggml.*` metadata.
     pub fn from_gguf(g: &mut Gguf) -> Result<Config> {
-        let arch = self
+        let arch = g
             .meta_str("general.architecture")
             .unwrap_or("")
             .to_string();
-        if arch != "llama" {
-            return Err(Error::model_file(
-                &g.path,
-                format!(
-                    "has architecture `{arch}`; llm-lab runs Llama-family models (`llama`) only"
-                ),
-            ));
-        }
+        let architecture = match arch.as_str() {
+            "llama" => Architecture::Llama,
+            "gemma3" => Architecture::Gemma3,
+            _ => {
+                return Err(Error::model_file(
+                    &g.path,
+                    format!(
+                        "has architecture `{arch}`; llm-lab runs `llama` and `gemma3` models only"
+                    ),
+                ))
+            }
+        };
         let k = |s: &str| format!("{arch}.{s}");
         let n_heads = g.meta_usize(&k("attention.head_count"))?;
         let d_model = g.meta_usize(&k("embedding_length"))?;
-        let d_head = self
-            .meta_usize(&k("rope.dimension_count"))
+        // Gemma's heads are wider than d_model / n_heads (256 × 4 > 640): the file says so.
+        let d_head = g
+            .meta_usize(&k("attention.key_length"))
+            .or_else(|_| g.meta_usize(&k("rope.dimension_count")))
             .unwrap_or(d_model / n_heads.max(1));
+        if let Ok(v) = g.meta_usize(&k("attention.value_length")) {
+            if v != d_head {
+                return Err(Error::model_file(
+                    &g.path,
+                    format!("has value heads of width {v} and key heads of width {d_head}; llm-lab needs them equal"),
+                ));
+            }
+        }
+        let unsupported = |key: &str, neutral: f32| -> Result<()> {
+            match g.meta_f32(&k(key)) {
+                Some(x) if x != neutral => Err(Error::model_file(
+                    &g.path,
+                    format!("sets `{arch}.{key}` = {x}, which llm-lab does not implement"),
+                )),
+                _ => Ok(()),
+            }
+        };
+        unsupported("final_logit_softcapping", 0.0)?;
+        unsupported("attn_logit_softcapping", 0.0)?;
+        unsupported("rope.scaling.factor", 1.0)?;
         let d_vocab = match g.content.tensor_infos.get("token_embd.weight") {
             Some(info) => info.shape.dims()[0],
             None => g.meta_usize(&k("vocab_size"))?,
         };
         let rope_scaling = if g.has("rope_freqs.weight") {
-            let t = self
+            let t = g
                 .tensor("rope_freqs.weight", &Device::Cpu)?
                 .dequantize(&Device::Cpu)?;
             Some(RopeScaling::FrequencyFactors(
@@ -116,20 +193,32 @@ impl Config {
         .iter()
         .filter_map(|key| id(key))
         .collect();
+        // llama.cpp also ends generation at Gemma's end-of-turn token.
+        if let Some(tokens) = g.meta_strings("tokenizer.ggml.tokens") {
+            if let Some(i) = tokens.iter().position(|t| *t == "<end_of_turn>") {
+                eos_token_ids.push(i as u32);
+            }
+        }
         eos_token_ids.dedup();
+        let rope_theta = g.meta_f32(&k("rope.freq_base")).unwrap_or(10_000.0);
+        let gemma = architecture == Architecture::Gemma3;
+        let sliding_window = match g.meta_usize(&k("attention.sliding_window")) {
+            Ok(w) if gemma && w > 0 => Some(w),
+            _ => None,
+        };
         let config = Config {
             // The file name says what a student downloaded ("SmolLM2-135M-Instruct.Q4_1");
             // `general.name` is often a training-run label.
-            name: self
+            name: g
                 .path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .or_else(|| g.meta_str("general.name").map(str::to_string))
                 .unwrap_or_else(|| "GGUF model".into()),
-            architecture: arch.clone(),
+            architecture,
             n_layers: g.meta_usize(&k("block_count"))?,
             n_heads,
-            n_kv_heads: self
+            n_kv_heads: g
                 .meta_usize(&k("attention.head_count_kv"))
                 .unwrap_or(n_heads),
             d_head,
@@ -137,9 +226,24 @@ impl Config {
             d_mlp: g.meta_usize(&k("feed_forward_length"))?,
             d_vocab,
             n_ctx: g.meta_usize(&k("context_length")).unwrap_or(2048),
-            rope_theta: g.meta_f32(&k("rope.freq_base")).unwrap_or(10_000.0),
+            rope_theta,
+            // Gemma 3 files do not store the local base; llama.cpp's gemma3 loader uses 10,000
+            // unless `rope.freq_base_swa` says otherwise.
+            rope_theta_local: match sliding_window {
+                Some(_) => g.meta_f32(&k("rope.freq_base_swa")).unwrap_or(10_000.0),
+                None => rope_theta,
+            },
+            sliding_window,
+            // llama.cpp's gemma3 default (five local layers, then one global), unless the file
+            // gives the pattern.
+            sliding_window_pattern: match sliding_window {
+                Some(_) => g.meta_usize(&k("attention.sliding_window_pattern")).unwrap_or(6),
+                None => 0,
+            },
+            embedding_scale: if gemma { (d_model as f32).sqrt() } else { 1.0 },
+            mlp_activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
             rope_scaling,
-            rms_norm_eps: self
+            rms_norm_eps: g
                 .meta_f32(&k("attention.layer_norm_rms_epsilon"))
                 .unwrap_or(1e-5) as f64,
             bos_token_id: id("tokenizer.ggml.bos_token_id"),
@@ -173,7 +277,7 @@ impl Config {
     fn llama_3_2(name: &str, n_layers: usize, n_heads: usize, d_model: usize) -> Self {
         Config {
             name: name.into(),
-            architecture: "llama".into(),
+            architecture: Architecture::Llama,
             n_layers,
             n_heads,
             n_kv_heads: 8,
@@ -183,6 +287,11 @@ impl Config {
             d_vocab: 128_256,
             n_ctx: 131_072,
             rope_theta: 500_000.0,
+            rope_theta_local: 500_000.0,
+            sliding_window: None,
+            sliding_window_pattern: 0,
+            embedding_scale: 1.0,
+            mlp_activation: Activation::Silu,
             rope_scaling: Some(RopeScaling::Llama3 {
                 factor: 32.0,
                 low_freq_factor: 1.0,
@@ -203,11 +312,46 @@ impl Config {
         self.n_heads / self.n_kv_heads
     }
 
-    /// RoPE's inverse frequencies θ_i = base^(-2i/d), one per pair of dimensions, after scaling.
+    /// Whether `layer` attends within the sliding window (Gemma 3's local layers) rather than
+    /// to the whole context. llama.cpp's rule: with pattern p, layer l is global when
+    /// `l % p == p − 1`.
+    ///
+    /// ```
+    /// let mut c = llm_lab::Config::llama_3_2_1b();
+    /// assert!(!c.is_local(0));
+    /// (c.sliding_window, c.sliding_window_pattern) = (Some(512), 6);
+    /// let global: Vec<usize> = (0..18).filter(|&l| !c.is_local(l)).collect();
+    /// assert_eq!(global, [5, 11, 17]);
+    /// ```
+    pub fn is_local(&self, layer: usize) -> bool {
+        let p = self.sliding_window_pattern;
+        self.sliding_window.is_some() && (p == 0 || layer % p < p - 1)
+    }
+
+    /// The window of `layer`: `Some(w)` on a local layer, `None` on a global one.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        self.sliding_window.filter(|_| self.is_local(layer))
+    }
+
+    /// RoPE's inverse frequencies θ_i = base^(-2i/d), one per pair of dimensions, after scaling,
+    /// for the global layers (every layer, on Llama).
     pub fn rope_inv_freqs(&self) -> Vec<f32> {
+        self.rope_inv_freqs_with_base(self.rope_theta)
+    }
+
+    /// The inverse frequencies of `layer`, whose base depends on whether it is local.
+    pub fn rope_inv_freqs_at(&self, layer: usize) -> Vec<f32> {
+        if self.is_local(layer) {
+            self.rope_inv_freqs_with_base(self.rope_theta_local)
+        } else {
+            self.rope_inv_freqs()
+        }
+    }
+
+    fn rope_inv_freqs_with_base(&self, theta: f32) -> Vec<f32> {
         let d = self.d_head;
         let base: Vec<f32> = (0..d / 2)
-            .map(|i| 1.0 / self.rope_theta.powf(2.0 * i as f32 / d as f32))
+            .map(|i| 1.0 / theta.powf(2.0 * i as f32 / d as f32))
             .collect();
         match &self.rope_scaling {
             None => base,
@@ -272,11 +416,17 @@ impl Config {
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.d_head % 2 != 0 || self.d_head * self.n_heads != self.d_model {
+        // Llama's heads split d_model; Gemma's need not (W_O maps n_heads·d_head back to d_model).
+        let split = self.architecture == Architecture::Gemma3
+            || self.d_head.checked_mul(self.n_heads) == Some(self.d_model);
+        if self.d_head % 2 != 0 || self.d_head == 0 || self.d_head > 1 << 12 || !split {
             return bad(format!(
                 "head dim {} × {} heads does not give d_model {} with an even head dim",
                 self.d_head, self.n_heads, self.d_model
             ));
+        }
+        if self.sliding_window == Some(0) {
+            return bad("a sliding window of 0 positions".into());
         }
         if let Some(RopeScaling::FrequencyFactors(f)) = &self.rope_scaling {
             if f.len() != self.d_head / 2 {
@@ -287,7 +437,8 @@ impl Config {
                 ));
             }
         }
-        if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) {
+        if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) || !(self.rope_theta_local > 0.0)
+        {
             return bad("rms eps and rope base must be positive".into());
         }
         Ok(())
@@ -339,17 +490,25 @@ impl Config {
                 ))
             }
         };
+        let model_type = v.get("model_type").and_then(|x| x.as_str()).unwrap_or("llama");
+        if model_type.starts_with("gemma") {
+            return Err(Error::model_file(
+                path,
+                format!("is a `{model_type}` checkpoint; llm-lab loads Gemma from GGUF files only (`Model::load_named(\"gemma-3-270m\")`)"),
+            ));
+        }
+        let architecture = Architecture::Llama;
+        let rope_theta = v
+            .get("rope_theta")
+            .and_then(|x| x.as_f64())
+            .unwrap_or(10_000.0) as f32;
         let config = Config {
             name: v
                 .get("_name_or_path")
                 .and_then(|x| x.as_str())
                 .unwrap_or("Hugging Face model")
                 .to_string(),
-            architecture: v
-                .get("model_type")
-                .and_then(|x| x.as_str())
-                .unwrap_or("llama")
-                .to_string(),
+            architecture,
             n_layers: need("num_hidden_layers")?,
             n_heads,
             n_kv_heads: need("num_key_value_heads").unwrap_or(n_heads),
@@ -358,10 +517,12 @@ impl Config {
             d_mlp: need("intermediate_size")?,
             d_vocab: need("vocab_size")?,
             n_ctx: need("max_position_embeddings").unwrap_or(2048),
-            rope_theta: v
-                .get("rope_theta")
-                .and_then(|x| x.as_f64())
-                .unwrap_or(10_000.0) as f32,
+            rope_theta,
+            rope_theta_local: rope_theta,
+            sliding_window: None,
+            sliding_window_pattern: 0,
+            embedding_scale: 1.0,
+            mlp_activation: Activation::Silu,
             rope_scaling,
             rms_norm_eps: v
                 .get("rms_norm_eps")

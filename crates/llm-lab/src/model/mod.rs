@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 
 pub use cache::KvCache;
-pub use config::{Config, RopeScaling};
+pub use config::{Activation, Architecture, Config, RopeScaling};
 pub use trace::{Trace, TraceOptions};
 pub use weights::{BlockWeights, Linear, RopeStyle, WeightFormat, Weights};
 

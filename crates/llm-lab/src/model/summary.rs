@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::Model;
+use super::{Architecture, Model};
 use crate::display::{html_escape, rich_html};
 
 fn thousands(n: usize) -> String {
@@ -20,6 +20,16 @@ fn thousands(n: usize) -> String {
 
 impl fmt::Display for Model {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.config.architecture {
+            Architecture::Llama => self.llama_tree(f)?,
+            Architecture::Gemma3 => self.gemma3_tree(f)?,
+        }
+        self.numbers(f)
+    }
+}
+
+impl Model {
+    fn llama_tree(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.config;
         let w = &self.weights;
         let lin = |name: &str, l: &super::Linear| {
@@ -93,7 +103,106 @@ impl fmt::Display for Model {
         } else {
             writeln!(f, "  {}", lin("lm_head", &w.lm_head))?;
         }
-        writeln!(f, ")")?;
+        writeln!(f, ")")
+    }
+
+    /// Hugging Face's `Gemma3ForCausalLM` tree (text part). Its RMSNorm multiplies by `1 + w`;
+    /// the GGUF stores `1 + w` already, which is why llm-lab's norms read the gains as they are.
+    fn gemma3_tree(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.config;
+        let w = &self.weights;
+        let lin = |name: &str, l: &super::Linear| {
+            format!(
+                "({name}): Linear(in_features={}, out_features={}, bias=False)  [{}]",
+                l.in_features, l.out_features, l.format
+            )
+        };
+        let norm = |name: &str, n: usize| {
+            format!(
+                "({name}): Gemma3RMSNorm(({n},), eps={:e})",
+                c.rms_norm_eps as f32
+            )
+        };
+        let b = &w.blocks[0];
+        writeln!(f, "Gemma3ForCausalLM(  # {}", c.name)?;
+        writeln!(f, "  (model): Gemma3TextModel(")?;
+        writeln!(
+            f,
+            "    (embed_tokens): Gemma3TextScaledWordEmbedding({}, {}, scale=√{} ≈ {:.3})  [{}]",
+            c.d_vocab, c.d_model, c.d_model, c.embedding_scale, w.embed.format
+        )?;
+        let global: Vec<String> = (0..c.n_layers)
+            .filter(|&l| !c.is_local(l))
+            .map(|l| l.to_string())
+            .collect();
+        let kinds = match c.sliding_window {
+            Some(win) => format!(
+                "  # global: layers {}; the others local (window {win})",
+                global.join(", ")
+            ),
+            None => String::new(),
+        };
+        writeln!(f, "    (layers): {} × Gemma3DecoderLayer({kinds}", c.n_layers)?;
+        writeln!(
+            f,
+            "      (self_attn): Gemma3Attention(  # {} heads, {} kv heads, head dim {}",
+            c.n_heads, c.n_kv_heads, c.d_head
+        )?;
+        for (n, l) in [
+            ("q_proj", &b.w_q),
+            ("k_proj", &b.w_k),
+            ("v_proj", &b.w_v),
+            ("o_proj", &b.w_o),
+        ] {
+            writeln!(f, "        {}", lin(n, l))?;
+        }
+        writeln!(f, "        {}", norm("q_norm", c.d_head))?;
+        writeln!(f, "        {}", norm("k_norm", c.d_head))?;
+        writeln!(f, "      )")?;
+        writeln!(f, "      (mlp): Gemma3MLP(")?;
+        for (n, l) in [
+            ("gate_proj", &b.w_gate),
+            ("up_proj", &b.w_up),
+            ("down_proj", &b.w_down),
+        ] {
+            writeln!(f, "        {}", lin(n, l))?;
+        }
+        writeln!(f, "        (act_fn): GELUTanh()")?;
+        writeln!(f, "      )")?;
+        for n in [
+            "input_layernorm",
+            "post_attention_layernorm",
+            "pre_feedforward_layernorm",
+            "post_feedforward_layernorm",
+        ] {
+            writeln!(f, "      {}", norm(n, c.d_model))?;
+        }
+        writeln!(f, "    )")?;
+        writeln!(f, "    {}", norm("norm", c.d_model))?;
+        writeln!(
+            f,
+            "    (rotary_emb): Gemma3RotaryEmbedding(theta={})  # global layers",
+            c.rope_theta
+        )?;
+        if c.sliding_window.is_some() {
+            writeln!(
+                f,
+                "    (rotary_emb_local): Gemma3RotaryEmbedding(theta={})  # local layers",
+                c.rope_theta_local
+            )?;
+        }
+        writeln!(f, "  )")?;
+        if c.tied_embeddings {
+            writeln!(f, "  (lm_head): Linear(in_features={}, out_features={}, bias=False)  [tied to embed_tokens]", c.d_model, c.d_vocab)?;
+        } else {
+            writeln!(f, "  {}", lin("lm_head", &w.lm_head))?;
+        }
+        writeln!(f, ")")
+    }
+
+    /// The numbers a lesson counts, one per line, the same on every architecture.
+    fn numbers(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.config;
         writeln!(f, "parameters: {}", thousands(self.n_params()))?;
         writeln!(f, "layers: {}", c.n_layers)?;
         writeln!(f, "heads: {}", c.n_heads)?;
@@ -102,6 +211,9 @@ impl fmt::Display for Model {
         writeln!(f, "d_model: {}", c.d_model)?;
         writeln!(f, "d_mlp: {}", c.d_mlp)?;
         writeln!(f, "vocab: {}", c.d_vocab)?;
+        if let Some(win) = c.sliding_window {
+            writeln!(f, "sliding window: {win}")?;
+        }
         write!(f, "context: {}", c.n_ctx)
     }
 }

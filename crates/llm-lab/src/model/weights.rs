@@ -6,7 +6,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use super::config::Config;
+use super::config::{Architecture, Config};
 use crate::gguf::Gguf;
 use super::q4_1::{Kernel, Q4_1Matrix};
 use crate::error::{Error, Result};
@@ -229,6 +229,26 @@ pub struct BlockWeights {
     pub w_up: Linear,
     /// MLP down projection, `[d_model, d_mlp]`.
     pub w_down: Linear,
+    /// Gemma: RMSNorm gain applied to each query head before RoPE, `[d_head]`.
+    pub q_norm: Option<Tensor>,
+    /// Gemma: RMSNorm gain applied to each key head before RoPE, `[d_head]`.
+    pub k_norm: Option<Tensor>,
+    /// Gemma: RMSNorm gain on attention's output before it joins the stream, `[d_model]`.
+    pub attn_post_norm: Option<Tensor>,
+    /// Gemma: RMSNorm gain on the MLP's output before it joins the stream, `[d_model]`.
+    pub mlp_post_norm: Option<Tensor>,
+}
+
+impl BlockWeights {
+    /// The block's RMSNorm gains, each `[d_model]` or `[d_head]`.
+    fn norms(&self) -> impl Iterator<Item = &Tensor> {
+        [&self.attn_norm, &self.mlp_norm]
+            .into_iter()
+            .chain(self.q_norm.iter())
+            .chain(self.k_norm.iter())
+            .chain(self.attn_post_norm.iter())
+            .chain(self.mlp_post_norm.iter())
+    }
 }
 
 /// All parameters of the model.
@@ -253,10 +273,22 @@ impl Weights {
             Ok(g.tensor(name, device)?.dequantize(device)?)
         };
         let embed = lin(g, "token_embd.weight")?;
+        let gemma = config.architecture == Architecture::Gemma3;
         let mut blocks = Vec::with_capacity(config.n_layers);
         for l in 0..config.n_layers {
             let n = |s: &str| format!("blk.{l}.{s}.weight");
+            let gemma_norm = |g: &mut Gguf, s: &str| -> Result<Option<Tensor>> {
+                if gemma {
+                    Ok(Some(vec(g, &n(s))?))
+                } else {
+                    Ok(None)
+                }
+            };
             blocks.push(BlockWeights {
+                q_norm: gemma_norm(g, "attn_q_norm")?,
+                k_norm: gemma_norm(g, "attn_k_norm")?,
+                attn_post_norm: gemma_norm(g, "post_attention_norm")?,
+                mlp_post_norm: gemma_norm(g, "post_ffw_norm")?,
                 attn_norm: vec(g, &n("attn_norm"))?,
                 w_q: lin(g, &n("attn_q"))?,
                 w_k: lin(g, &n("attn_k"))?,
@@ -279,7 +311,13 @@ impl Weights {
             blocks,
             final_norm,
             lm_head,
-            rope_style: RopeStyle::Interleaved,
+            // llama.cpp's converter permutes Llama's Q/K rows for the interleaved rotation; it
+            // leaves Gemma's as trained, for the half-split one (ggml's NEOX mode).
+            rope_style: if gemma {
+                RopeStyle::HalfSplit
+            } else {
+                RopeStyle::Interleaved
+            },
         };
         w.check_shapes(config, &g.path)?;
         Ok(w)
@@ -328,6 +366,10 @@ impl Weights {
                 attn_norm: take(&format!("{p}.input_layernorm.weight"))?.to_dtype(DType::F32)?,
                 mlp_norm: take(&format!("{p}.post_attention_layernorm.weight"))?
                     .to_dtype(DType::F32)?,
+                q_norm: None,
+                k_norm: None,
+                attn_post_norm: None,
+                mlp_post_norm: None,
             });
         }
         let final_norm = take("model.norm.weight")?.to_dtype(DType::F32)?;
@@ -384,6 +426,27 @@ impl Weights {
                 ("MLP down", &b.w_down, c.d_model, c.d_mlp),
             ]);
         }
+        for (l, b) in self.blocks.iter().enumerate() {
+            let gains = [
+                ("attn_norm", Some(&b.attn_norm), c.d_model),
+                ("ffn_norm", Some(&b.mlp_norm), c.d_model),
+                ("attn_q_norm", b.q_norm.as_ref(), c.d_head),
+                ("attn_k_norm", b.k_norm.as_ref(), c.d_head),
+                ("post_attention_norm", b.attn_post_norm.as_ref(), c.d_model),
+                ("post_ffw_norm", b.mlp_post_norm.as_ref(), c.d_model),
+            ];
+            for (what, t, n) in gains {
+                if let Some(t) = t.filter(|t| t.dims() != [n]) {
+                    return Err(Error::model_file(
+                        path,
+                        format!(
+                            "has a blk.{l}.{what} gain of shape {:?}, but its config implies [{n}]",
+                            t.dims()
+                        ),
+                    ));
+                }
+            }
+        }
         for (what, l, o, i) in expect {
             if (l.out_features, l.in_features) != (o, i) {
                 return Err(Error::model_file(
@@ -407,7 +470,7 @@ impl Weights {
             .iter()
             .map(|l| l.n_params())
             .sum::<usize>()
-                + 2 * config.d_model
+                + b.norms().map(Tensor::elem_count).sum::<usize>()
         });
         let head = if config.tied_embeddings {
             0
