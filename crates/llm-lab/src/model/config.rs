@@ -75,10 +75,7 @@ pub struct Config {
 impl Config {
     /// The model's configuration, from a GGUF file's `{arch}.*` and `tokenizer.ggml.*` metadata.
     pub fn from_gguf(g: &mut Gguf) -> Result<Config> {
-        let arch = g
-            .meta_str("general.architecture")
-            .unwrap_or("")
-            .to_string();
+        let arch = g.meta_str("general.architecture").unwrap_or("").to_string();
         if arch != "llama" {
             return Err(Error::model_file(
                 &g.path,
