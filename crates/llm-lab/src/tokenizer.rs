@@ -59,6 +59,11 @@ impl Tokenizer {
         }
     }
 
+    /// The tokenizer stored in the GGUF file at `path`, without loading the model's weights.
+    pub fn from_gguf_file(path: &Path) -> Result<Self> {
+        Self::from_gguf(&Gguf::open(path)?)
+    }
+
     /// Rebuilds the tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata.
     pub(crate) fn from_gguf(gguf: &Gguf) -> Result<Self> {
         match gguf.meta_str("tokenizer.ggml.model").unwrap_or("") {

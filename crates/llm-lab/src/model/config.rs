@@ -339,13 +339,10 @@ impl Config {
         self.rope_inv_freqs_with_base(self.rope_theta)
     }
 
-    /// The inverse frequencies of `layer`, whose base depends on whether it is local.
-    pub fn rope_inv_freqs_at(&self, layer: usize) -> Vec<f32> {
-        if self.is_local(layer) {
-            self.rope_inv_freqs_with_base(self.rope_theta_local)
-        } else {
-            self.rope_inv_freqs()
-        }
+    /// The inverse frequencies of the local layers (Gemma 3: base 10,000 instead of 10⁶, so
+    /// their rotations turn faster and tell near positions apart).
+    pub fn rope_inv_freqs_local(&self) -> Vec<f32> {
+        self.rope_inv_freqs_with_base(self.rope_theta_local)
     }
 
     fn rope_inv_freqs_with_base(&self, theta: f32) -> Vec<f32> {

@@ -1,4 +1,5 @@
-//! The forward pass of a Llama model, top to bottom, in one place.
+//! The forward pass of a Llama model, top to bottom, in one place. (Gemma 3's, in `gemma3.rs`,
+//! reuses its pieces and names where it differs.)
 //!
 //! Read it beside the lecture: tokens become vectors, each layer lets every position look at the
 //! earlier ones (attention) and then think on its own (MLP), both added to a running *residual
@@ -10,36 +11,46 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::cache::KvCache;
-use super::config::Config;
-use super::trace::Trace;
+use super::config::{Activation, Config};
+use super::trace::{Hook, Trace};
 use super::weights::{BlockWeights, Linear, RopeStyle, Weights};
 use crate::error::Result;
 
+/// Which positions' logits a forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Positions {
+    /// `[seq, V]`: every position (training's view, the logit lens).
+    All,
+    /// `[1, V]`: only the last (generation).
+    Last,
+}
+
 /// Runs the model on `tokens` (appended after what `cache` holds) and returns logits.
-/// `all_positions` = false returns only the last position's `[1, V]`, true all `[seq, V]`.
 pub(crate) fn forward(
     config: &Config,
     w: &Weights,
     tokens: &[u32],
     cache: &mut KvCache,
     mut trace: Option<&mut Trace>,
-    all_positions: bool,
+    positions: Positions,
 ) -> Result<Tensor> {
     let device = w.final_norm.device();
     let seq = tokens.len();
     let past = cache.len();
-    let ids = Tensor::new(tokens, device)?; // [seq]
 
     // Token embeddings: one row of the table per token.
-    let mut x = w.embed.embedding(&ids)?; // [seq, D]
+    let mut x = embed(config, w, tokens)?; // [seq, D]
+    if let Some(t) = trace.as_deref_mut() {
+        t.record(Hook::Embed, &x);
+    }
 
     // Rotation angles for positions past..past+seq; the mask hides the future.
-    let (cos, sin) = rope_tables(config, past, seq, device)?; // [seq, d/2] each
-    let mask = causal_mask(seq, past, device)?; // [seq, ctx], 0 or -inf
+    let (cos, sin) = rope_tables(&config.rope_inv_freqs(), past, seq, device)?; // [seq, d/2] each
+    let mask = causal_mask(seq, past, None, device)?; // [seq, ctx], 0 or -inf
 
     for (l, block) in w.blocks.iter().enumerate() {
         if let Some(t) = trace.as_deref_mut() {
-            t.record(format!("blocks.{l}.resid_pre"), &x);
+            t.record(Hook::ResidPre(l), &x);
         }
         // Attention sub-layer, pre-norm: x + Attn(RMSNorm(x)).
         let h = rms_norm(&x, &block.attn_norm, config.rms_norm_eps)?; // [seq, D]
@@ -58,32 +69,49 @@ pub(crate) fn forward(
         x = (x + &attn)?;
         // MLP sub-layer, pre-norm: x + MLP(RMSNorm(x)).
         let h = rms_norm(&x, &block.mlp_norm, config.rms_norm_eps)?; // [seq, D]
-        let mlp = swiglu_mlp(block, &h)?; // [seq, D]
+        let mlp = gated_mlp(block, &h, config.mlp_activation)?; // [seq, D]
         if let Some(t) = trace.as_deref_mut() {
-            t.record(format!("blocks.{l}.attn_out"), &attn);
-            t.record(format!("blocks.{l}.resid_mid"), &x);
-            t.record(format!("blocks.{l}.mlp_out"), &mlp);
+            t.record(Hook::AttnOut(l), &attn);
+            t.record(Hook::ResidMid(l), &x);
+            t.record(Hook::MlpOut(l), &mlp);
         }
         x = (x + mlp)?;
     }
     cache.advance(seq);
     if let Some(t) = trace.as_deref_mut() {
-        t.record("final.resid".into(), &x);
+        t.record(Hook::FinalResid, &x);
     }
 
-    // Final norm, then score every vocabulary entry: logits = RMSNorm(x) · W_outᵀ.
-    let x = if all_positions {
-        x
-    } else {
-        x.narrow(0, seq - 1, 1)?
+    let x = match positions {
+        Positions::All => x,
+        Positions::Last => x.narrow(0, seq - 1, 1)?,
     }; // [seq or 1, D]
-    let x = rms_norm(&x, &w.final_norm, config.rms_norm_eps)?;
-    Ok(w.lm_head.forward(&x)?) // [seq or 1, V]
+    unembed(config, w, &x) // [seq or 1, V]
+}
+
+/// The first step: each token id picks its row of the embedding table, `[seq] → [seq, D]`.
+pub(crate) fn embed(config: &Config, w: &Weights, tokens: &[u32]) -> Result<Tensor> {
+    let ids = Tensor::new(tokens, w.final_norm.device())?; // [seq]
+    let x = w.embed.embedding(&ids)?; // [seq, D]
+    if config.embedding_scale == 1.0 {
+        return Ok(x);
+    }
+    // Gemma: the rows are multiplied by √d_model (≈ 25.3 for d_model 640), so that they weigh
+    // as much as the normalised sub-layer outputs later added to the stream.
+    Ok((x * config.embedding_scale as f64)?) // [seq, D]
+}
+
+/// The last step: final norm, then a score for every vocabulary entry,
+/// `logits = RMSNorm(x) · W_outᵀ`, `[n, D] → [n, V]`.
+pub(crate) fn unembed(config: &Config, w: &Weights, x: &Tensor) -> Result<Tensor> {
+    let x = rms_norm(x, &w.final_norm, config.rms_norm_eps)?; // [n, D]
+    Ok(w.lm_head.forward(&x)?) // [n, V]
 }
 
 /// Multi-head self-attention with grouped KV heads and rotary positions: `[seq, D] → [seq, D]`.
+/// `cos`, `sin` and `mask` are those of this layer (Gemma's local and global layers differ).
 #[allow(clippy::too_many_arguments)]
-fn attention(
+pub(crate) fn attention(
     config: &Config,
     block: &BlockWeights,
     rope_style: RopeStyle,
@@ -93,7 +121,7 @@ fn attention(
     mask: &Tensor,
     cache: &mut KvCache,
     layer: usize,
-    trace: Option<&mut Trace>,
+    mut trace: Option<&mut Trace>,
 ) -> Result<Tensor> {
     let (seq, _) = h.dims2()?;
     let (n_h, n_kv, d) = (config.n_heads, config.n_kv_heads, config.d_head);
@@ -104,6 +132,20 @@ fn attention(
     let q = split_heads(&q, n_h, d)?; // [H, seq, d]
     let k = split_heads(&k, n_kv, d)?; // [Hkv, seq, d]
     let v = split_heads(&v, n_kv, d)?; // [Hkv, seq, d]
+    // Gemma: each query and key head is RMS-normalised over its d dimensions (own gain per
+    // dimension, shared by the heads) before RoPE, which keeps the scores q·k in range.
+    let (q, k) = match (&block.q_norm, &block.k_norm) {
+        (Some(q_gain), Some(k_gain)) => (
+            rms_norm(&q, q_gain, config.rms_norm_eps)?, // [H, seq, d]
+            rms_norm(&k, k_gain, config.rms_norm_eps)?, // [Hkv, seq, d]
+        ),
+        _ => (q, k),
+    };
+    let g = n_h / n_kv;
+    if let Some(t) = trace.as_deref_mut().filter(|t| t.wants(Hook::Q(layer))) {
+        t.record(Hook::Q(layer), &q);
+        t.record(Hook::K(layer), &repeat_kv(&k, g)?);
+    }
 
     // Positions enter here, by rotating q and k (RoPE), not by adding a vector to the input.
     let q = rope(&q, cos, sin, rope_style)?; // [H, seq, d]
@@ -111,46 +153,118 @@ fn attention(
 
     // Keys and values of earlier tokens come from the cache.
     let (k, v) = cache.append(layer, &k, &v)?; // [Hkv, ctx, d] each
-    let ctx = k.dim(1)?;
 
-    // Grouped-query attention: the g = H / Hkv query heads that share a KV head are stacked
-    // (heads kv·g … kv·g + g − 1), so one product serves them all and K, V are never copied.
-    let g = n_h / n_kv;
-
-    let (heads, pattern) = if seq > 1 {
-        let q_grouped = q.reshape((n_kv, g * seq, d))?; // [Hkv, g·seq, d]
-                                                        // softmax(Q Kᵀ / √d + mask) V, per head.
-        let scores = (q_grouped.matmul(&k.t()?)? / (d as f64).sqrt())?; // [Hkv, g·seq, ctx]
-        let scores = scores.reshape((n_h, seq, ctx))?.broadcast_add(mask)?; // [H, seq, ctx]
-        let pattern = candle_nn::ops::softmax_last_dim(&scores)?; // [H, seq, ctx], rows sum to 1
-        let heads = pattern.reshape((n_kv, g * seq, ctx))?.matmul(&v)?; // [Hkv, g·seq, d]
-        (heads.reshape((n_h, seq, d))?, pattern) // [H, seq, d], [H, seq, ctx]
-    } else {
-        // One new token while generating: the same formula (no mask: the newest token sees
-        // every position), fused into one loop, as the separate operations cost more than
-        // their arithmetic at this size.
-        super::single_token::attention(&q, &k, &v)? // [H, 1, d], [H, 1, ctx]
-    };
+    let keep_pattern = trace.as_deref().is_some();
+    let window = config.window(layer);
+    let (heads, pattern) = attend(&q, &k, &v, mask, window, keep_pattern)?; // [H, seq, d], [H, seq, ctx]
 
     // Concatenate the heads and mix them with W_O.
     let concat = heads.transpose(0, 1)?.reshape((seq, n_h * d))?; // [seq, H·d]
     let out = block.w_o.forward(&concat)?; // [seq, D]
 
     if let Some(t) = trace {
-        t.record(format!("blocks.{layer}.attn.pattern"), &pattern);
-        if t.options.qkv {
-            t.record(format!("blocks.{layer}.attn.q"), &q);
-            t.record(format!("blocks.{layer}.attn.k"), &repeat_kv(&k, g)?);
-            t.record(format!("blocks.{layer}.attn.v"), &repeat_kv(&v, g)?);
+        if let Some(p) = &pattern {
+            t.record(Hook::Pattern(layer), p);
+        }
+        if t.wants(Hook::RotQ(layer)) {
+            t.record(Hook::RotQ(layer), &q);
+            t.record(Hook::RotK(layer), &repeat_kv(&k, g)?);
+            t.record(Hook::V(layer), &repeat_kv(&v, g)?);
+            t.record(Hook::Z(layer), &heads);
         }
     }
     Ok(out)
 }
 
-/// SwiGLU MLP: `W_down · (SiLU(W_gate · x) ⊙ W_up · x)`, `[seq, D] → [seq, D]`.
-fn swiglu_mlp(block: &BlockWeights, h: &Tensor) -> Result<Tensor> {
+/// `softmax(Q Kᵀ / √d + mask) V` for every head: `q: [H, seq, d]`, `k, v: [Hkv, ctx, d]`,
+/// `mask: [seq, ctx]` → (`heads: [H, seq, d]`, `pattern: [H, seq, ctx]` if `keep_pattern`).
+/// `window`: a local layer's sliding window, which `mask` already applies on a prompt.
+fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    window: Option<usize>,
+    keep_pattern: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let (n_h, seq, _) = q.dims3()?;
+    let (n_kv, ctx, _) = k.dims3()?;
+    let g = n_h / n_kv;
+    if seq > 1 {
+        // Queries in chunks, so the score matrix of a long prompt never exists all at once:
+        // memory grows linearly with the prompt, not with its square.
+        let mut heads = Vec::new();
+        let mut patterns = Vec::new();
+        for start in (0..seq).step_by(QUERY_CHUNK) {
+            let n = QUERY_CHUNK.min(seq - start);
+            let q = q.narrow(1, start, n)?; // [H, n, d]
+            let mask = mask.narrow(0, start, n)?; // [n, ctx]
+            let (h, p) = grouped_attention(&q, k, v, &mask, g)?; // [H, n, d], [H, n, ctx]
+            heads.push(h);
+            if keep_pattern {
+                patterns.push(p);
+            }
+        }
+        let heads = Tensor::cat(&heads, 1)?; // [H, seq, d]
+        let pattern = if keep_pattern {
+            Some(Tensor::cat(&patterns, 1)?) // [H, seq, ctx]
+        } else {
+            None
+        };
+        return Ok((heads, pattern));
+    }
+    // One new token while generating: the same formula (no mask: the newest token sees every
+    // position), fused into one loop, as the separate operations cost more than their
+    // arithmetic at this size.
+    // Gemma: on a local layer the newest token sees only the last `window` positions, so
+    // only those keys and values are read.
+    let seen = window.map_or(ctx, |w| w.min(ctx));
+    let (k, v) = (k.narrow(1, ctx - seen, seen)?, v.narrow(1, ctx - seen, seen)?); // [Hkv, seen, d]
+    let (h, p) = super::single_token::attention(q, &k, &v)?; // [H, 1, d], [H, 1, seen]
+    let p = if seen < ctx && keep_pattern {
+        // The positions outside the window get probability 0, so that a pattern always has
+        // one column per position.
+        let hidden = Tensor::zeros((n_h, 1, ctx - seen), p.dtype(), p.device())?;
+        Tensor::cat(&[&hidden, &p], 2)? // [H, 1, ctx]
+    } else {
+        p
+    };
+    Ok((h, Some(p)))
+}
+
+/// Rows of queries per attention product on a prompt: bounds the score matrix to
+/// `H × QUERY_CHUNK × ctx` floats.
+const QUERY_CHUNK: usize = 256;
+
+/// `softmax(Q Kᵀ / √d + mask) V` for `n` queries against `ctx` keys.
+///
+/// Grouped-query attention: the g = H / Hkv query heads that share a KV head are stacked
+/// (heads kv·g … kv·g + g − 1), so one product serves them all and K, V are never copied.
+fn grouped_attention(
+    q: &Tensor,    // [H, n, d]
+    k: &Tensor,    // [Hkv, ctx, d]
+    v: &Tensor,    // [Hkv, ctx, d]
+    mask: &Tensor, // [n, ctx]
+    g: usize,
+) -> Result<(Tensor, Tensor)> {
+    let (n_h, n, d) = q.dims3()?;
+    let (n_kv, ctx, _) = k.dims3()?;
+    let q_grouped = q.contiguous()?.reshape((n_kv, g * n, d))?; // [Hkv, g·n, d]
+    let scores = (q_grouped.matmul(&k.t()?)? / (d as f64).sqrt())?; // [Hkv, g·n, ctx]
+    let scores = scores.reshape((n_h, n, ctx))?.broadcast_add(mask)?; // [H, n, ctx]
+    let pattern = candle_nn::ops::softmax_last_dim(&scores)?; // [H, n, ctx], rows sum to 1
+    let heads = pattern.reshape((n_kv, g * n, ctx))?.matmul(v)?; // [Hkv, g·n, d]
+    Ok((heads.reshape((n_h, n, d))?, pattern)) // [H, n, d], [H, n, ctx]
+}
+
+/// Gated MLP: `W_down · (act(W_gate · x) ⊙ W_up · x)`, `[seq, D] → [seq, D]`. Llama's act is
+/// SiLU (SwiGLU); Gemma's is GELU with the tanh approximation (GeGLU).
+pub(crate) fn gated_mlp(block: &BlockWeights, h: &Tensor, act: Activation) -> Result<Tensor> {
     let [gate, up] = Linear::forward_many([&block.w_gate, &block.w_up], h)?; // [seq, d_mlp] each
-    let gate = candle_nn::ops::silu(&gate)?;
+    let gate = match act {
+        Activation::Silu => candle_nn::ops::silu(&gate)?,
+        Activation::GeluTanh => gate.gelu()?, // candle's `gelu` is the tanh approximation
+    };
     Ok(block.w_down.forward(&(gate * up)?)?) // [seq, D]
 }
 
@@ -160,7 +274,7 @@ pub(crate) fn rms_norm(x: &Tensor, gain: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// `[seq, n·d] → [n, seq, d]`.
-fn split_heads(x: &Tensor, n: usize, d: usize) -> Result<Tensor> {
+pub(crate) fn split_heads(x: &Tensor, n: usize, d: usize) -> Result<Tensor> {
     let seq = x.dim(0)?;
     Ok(x.reshape((seq, n, d))?.transpose(0, 1)?.contiguous()?)
 }
@@ -186,14 +300,14 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, style: RopeStyle) -> Result<Tens
     Ok(y.squeeze(0)?)
 }
 
-/// `cos(p·θ_i)` and `sin(p·θ_i)` for positions `past..past+seq`: `[seq, d/2]` each.
+/// `cos(p·θ_i)` and `sin(p·θ_i)` for positions `past..past+seq`, given the inverse
+/// frequencies θ_i: `[seq, d/2]` each.
 pub(crate) fn rope_tables(
-    config: &Config,
+    inv_freq: &[f32],
     past: usize,
     seq: usize,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
-    let inv_freq = config.rope_inv_freqs();
     let angles: Vec<f32> = (past..past + seq)
         .flat_map(|p| inv_freq.iter().map(move |f| p as f32 * f))
         .collect();
@@ -201,13 +315,23 @@ pub(crate) fn rope_tables(
     Ok((angles.cos()?, angles.sin()?))
 }
 
-/// `[seq, past+seq]`: 0 where query `i` may see key `j` (j ≤ past + i), −∞ elsewhere.
-pub(crate) fn causal_mask(seq: usize, past: usize, device: &Device) -> Result<Tensor> {
+/// `[seq, past+seq]`: 0 where query `i` may see key `j` (j ≤ past + i and, with a sliding
+/// `window`, past + i − j < window), −∞ elsewhere.
+///
+/// Gemma's local layers: with a window of 512, a query sees itself and the 511 positions before
+/// it (llama.cpp's rule).
+pub(crate) fn causal_mask(
+    seq: usize,
+    past: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Tensor> {
     let ctx = past + seq;
+    let window = window.unwrap_or(usize::MAX);
     let mask: Vec<f32> = (0..seq)
         .flat_map(|i| {
             (0..ctx).map(move |j| {
-                if j <= past + i {
+                if j <= past + i && past + i - j < window {
                     0.0
                 } else {
                     f32::NEG_INFINITY
