@@ -109,6 +109,7 @@ fn greedy_continuations_match_llama_cpp() {
         }
         let ours_text = model.decode(&ours).unwrap();
         if ours_text == want_text {
+            eprintln!("{prompt:?}: identical to llama.cpp");
             continue;
         }
         // Find the first token where our text leaves llama.cpp's, and compare logits there.
@@ -121,6 +122,7 @@ fn greedy_continuations_match_llama_cpp() {
         let l = model.run(&context).unwrap();
         let row = l.get(context.len() - 1).unwrap().to_vec1::<f32>().unwrap();
         let gap = row[argmax(&row) as usize] - row[want_ids[split] as usize];
+        eprintln!("{prompt:?}: differs from token {split} on, a near tie ({gap})");
         assert!(
             gap <= TIE,
             "{prompt:?}: ours {ours_text:?}, llama.cpp {want_text:?}; at token {split} llama.cpp's choice is {gap} below our best"
