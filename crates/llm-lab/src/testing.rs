@@ -46,7 +46,9 @@ pub fn real_gemma(test: &str) -> Option<std::path::PathBuf> {
             Err(e) => eprintln!("{test}: cannot fetch {GEMMA_3_270M}: {e}"),
         }
     }
-    eprintln!("SKIPPED {test}: set LLM_LAB_GEMMA to gemma-3-270m-q4_k_m.gguf or run `cargo xtask fetch`");
+    eprintln!(
+        "SKIPPED {test}: set LLM_LAB_GEMMA to gemma-3-270m-q4_k_m.gguf or run `cargo xtask fetch`"
+    );
     None
 }
 
@@ -430,7 +432,9 @@ pub fn write_tiny_hf_folder(dir: &Path, spec: &TinySpec) -> Result<()> {
     let g = crate::gguf::Gguf::open(&gguf)?;
     let tok = crate::tokenizer::Tokenizer::from_gguf(&g)?;
     tok.as_hf()
-        .ok_or_else(|| crate::Error::Tokenizer("the tiny model's tokenizer is not byte-level BPE".into()))?
+        .ok_or_else(|| {
+            crate::Error::Tokenizer("the tiny model's tokenizer is not byte-level BPE".into())
+        })?
         .save(dir.join("tokenizer.json"), false)?;
     Ok(())
 }

@@ -65,7 +65,10 @@ fn with_silu_the_logits_are_candles_and_gelu_is_the_model() {
         let ours = model.run(&tokens).unwrap();
         // quantized_gemma3 returns the last position only: feed growing prefixes (at position
         // 0 it starts its cache afresh).
-        for n in [1, tokens.len() / 2, tokens.len()].into_iter().filter(|&n| n > 0) {
+        for n in [1, tokens.len() / 2, tokens.len()]
+            .into_iter()
+            .filter(|&n| n > 0)
+        {
             let input = Tensor::new(&tokens[..n], &Device::Cpu)
                 .unwrap()
                 .unsqueeze(0)

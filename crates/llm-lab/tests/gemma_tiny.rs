@@ -57,7 +57,10 @@ fn assert_matches_candle(spec: TinySpec, n_tokens: usize, tolerance: f32) {
         .unwrap();
     let last = reference.forward(&input, 0).unwrap().squeeze(0).unwrap();
     let diff = max_abs_diff(&ours.i(n_tokens - 1).unwrap(), &last);
-    assert!(diff <= tolerance, "whole prompt: last position differs by {diff}");
+    assert!(
+        diff <= tolerance,
+        "whole prompt: last position differs by {diff}"
+    );
 }
 
 #[test]
@@ -110,7 +113,10 @@ fn gelu_is_what_gemma_uses() {
         &model.run(&tokens()).unwrap(),
         &silu.run(&tokens()).unwrap(),
     );
-    assert!(diff > 1e-2, "the activation changed the logits by only {diff}");
+    assert!(
+        diff > 1e-2,
+        "the activation changed the logits by only {diff}"
+    );
 }
 
 #[test]
@@ -205,7 +211,9 @@ fn trace_records_gemma_internals_with_the_shared_names() {
         assert!(max_abs_diff(&normed, trace.attn_out(l).unwrap()) < 1e-5);
         let mid = (trace.resid_pre(l).unwrap() + trace.attn_out(l).unwrap()).unwrap();
         assert!(max_abs_diff(&mid, trace.resid_mid(l).unwrap()) < 1e-5);
-        assert!(trace.get(format!("blocks.{l}.mlp.before_post_norm")).is_ok());
+        assert!(trace
+            .get(format!("blocks.{l}.mlp.before_post_norm"))
+            .is_ok());
         // Patterns: rows sum to 1, nothing in the future, nothing outside a local window.
         let p = trace.attention(l, 1).unwrap();
         for (i, row) in p.iter().enumerate() {
@@ -217,7 +225,11 @@ fn trace_records_gemma_internals_with_the_shared_names() {
         }
     }
     // Embeddings are scaled by √d_model before the first layer.
-    let raw = model.weights.embed.embedding(&Tensor::new(&tokens()[..], &Device::Cpu).unwrap()).unwrap();
+    let raw = model
+        .weights
+        .embed
+        .embedding(&Tensor::new(&tokens()[..], &Device::Cpu).unwrap())
+        .unwrap();
     let scaled = (raw * 8.0).unwrap();
     assert!(max_abs_diff(&scaled, trace.get(Hook::Embed).unwrap()) < 1e-5);
 }
@@ -243,7 +255,12 @@ fn a_traced_step_pads_the_local_pattern() {
 #[test]
 fn the_sentencepiece_vocabulary_round_trips() {
     let (_dir, model) = tiny_model(&TinySpec::gemma()).unwrap();
-    for text in ["the theater", "a\n\nb ção", "<start_of_turn>oi<end_of_turn>", "  x\ty"] {
+    for text in [
+        "the theater",
+        "a\n\nb ção",
+        "<start_of_turn>oi<end_of_turn>",
+        "  x\ty",
+    ] {
         let ids = model.encode(text).unwrap();
         assert_eq!(ids[0], 2, "BOS first, as the file asks");
         assert_eq!(model.decode(&ids[1..]).unwrap(), text);
@@ -266,7 +283,9 @@ fn missing_gemma_tensor_is_a_clear_error() {
         ..TinySpec::gemma()
     };
     write_tiny_gguf(&path, &spec).unwrap();
-    let err = Model::load(&path).err().expect("a file without a norm must not load");
+    let err = Model::load(&path)
+        .err()
+        .expect("a file without a norm must not load");
     assert!(
         err.to_string().contains("blk.1.post_ffw_norm.weight"),
         "{err}"

@@ -126,10 +126,7 @@ pub struct Config {
 impl Config {
     /// The model's configuration, from a GGUF file's `{arch}.*` and `tokenizer.ggml.*` metadata.
     pub fn from_gguf(g: &mut Gguf) -> Result<Config> {
-        let arch = g
-            .meta_str("general.architecture")
-            .unwrap_or("")
-            .to_string();
+        let arch = g.meta_str("general.architecture").unwrap_or("").to_string();
         let architecture = match arch.as_str() {
             "llama" => Architecture::Llama,
             "gemma3" => Architecture::Gemma3,
@@ -237,11 +234,17 @@ impl Config {
             // llama.cpp's gemma3 default (five local layers, then one global), unless the file
             // gives the pattern.
             sliding_window_pattern: match sliding_window {
-                Some(_) => g.meta_usize(&k("attention.sliding_window_pattern")).unwrap_or(6),
+                Some(_) => g
+                    .meta_usize(&k("attention.sliding_window_pattern"))
+                    .unwrap_or(6),
                 None => 0,
             },
             embedding_scale: if gemma { (d_model as f32).sqrt() } else { 1.0 },
-            mlp_activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
+            mlp_activation: if gemma {
+                Activation::GeluTanh
+            } else {
+                Activation::Silu
+            },
             rope_scaling,
             rms_norm_eps: g
                 .meta_f32(&k("attention.layer_norm_rms_epsilon"))
@@ -487,7 +490,10 @@ impl Config {
                 ))
             }
         };
-        let model_type = v.get("model_type").and_then(|x| x.as_str()).unwrap_or("llama");
+        let model_type = v
+            .get("model_type")
+            .and_then(|x| x.as_str())
+            .unwrap_or("llama");
         if model_type.starts_with("gemma") {
             return Err(Error::model_file(
                 path,

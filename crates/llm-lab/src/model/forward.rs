@@ -132,8 +132,8 @@ pub(crate) fn attention(
     let q = split_heads(&q, n_h, d)?; // [H, seq, d]
     let k = split_heads(&k, n_kv, d)?; // [Hkv, seq, d]
     let v = split_heads(&v, n_kv, d)?; // [Hkv, seq, d]
-    // Gemma: each query and key head is RMS-normalised over its d dimensions (own gain per
-    // dimension, shared by the heads) before RoPE, which keeps the scores q·k in range.
+                                       // Gemma: each query and key head is RMS-normalised over its d dimensions (own gain per
+                                       // dimension, shared by the heads) before RoPE, which keeps the scores q·k in range.
     let (q, k) = match (&block.q_norm, &block.k_norm) {
         (Some(q_gain), Some(k_gain)) => (
             rms_norm(&q, q_gain, config.rms_norm_eps)?, // [H, seq, d]
@@ -219,7 +219,10 @@ fn attend(
     // Gemma: on a local layer the newest token sees only the last `window` positions, so
     // only those keys and values are read.
     let seen = window.map_or(ctx, |w| w.min(ctx));
-    let (k, v) = (k.narrow(1, ctx - seen, seen)?, v.narrow(1, ctx - seen, seen)?); // [Hkv, seen, d]
+    let (k, v) = (
+        k.narrow(1, ctx - seen, seen)?,
+        v.narrow(1, ctx - seen, seen)?,
+    ); // [Hkv, seen, d]
     let (h, p) = super::single_token::attention(q, &k, &v)?; // [H, 1, d], [H, 1, seen]
     let p = if seen < ctx && keep_pattern {
         // The positions outside the window get probability 0, so that a pattern always has

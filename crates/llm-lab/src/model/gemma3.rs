@@ -62,11 +62,7 @@ pub(crate) fn forward(
     );
 
     for (l, block) in w.blocks.iter().enumerate() {
-        let ((cos, sin), mask) = if config.is_local(l) {
-            &local
-        } else {
-            &global
-        };
+        let ((cos, sin), mask) = if config.is_local(l) { &local } else { &global };
         let post_norms = block
             .attn_post_norm
             .as_ref()

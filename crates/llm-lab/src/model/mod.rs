@@ -265,12 +265,7 @@ impl Model {
         self.check_trace_size(tokens.len(), 0)?;
         let mut trace = Trace::new(options, tokens, self.token_strings(tokens));
         let all = forward::Positions::All;
-        let logits = self.pass(
-            tokens,
-            &mut cache,
-            Some(&mut trace),
-            all,
-        )?;
+        let logits = self.pass(tokens, &mut cache, Some(&mut trace), all)?;
         Ok((logits, trace))
     }
 
@@ -307,12 +302,7 @@ impl Model {
         self.check_trace_size(tokens.len(), cache.len())?;
         let mut trace = Trace::new(options, tokens, self.token_strings(tokens));
         let last = forward::Positions::Last;
-        let logits = self.pass(
-            tokens,
-            cache,
-            Some(&mut trace),
-            last,
-        )?;
+        let logits = self.pass(tokens, cache, Some(&mut trace), last)?;
         Ok((logits.squeeze(0)?, trace)) // [V]
     }
 

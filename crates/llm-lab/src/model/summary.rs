@@ -141,7 +141,11 @@ impl Model {
             ),
             None => String::new(),
         };
-        writeln!(f, "    (layers): {} × Gemma3DecoderLayer({kinds}", c.n_layers)?;
+        writeln!(
+            f,
+            "    (layers): {} × Gemma3DecoderLayer({kinds}",
+            c.n_layers
+        )?;
         writeln!(
             f,
             "      (self_attn): Gemma3Attention(  # {} heads, {} kv heads, head dim {}",

@@ -100,8 +100,18 @@ impl Hook {
         use Hook::*;
         match self {
             Embed | FinalResid => None,
-            ResidPre(l) | Q(l) | K(l) | V(l) | RotQ(l) | RotK(l) | Pattern(l) | Z(l)
-            | AttnBeforePostNorm(l) | AttnOut(l) | ResidMid(l) | MlpBeforePostNorm(l)
+            ResidPre(l)
+            | Q(l)
+            | K(l)
+            | V(l)
+            | RotQ(l)
+            | RotK(l)
+            | Pattern(l)
+            | Z(l)
+            | AttnBeforePostNorm(l)
+            | AttnOut(l)
+            | ResidMid(l)
+            | MlpBeforePostNorm(l)
             | MlpOut(l) => Some(l),
         }
     }

@@ -142,7 +142,13 @@ impl Spm {
         let pieces: Vec<String> = pieces
             .into_iter()
             .enumerate()
-            .map(|(i, p)| if p.is_empty() { format!("[EMPTY_{i}]") } else { p })
+            .map(|(i, p)| {
+                if p.is_empty() {
+                    format!("[EMPTY_{i}]")
+                } else {
+                    p
+                }
+            })
             .collect();
         let mut ids = HashMap::with_capacity(n);
         for (i, p) in pieces.iter().enumerate() {
@@ -315,9 +321,13 @@ impl Spm {
                 // in bytes.
                 None => {
                     for &byte in piece.as_bytes() {
-                        let id = self.byte_ids[byte as usize].or(self.unknown).ok_or_else(|| {
-                            format!("has no token for the byte 0x{byte:02X} and no unknown token")
-                        })?;
+                        let id = self.byte_ids[byte as usize].or(self.unknown).ok_or_else(
+                            || {
+                                format!(
+                                    "has no token for the byte 0x{byte:02X} and no unknown token"
+                                )
+                            },
+                        )?;
                         out.push(id);
                     }
                 }
@@ -383,7 +393,8 @@ mod tests {
         ] {
             entries.push((p.into(), s, TokenKind::Normal));
         }
-        let (pieces, rest): (Vec<_>, Vec<_>) = entries.into_iter().map(|(p, s, k)| (p, (s, k))).unzip();
+        let (pieces, rest): (Vec<_>, Vec<_>) =
+            entries.into_iter().map(|(p, s, k)| (p, (s, k))).unzip();
         let (scores, kinds) = rest.into_iter().unzip();
         Spm::new(pieces, scores, kinds, add_space_prefix, Some(0)).unwrap()
     }
@@ -412,7 +423,10 @@ mod tests {
         assert_eq!(pieces(&vocab(false), "a a"), ["a", "\u{2581}a"]);
         assert_eq!(pieces(&vocab(true), "a"), ["\u{2581}a"]);
         // After a special token the prefix comes back.
-        assert_eq!(pieces(&vocab(true), "a<s>a"), ["\u{2581}a", "<s>", "\u{2581}a"]);
+        assert_eq!(
+            pieces(&vocab(true), "a<s>a"),
+            ["\u{2581}a", "<s>", "\u{2581}a"]
+        );
     }
 
     #[test]
@@ -439,7 +453,13 @@ mod tests {
 
     #[test]
     fn inconsistent_lists_are_an_error() {
-        let e = Spm::new(vec!["a".into()], vec![], vec![TokenKind::Normal], false, None);
+        let e = Spm::new(
+            vec!["a".into()],
+            vec![],
+            vec![TokenKind::Normal],
+            false,
+            None,
+        );
         assert!(e.unwrap_err().contains("1 tokens but 0 scores"));
     }
 }
