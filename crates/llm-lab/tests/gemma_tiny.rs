@@ -283,9 +283,7 @@ fn missing_gemma_tensor_is_a_clear_error() {
         ..TinySpec::gemma()
     };
     write_tiny_gguf(&path, &spec).unwrap();
-    let err = Model::load(&path)
-        .err()
-        .expect("a file without a norm must not load");
+    let err = Model::load(&path).expect_err("a file without a norm must not load");
     assert!(
         err.to_string().contains("blk.1.post_ffw_norm.weight"),
         "{err}"

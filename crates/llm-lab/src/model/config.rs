@@ -410,7 +410,7 @@ impl Config {
                 self.n_layers, self.n_heads, self.d_model, self.d_vocab
             ));
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
                 "{} heads is not a multiple of {} kv heads",
                 self.n_heads, self.n_kv_heads
@@ -419,7 +419,7 @@ impl Config {
         // Llama's heads split d_model; Gemma's need not (W_O maps n_heads·d_head back to d_model).
         let split = self.architecture == Architecture::Gemma3
             || self.d_head.checked_mul(self.n_heads) == Some(self.d_model);
-        if self.d_head % 2 != 0 || self.d_head == 0 || self.d_head > 1 << 12 || !split {
+        if !self.d_head.is_multiple_of(2) || self.d_head == 0 || self.d_head > 1 << 12 || !split {
             return bad(format!(
                 "head dim {} × {} heads does not give d_model {} with an even head dim",
                 self.d_head, self.n_heads, self.d_model
@@ -437,7 +437,11 @@ impl Config {
                 ));
             }
         }
-        if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) || !(self.rope_theta_local > 0.0)
+        // Written so that NaN fails too.
+        let positive = |x: f64| x > 0.0;
+        if !positive(self.rms_norm_eps)
+            || !positive(self.rope_theta as f64)
+            || !positive(self.rope_theta_local as f64)
         {
             return bad("rms eps and rope base must be positive".into());
         }

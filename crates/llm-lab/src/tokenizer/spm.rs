@@ -321,13 +321,14 @@ impl Spm {
                 // in bytes.
                 None => {
                     for &byte in piece.as_bytes() {
-                        let id = self.byte_ids[byte as usize].or(self.unknown).ok_or_else(
-                            || {
-                                format!(
+                        let id =
+                            self.byte_ids[byte as usize]
+                                .or(self.unknown)
+                                .ok_or_else(|| {
+                                    format!(
                                     "has no token for the byte 0x{byte:02X} and no unknown token"
                                 )
-                            },
-                        )?;
+                                })?;
                         out.push(id);
                     }
                 }
