@@ -140,7 +140,8 @@ const REGISTRY: &[ModelSpec] = &[
     },
     ModelSpec {
         name: GEMMA_3_270M,
-        description: "Gemma 3 270M base (140+ languages), GGUF Q4_K_M (18 layers, 4 heads, 1 KV head)",
+        description:
+            "Gemma 3 270M base (140+ languages), GGUF Q4_K_M (18 layers, 4 heads, 1 KV head)",
         file: CachedFile {
             file_name: "gemma-3-270m-q4_k_m.gguf",
             source: Source::Parts(&[

