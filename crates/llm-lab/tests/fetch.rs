@@ -262,6 +262,16 @@ fn parts_are_joined_in_order_with_the_terms_beside_them() {
             "test.TERMS.html"
         ]
     );
+    // Readable as any file the user creates (temporary files are private until renamed).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode();
+        let reference = fx.root.join("reference");
+        std::fs::write(&reference, b"").unwrap();
+        assert_eq!(mode(&path), mode(&reference));
+        assert_eq!(mode(&fx.cache.join("test.TERMS.html")), mode(&reference));
+    }
     // A second fetch trusts the stamps: no pip, no Python at all.
     assert_eq!(
         fetch_spec(&spec, &fx.cache, "/nonexistent/python").unwrap(),

@@ -135,15 +135,24 @@ pub(crate) fn write_stamp(cache: &Path, file: &CachedFile) -> Result<()> {
     };
     let json = serde_json::to_string(&record)
         .map_err(|e| Error::io("cannot write", &stamp, std::io::Error::other(e)))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(WORK_PREFIX)
-        .tempfile_in(cache)
-        .map_err(|e| Error::io("cannot create a temporary file in", cache, e))?;
+    let mut tmp = new_file_in(cache, WORK_PREFIX)?;
     tmp.write_all(json.as_bytes())
         .map_err(|e| Error::io("cannot write", tmp.path(), e))?;
     tmp.persist(&stamp)
         .map_err(|e| Error::io("cannot write", &stamp, e.error))?;
     Ok(())
+}
+
+/// A temporary file in `dir` (random name after `prefix`) that is readable by all once renamed
+/// into the cache, like any file a user creates: a shared cache may serve several accounts.
+pub(crate) fn new_file_in(dir: &Path, prefix: &str) -> Result<tempfile::NamedTempFile> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(prefix);
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    builder
+        .tempfile_in(dir)
+        .map_err(|e| Error::io("cannot create a temporary file in", dir, e))
 }
 
 fn remove_if_present(path: &Path) -> Result<()> {
