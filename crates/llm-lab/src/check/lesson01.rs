@@ -148,11 +148,9 @@ fn attention_case(
     let shape = format!("Q {:?}, K {:?}, V {:?}", q.dims(), k.dims(), v.dims());
     let got = match f(&q, &k, &v) {
         Ok(t) => t,
-        Err(e) => {
-            return Ok(Outcome::Wrong(format!(
+        Err(e) => return Ok(Outcome::Wrong(format!(
             "sua função devolveu um erro: {e}. Confira as formas: Q [n, d], K [m, d], V [m, dv]."
-        )))
-        }
+        ))),
     };
     if tensor_close(&got, &want, TOL) {
         return Ok(Outcome::Ok);
