@@ -64,13 +64,10 @@ pub fn generation_loop(
     report("laço autorregressivo", cases)
 }
 
-fn loop_case(
-    f: &dyn Fn(&dyn LanguageModel, &[u32], usize) -> crate::Result<Vec<u32>>,
-    n: usize,
-    stop: Vec<u32>,
-    prompt: &[u32],
-    budget: usize,
-) -> Outcome {
+/// The student's loop: `f(model, prompt, max_new_tokens)`.
+type LoopFn<'a> = &'a dyn Fn(&dyn LanguageModel, &[u32], usize) -> crate::Result<Vec<u32>>;
+
+fn loop_case(f: LoopFn<'_>, n: usize, stop: Vec<u32>, prompt: &[u32], budget: usize) -> Outcome {
     let reference = counting(n, stop.clone());
     let want = Generation::new(&reference, prompt, GenerateOptions::greedy(budget))
         .and_then(|g| g.finish())

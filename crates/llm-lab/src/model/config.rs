@@ -263,13 +263,13 @@ impl Config {
                 self.n_layers, self.n_heads, self.d_model, self.d_vocab
             ));
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
                 "{} heads is not a multiple of {} kv heads",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.d_head % 2 != 0 || self.d_head * self.n_heads != self.d_model {
+        if !self.d_head.is_multiple_of(2) || self.d_head * self.n_heads != self.d_model {
             return bad(format!(
                 "head dim {} × {} heads does not give d_model {} with an even head dim",
                 self.d_head, self.n_heads, self.d_model
@@ -284,7 +284,8 @@ impl Config {
                 ));
             }
         }
-        if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) {
+        let positive = |x: f64| x > 0.0; // false for NaN too
+        if !positive(self.rms_norm_eps) || !positive(self.rope_theta as f64) {
             return bad("rms eps and rope base must be positive".into());
         }
         Ok(())
