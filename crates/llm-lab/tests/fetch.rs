@@ -685,6 +685,33 @@ fn a_running_fetch_keeps_its_folder() {
     assert!(fetch_folders(&fx.cache).is_empty());
 }
 
+#[test]
+fn two_fetches_of_one_model_take_turns_and_download_once() {
+    let fx = Fixture::new();
+    let (spec, whole) = good_spec(&fx);
+    let go = fx.root.join("go");
+    fx.write_python(&format!(
+        "while [ ! -e '{}' ]; do sleep 0.05; done",
+        go.display()
+    ));
+    let first = {
+        let (cache, python) = (fx.cache.clone(), fx.python.clone());
+        std::thread::spawn(move || fetch_spec(&spec, &cache, &python))
+    };
+    wait_for("the first fetch's pip", || fx.pip_calls().len() == 1);
+    let second = {
+        let (cache, python) = (fx.cache.clone(), fx.python.clone());
+        std::thread::spawn(move || fetch_spec(&spec, &cache, &python))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(fx.pip_calls().len(), 1, "the second fetch waits for the first");
+    std::fs::write(&go, b"").unwrap();
+    let (a, b) = (first.join().unwrap().unwrap(), second.join().unwrap().unwrap());
+    assert_eq!(a, b);
+    assert_eq!(std::fs::read(a).unwrap(), whole);
+    assert_eq!(fx.pip_calls().len(), 4, "{:?}", fx.pip_calls());
+}
+
 /// Run by `a_killed_fetch_leaves_nothing_forever` in a child process, which it then kills.
 #[test]
 #[ignore = "a helper process for a_killed_fetch_leaves_nothing_forever"]
