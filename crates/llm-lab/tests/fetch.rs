@@ -704,9 +704,16 @@ fn two_fetches_of_one_model_take_turns_and_download_once() {
         std::thread::spawn(move || fetch_spec(&spec, &cache, &python))
     };
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(fx.pip_calls().len(), 1, "the second fetch waits for the first");
+    assert_eq!(
+        fx.pip_calls().len(),
+        1,
+        "the second fetch waits for the first"
+    );
     std::fs::write(&go, b"").unwrap();
-    let (a, b) = (first.join().unwrap().unwrap(), second.join().unwrap().unwrap());
+    let (a, b) = (
+        first.join().unwrap().unwrap(),
+        second.join().unwrap().unwrap(),
+    );
     assert_eq!(a, b);
     assert_eq!(std::fs::read(a).unwrap(), whole);
     assert_eq!(fx.pip_calls().len(), 4, "{:?}", fx.pip_calls());
