@@ -254,14 +254,14 @@ pub fn cached_path(spec: &ModelSpec) -> PathBuf {
 /// # Ok::<(), llm_lab::Error>(())
 /// ```
 pub fn license_notice(spec: &ModelSpec, cache: &Path) -> String {
-    let mut line = format!("{} is licensed under the {}", spec.name, spec.license);
+    let mut line = format!("licence of {}: {}", spec.name, spec.license);
     if !spec.license_files.is_empty() {
         let paths: Vec<String> = spec
             .license_files
             .iter()
             .map(|f| cache.join(f.file_name).display().to_string())
             .collect();
-        line.push_str(&format!("; read the terms in {}", paths.join(" and ")));
+        line.push_str(&format!("; its terms are in {}", paths.join(" and ")));
     }
     line
 }

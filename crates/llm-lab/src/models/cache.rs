@@ -103,10 +103,12 @@ pub(crate) fn verify_cached(cache: &Path, file: &CachedFile, _lock: &CacheLock) 
     let verdict = if meta.len() != file.size {
         format!("has {} bytes instead of {}", meta.len(), file.size)
     } else {
-        eprintln!(
-            "llm-lab: {} changed since it was last verified (or was never stamped); checking its sha256…",
-            path.display()
-        );
+        let why = if stamp.exists() {
+            "changed since it was last verified"
+        } else {
+            "was never verified by this version of llm-lab"
+        };
+        eprintln!("llm-lab: {} {why}; checking its sha256…", path.display());
         let actual = super::sha256_file(&path)?;
         if actual == file.sha256 {
             write_stamp(cache, file)?;
