@@ -292,7 +292,20 @@ pub fn fetch_spec(spec: &ModelSpec, cache: &Path, python: &str) -> Result<PathBu
     }
     std::fs::create_dir_all(cache)
         .map_err(|e| Error::io("cannot create the cache folder", cache, e))?;
-    let lock = cache::lock(cache)?;
+    let lock = match cache::lock(cache) {
+        Ok(lock) => lock,
+        // A cache one may read but not write still serves the files it holds, once verified.
+        Err(e) => {
+            return if cache::verify_read_only(cache, &files)? {
+                Ok(target)
+            } else {
+                Err(Error::Fetch {
+                    what: spec.name.to_string(),
+                    problem: format!("{e}; this cache holds no verified copy and a fetch needs to write there: make it writable or set LLM_LAB_CACHE to a folder you can write, then run `cargo xtask fetch` again"),
+                })
+            };
+        }
+    };
     cache::remove_leftovers(cache, &lock);
     let mut missing = Vec::new();
     for file in files {

@@ -614,6 +614,41 @@ fn a_directory_under_the_final_name_is_a_clear_error() {
     );
 }
 
+#[test]
+fn a_cache_that_cannot_be_locked_still_serves_verified_files() {
+    let fx = Fixture::new();
+    let content = b"weights".repeat(100);
+    let spec = single_spec(&fx, &content);
+    let path = fetch_spec(&spec, &fx.cache, &fx.python).unwrap();
+    // Stands for a read-only copy of a cache (tests may run as root, which ignores permissions):
+    // the lock file cannot be opened for writing.
+    let lock = fx.cache.join(".fetch.lock");
+    std::fs::remove_file(&lock).unwrap();
+    std::fs::create_dir(&lock).unwrap();
+    let stamp = stamp_path(&fx.cache, &spec.file);
+    let before = std::fs::read_to_string(&stamp).unwrap();
+    // A stale stamp: the file is hashed, and nothing is written.
+    set_mtime(&path, SystemTime::now() - Duration::from_secs(3600));
+    assert_eq!(
+        fetch_spec(&spec, &fx.cache, "/nonexistent/python").unwrap(),
+        path
+    );
+    assert_eq!(std::fs::read_to_string(&stamp).unwrap(), before);
+    // A corrupt file: a clear error that says what to do, and no fetch.
+    let mut garbage = content.clone();
+    garbage[7] ^= 1;
+    std::fs::write(&path, &garbage).unwrap();
+    let e = fetch_spec(&spec, &fx.cache, &fx.python)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cannot open the cache's lock file")
+            && e.contains("set LLM_LAB_CACHE to a folder you can write"),
+        "{e}"
+    );
+    assert_eq!(fx.pip_calls().len(), 1);
+}
+
 // ---- leftovers of interrupted fetches -----------------------------------------------------
 
 fn plant_leftovers(cache: &Path) {

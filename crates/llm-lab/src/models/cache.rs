@@ -100,21 +100,14 @@ pub(crate) fn verify_cached(cache: &Path, file: &CachedFile, _lock: &CacheLock) 
             ),
         });
     }
-    let verdict = if meta.len() != file.size {
-        format!("has {} bytes instead of {}", meta.len(), file.size)
+    let why = if stamp.exists() {
+        "changed since it was last verified"
     } else {
-        let why = if stamp.exists() {
-            "changed since it was last verified"
-        } else {
-            "was never verified by this version of llm-lab"
-        };
-        eprintln!("llm-lab: {} {why}; checking its sha256…", path.display());
-        let actual = super::sha256_file(&path)?;
-        if actual == file.sha256 {
-            write_stamp(cache, file)?;
-            return Ok(true);
-        }
-        format!("has sha256 {actual} instead of {}", file.sha256)
+        "was never verified by this version of llm-lab"
+    };
+    let Some(verdict) = mismatch(&path, file, why)? else {
+        write_stamp(cache, file)?;
+        return Ok(true);
     };
     eprintln!(
         "llm-lab: the cached {} {verdict}: removing it and fetching it again",
@@ -123,6 +116,35 @@ pub(crate) fn verify_cached(cache: &Path, file: &CachedFile, _lock: &CacheLock) 
     remove_if_present(&path)?;
     remove_if_present(&stamp)?;
     Ok(false)
+}
+
+/// Why the file at `path` is not `file` (its size, else its sha256), or `None` when it is. `why`
+/// says, when the file has to be hashed, why that is needed.
+fn mismatch(path: &Path, file: &CachedFile, why: &str) -> Result<Option<String>> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| Error::io("cannot read", path, e))?
+        .len();
+    if size != file.size {
+        return Ok(Some(format!("has {size} bytes instead of {}", file.size)));
+    }
+    eprintln!("llm-lab: {} {why}; checking its sha256…", path.display());
+    let actual = super::sha256_file(path)?;
+    Ok((actual != file.sha256).then(|| format!("has sha256 {actual} instead of {}", file.sha256)))
+}
+
+/// For a cache this process cannot lock (a read-only copy shared by a class): true when every
+/// file is there and verified, hashing those whose stamps do not match; it changes nothing.
+pub(crate) fn verify_read_only(cache: &Path, files: &[&CachedFile]) -> Result<bool> {
+    for file in files {
+        let path = cache.join(file.file_name);
+        if is_stamped(cache, file) {
+            continue;
+        }
+        if !path.is_file() || mismatch(&path, file, "cannot be stamped here")?.is_some() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Records that `file`, now in `cache`, was just verified. The stamp is written to a temporary
