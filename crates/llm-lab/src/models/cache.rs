@@ -2,9 +2,9 @@
 //! removal of whatever an interrupted fetch left behind.
 //!
 //! A stamp records the sha256, size and modification time a file had when it was verified. While
-//! size and time still match, the file is trusted without hashing it again (a 250 MB hash costs
-//! about a second each time a notebook loads the model); as soon as either changes, it is hashed
-//! again, and removed if it no longer matches the registry.
+//! size and time still match, the file is trusted without hashing it again (hashing Gemma's
+//! 253 MB took 0.7 s here, at every model load without stamps); as soon as either changes, it is
+//! hashed again, and removed if it no longer matches the registry.
 //!
 //! Every fetch holds the cache's lock for as long as it works there, so fetches into one cache run
 //! one at a time, and any `.fetch-*` entry found by the lock's holder belongs to a fetch that
