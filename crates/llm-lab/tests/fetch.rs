@@ -562,6 +562,20 @@ fn a_corrupt_cached_file_with_a_stale_stamp_is_fetched_again() {
 }
 
 #[test]
+fn a_deleted_terms_file_is_fetched_alone() {
+    let fx = Fixture::new();
+    let (spec, _) = good_spec(&fx);
+    fetch_spec(&spec, &fx.cache, &fx.python).unwrap();
+    std::fs::remove_file(fx.cache.join("test.TERMS.html")).unwrap();
+    fetch_spec(&spec, &fx.cache, &fx.python).unwrap();
+    assert_eq!(
+        std::fs::read(fx.cache.join("test.TERMS.html")).unwrap(),
+        TERMS
+    );
+    assert_eq!(fx.pip_calls()[4..], ["test-assembler==1.0"]);
+}
+
+#[test]
 fn a_cached_file_of_the_wrong_size_is_fetched_again() {
     let fx = Fixture::new();
     let content = b"weights".repeat(100);
