@@ -6,13 +6,16 @@ use crate::error::{Error, Result};
 use crate::generate::LanguageModel;
 use crate::logits::Logits;
 
+/// Logits for the next token as a function of the tokens shown.
+pub type Script = Box<dyn Fn(&[u32]) -> Vec<f32>>;
+
 /// A language model whose logits come from a function of the tokens it is shown: for testing
 /// loops and checks on designed logits. It records every sequence it was asked about.
 pub struct ScriptedModel {
     /// Text of each token id.
     pub vocab: Vec<String>,
     /// Logits for the next token, given the tokens shown.
-    pub script: Box<dyn Fn(&[u32]) -> Vec<f32>>,
+    pub script: Script,
     /// Tokens that end the text.
     pub stop_tokens: Vec<u32>,
     /// Longest sequence accepted.

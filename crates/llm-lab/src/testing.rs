@@ -37,6 +37,7 @@ pub use crate::scripted::ScriptedModel;
 /// registry's `gemma-3-270m` (fetched on first use) when the registry has it. `None` (and a line
 /// on stderr saying the test is skipped) when neither is available.
 pub fn real_gemma(test: &str) -> Option<std::path::PathBuf> {
+    use crate::models::GEMMA_3_270M;
     if let Some(p) = std::env::var_os("LLM_LAB_GEMMA") {
         return Some(p.into());
     }
@@ -51,9 +52,6 @@ pub fn real_gemma(test: &str) -> Option<std::path::PathBuf> {
     );
     None
 }
-
-/// The registry name of Gemma 3 270M.
-pub const GEMMA_3_270M: &str = "gemma-3-270m";
 
 /// The shape and storage of a tiny test model.
 #[derive(Debug, Clone)]

@@ -85,7 +85,7 @@ pub fn execute(lab: &Lab, nb: &Path, out: &Path) -> Result<Value> {
         "--ExecutePreprocessor.kernel_name=rust",
         "--ExecutePreprocessor.timeout=1800",
     ])
-    .arg(format!("--ExecutePreprocessor.startup_timeout=120"))
+    .arg("--ExecutePreprocessor.startup_timeout=120")
     .arg("--output-dir")
     .arg(out.parent().unwrap_or(Path::new(".")))
     .arg("--output")

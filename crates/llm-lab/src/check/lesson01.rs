@@ -148,9 +148,11 @@ fn attention_case(
     let shape = format!("Q {:?}, K {:?}, V {:?}", q.dims(), k.dims(), v.dims());
     let got = match f(&q, &k, &v) {
         Ok(t) => t,
-        Err(e) => return Ok(Outcome::Wrong(format!(
+        Err(e) => {
+            return Ok(Outcome::Wrong(format!(
             "sua função devolveu um erro: {e}. Confira as formas: Q [n, d], K [m, d], V [m, dv]."
-        ))),
+        )))
+        }
     };
     if tensor_close(&got, &want, TOL) {
         return Ok(Outcome::Ok);
@@ -206,8 +208,11 @@ pub fn multi_head(f: impl Fn(&Tensor, &[HeadWeights], &Tensor) -> crate::Result<
     report("atenção multicabeças", cases)
 }
 
+/// The student's multi-head attention: `f(x, heads, w_o)`.
+type MultiHeadFn<'a> = &'a dyn Fn(&Tensor, &[HeadWeights], &Tensor) -> crate::Result<Tensor>;
+
 fn multi_head_case(
-    f: &dyn Fn(&Tensor, &[HeadWeights], &Tensor) -> crate::Result<Tensor>,
+    f: MultiHeadFn<'_>,
     n: usize,
     d_model: usize,
     h: usize,

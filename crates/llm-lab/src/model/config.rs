@@ -437,8 +437,7 @@ impl Config {
                 ));
             }
         }
-        // Written so that NaN fails too.
-        let positive = |x: f64| x > 0.0;
+        let positive = |x: f64| x > 0.0; // false for NaN too
         if !positive(self.rms_norm_eps)
             || !positive(self.rope_theta as f64)
             || !positive(self.rope_theta_local as f64)

@@ -78,7 +78,7 @@ pub(crate) fn forward(
         x = (x + mlp)?;
     }
     cache.advance(seq);
-    if let Some(t) = trace.as_deref_mut() {
+    if let Some(t) = trace {
         t.record(Hook::FinalResid, &x);
     }
 

@@ -77,8 +77,11 @@ pub enum Hook {
     FinalResid,
 }
 
+/// Makes a layer's hook from its layer number.
+type LayerHook = fn(usize) -> Hook;
+
 /// The per-layer hooks, with the suffix of their names.
-const LAYER_HOOKS: [(&str, fn(usize) -> Hook); 13] = [
+const LAYER_HOOKS: [(&str, LayerHook); 13] = [
     ("resid_pre", Hook::ResidPre),
     ("attn.q", Hook::Q),
     ("attn.k", Hook::K),
