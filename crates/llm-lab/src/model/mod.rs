@@ -109,8 +109,10 @@ impl Model {
         }
         let mut g = crate::gguf::Gguf::open(path)?;
         let config = Config::from_gguf(&mut g)?;
-        let tokenizer = Tokenizer::from_gguf(&g)?;
+        // Weights first: reading a tensor briefly holds two copies of it (Gemma's embedding
+        // table is 178 MB), and the tokenizer built from 262,144 pieces need not be there then.
         let weights = Weights::from_gguf(&mut g, &config, &device)?;
+        let tokenizer = Tokenizer::from_gguf(&g)?;
         Ok(Model {
             config,
             tokenizer,
