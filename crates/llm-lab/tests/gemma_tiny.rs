@@ -103,6 +103,30 @@ fn k_quants_match_quantized_gemma3_with_silu() {
     }
 }
 
+/// candle's prompt mask lets a local query see `window + 1` positions (it masks only
+/// `j + window < i`), where llama.cpp's rule (ours) shows `window`: on a prompt longer than the
+/// window, candle's last logits are ours for a window one wider, not ours.
+#[test]
+fn candles_window_is_one_position_wider() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    write_tiny_gguf(&path, &TinySpec::gemma()).unwrap();
+    let mut model = Model::load(&path).unwrap();
+    model.config.mlp_activation = Activation::Silu;
+    let mut f = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let mut reference = ModelWeights::from_gguf(content, &mut f, &Device::Cpu).unwrap();
+    let input = Tensor::new(tokens().as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let theirs = reference.forward(&input, 0).unwrap().squeeze(0).unwrap();
+    let last = |m: &Model| m.run(&tokens()).unwrap().i(tokens().len() - 1).unwrap();
+    assert!(max_abs_diff(&last(&model), &theirs) > 1e-3);
+    model.config.sliding_window = Some(5);
+    assert!(max_abs_diff(&last(&model), &theirs) < 1e-4);
+}
+
 #[test]
 fn gelu_is_what_gemma_uses() {
     let (_dir, model) = tiny_model(&TinySpec::gemma()).unwrap();
