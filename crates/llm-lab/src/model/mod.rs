@@ -5,6 +5,7 @@ pub mod config;
 pub(crate) mod forward;
 mod gemma3;
 mod q4_1;
+mod q5_0;
 
 /// The Q4_1 product kernel this process uses (`Scalar`, `Avx2`, `AvxVnni`, `Avx512Vnni`): the
 /// fastest the CPU runs, or the one `LLM_LAB_KERNEL` names.

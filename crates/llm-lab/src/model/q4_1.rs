@@ -186,7 +186,7 @@ pub fn matmul_many(kernel: Kernel, ws: &[&Q4_1Matrix], x: &[f32], m: usize, ys: 
 /// An output matrix `[m, rows]` that the workers fill together. Work is shared out by whole
 /// rows: the worker that owns row `r` writes `(t, r)` for every token `t`, and nobody else
 /// touches that row until every worker is done (`execute_chunked` returns only then).
-struct SharedRows {
+pub(super) struct SharedRows {
     ptr: *mut f32,
     rows: usize,
     len: usize,
@@ -199,7 +199,7 @@ unsafe impl Sync for SharedRows {}
 unsafe impl Send for SharedRows {}
 
 impl SharedRows {
-    fn new(y: &mut [f32], rows: usize) -> Self {
+    pub(super) fn new(y: &mut [f32], rows: usize) -> Self {
         SharedRows {
             ptr: y.as_mut_ptr(),
             rows,
@@ -211,7 +211,7 @@ impl SharedRows {
     ///
     /// # Safety
     /// Only the worker that owns row `r` may call this for row `r`.
-    unsafe fn put(&self, t: usize, r: usize, v: f32) {
+    pub(super) unsafe fn put(&self, t: usize, r: usize, v: f32) {
         let i = t * self.rows + r;
         assert!(r < self.rows && i < self.len, "output element out of range");
         // SAFETY: in bounds (checked above); no other thread writes row r (the caller's contract).
@@ -371,7 +371,7 @@ fn dot_scalar(w: &Q4_1Matrix, r: usize, x: &Q8_1Rows, t: usize) -> f32 {
 /// than the block's arithmetic): move exponent and mantissa into f32's fields, then rescale the
 /// exponent bias by 2¹¹²; subnormals come out right from the same multiplication.
 #[inline]
-fn f16_to_f32(bits: u16) -> f32 {
+pub(super) fn f16_to_f32(bits: u16) -> f32 {
     let sign = ((bits & 0x8000) as u32) << 16;
     let magnitude = if bits & 0x7C00 == 0x7C00 {
         // Infinity or NaN: keep the payload, saturate the exponent.

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::{Architecture, Config};
 use super::q4_1::{Kernel, Q4_1Matrix};
+use super::q5_0::Q5_0Matrix;
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 
@@ -30,6 +31,20 @@ pub(crate) enum Matrix {
     Candle(QMatMul),
     /// Q4_1 blocks as stored, multiplied by this crate's SIMD kernel (candle's is scalar).
     Q4_1(Arc<Q4_1Matrix>),
+    /// Q5_0 blocks as stored, multiplied by this crate's vectorised kernel (candle's is scalar).
+    Q5_0(Arc<Q5_0Matrix>),
+}
+
+impl Matrix {
+    /// Row `r` as f32, for the matrices this crate stores itself.
+    fn dequantize_row(&self, r: usize, out: &mut [f32]) -> candle_core::Result<()> {
+        match self {
+            Matrix::Q4_1(m) => m.dequantize_row(r, out),
+            Matrix::Q5_0(m) => m.dequantize_row(r, out),
+            Matrix::Candle(_) => candle_core::bail!("candle's matrices dequantize themselves"),
+        }
+        Ok(())
+    }
 }
 
 impl Linear {
@@ -44,6 +59,14 @@ impl Linear {
                     ))
                 })?;
             Matrix::Q4_1(Arc::new(m))
+        } else if q.dtype() == GgmlDType::Q5_0 {
+            let m =
+                Q5_0Matrix::from_bytes(&q.data()?, out_features, in_features).ok_or_else(|| {
+                    candle_core::Error::Msg(format!(
+                        "Q5_0 matrix [{out_features}, {in_features}] has the wrong number of bytes"
+                    ))
+                })?;
+            Matrix::Q5_0(Arc::new(m))
         } else {
             Matrix::Candle(QMatMul::from_qtensor(q)?)
         };
@@ -73,6 +96,20 @@ impl Linear {
             Matrix::Q4_1(_) => {
                 let [y] = Self::forward_many([self], x)?;
                 Ok(y)
+            }
+            Matrix::Q5_0(m) => {
+                let x = x.to_dtype(DType::F32)?.contiguous()?;
+                let rows = x.elem_count() / self.in_features;
+                let mut y = vec![0f32; rows * self.out_features];
+                super::with_cpu_f32(&x, |data, layout| {
+                    let xs = &data[layout.start_offset()..][..x.elem_count()];
+                    super::q5_0::matmul(m, xs, rows, &mut y)
+                })?;
+                let mut dims = x.dims().to_vec();
+                if let Some(last) = dims.last_mut() {
+                    *last = self.out_features;
+                }
+                Tensor::from_vec(y, dims, x.device())
             }
         }
     }
@@ -131,7 +168,7 @@ impl Linear {
     pub fn embedding(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         match &self.weight {
             Matrix::Candle(q) => q.embedding(ids),
-            Matrix::Q4_1(m) => {
+            m => {
                 let ids = ids.to_vec1::<u32>()?;
                 let mut out = vec![0f32; ids.len() * self.in_features];
                 for (&id, row) in ids.iter().zip(out.chunks_exact_mut(self.in_features)) {
@@ -141,7 +178,7 @@ impl Linear {
                             self.out_features
                         )
                     }
-                    m.dequantize_row(id as usize, row);
+                    m.dequantize_row(id as usize, row)?;
                 }
                 Tensor::from_vec(out, (ids.len(), self.in_features), &Device::Cpu)
             }
@@ -153,10 +190,10 @@ impl Linear {
         Ok(match &self.weight {
             Matrix::Candle(QMatMul::QTensor(q)) => q.dequantize(&q.device())?,
             Matrix::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.to_dtype(DType::F32)?,
-            Matrix::Q4_1(m) => {
+            m => {
                 let mut out = vec![0f32; self.out_features * self.in_features];
                 for (r, row) in out.chunks_exact_mut(self.in_features).enumerate() {
-                    m.dequantize_row(r, row);
+                    m.dequantize_row(r, row)?;
                 }
                 Tensor::from_vec(out, (self.out_features, self.in_features), &Device::Cpu)?
             }
@@ -172,7 +209,7 @@ impl Linear {
     fn convert(&mut self, format: WeightFormat) -> Result<()> {
         let quantized = matches!(
             &self.weight,
-            Matrix::Candle(QMatMul::QTensor(_)) | Matrix::Q4_1(_)
+            Matrix::Candle(QMatMul::QTensor(_)) | Matrix::Q4_1(_) | Matrix::Q5_0(_)
         );
         if quantized && format == WeightFormat::F32 {
             self.weight = Matrix::Candle(QMatMul::Tensor(self.weight()?));
