@@ -141,42 +141,46 @@ fn quantize_activations(x: &[f32], cols: usize) -> Q8_0Rows {
     out
 }
 
-/// Row `r` of `w` against token `t` of `x`.
+/// Row `r` of `w` against every token of `x` (`out[t]`, `t < m`): the row's codes are unpacked
+/// once into `codes` (`cols` bytes), then read once per token.
 #[inline(always)]
-fn dot_generic(w: &Q5_0Matrix, r: usize, x: &Q8_0Rows, t: usize) -> f32 {
+fn row_generic(w: &Q5_0Matrix, r: usize, x: &Q8_0Rows, codes: &mut [i8], out: &mut [f32]) {
     let nb = x.blocks;
-    let mut acc = 0f32;
-    for b in 0..nb {
-        let i = r * nb + b;
-        let q = w.codes(i);
-        let xq = &x.qs[(t * nb + b) * BLOCK..][..BLOCK];
-        let mut sum = 0i32;
-        for j in 0..BLOCK {
-            sum += q[j] as i32 * xq[j] as i32;
-        }
-        acc += sum as f32 * (f16_to_f32(w.d[i]) * x.d[t * nb + b]);
+    for (b, c) in codes.chunks_exact_mut(BLOCK).enumerate().take(nb) {
+        c.copy_from_slice(&w.codes(r * nb + b));
     }
-    acc
+    for (t, o) in out.iter_mut().enumerate() {
+        let mut acc = 0f32;
+        for (b, q) in codes.chunks_exact(BLOCK).enumerate().take(nb) {
+            let xq = &x.qs[(t * nb + b) * BLOCK..][..BLOCK];
+            let mut sum = 0i32;
+            for j in 0..BLOCK {
+                sum += q[j] as i32 * xq[j] as i32;
+            }
+            acc += sum as f32 * (f16_to_f32(w.d[r * nb + b]) * x.d[t * nb + b]);
+        }
+        *o = acc;
+    }
 }
 
-/// The same loop compiled for AVX2.
+/// The same loops compiled for AVX2.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(w: &Q5_0Matrix, r: usize, x: &Q8_0Rows, t: usize) -> f32 {
-    dot_generic(w, r, x, t)
+unsafe fn row_avx2(w: &Q5_0Matrix, r: usize, x: &Q8_0Rows, codes: &mut [i8], out: &mut [f32]) {
+    row_generic(w, r, x, codes, out)
 }
 
-fn dot(avx2: bool, w: &Q5_0Matrix, r: usize, x: &Q8_0Rows, t: usize) -> f32 {
+fn row(avx2: bool, w: &Q5_0Matrix, r: usize, x: &Q8_0Rows, codes: &mut [i8], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: `avx2` is true only when the CPU reports AVX2 and FMA.
-        return unsafe { dot_avx2(w, r, x, t) };
+        return unsafe { row_avx2(w, r, x, codes, out) };
     }
     let _ = avx2;
-    dot_generic(w, r, x, t)
+    row_generic(w, r, x, codes, out)
 }
 
 fn has_avx2() -> bool {
@@ -204,12 +208,15 @@ pub fn matmul(w: &Q5_0Matrix, x: &[f32], m: usize, y: &mut [f32]) {
     let rows = w.rows;
     let out = SharedRows::new(y, rows);
     candle_core::utils::barrier_pool().execute_chunked(rows.div_ceil(ROWS_PER_ITEM), |range| {
+        let mut codes = vec![0i8; w.cols];
+        let mut sums = vec![0f32; m];
         for item in range {
             for r in item * ROWS_PER_ITEM..rows.min((item + 1) * ROWS_PER_ITEM) {
-                for t in 0..m {
+                row(avx2, w, r, &xq, &mut codes, &mut sums);
+                for (t, &v) in sums.iter().enumerate() {
                     // SAFETY: this item owns rows item·16 .. item·16 + 16: no other worker
                     // writes them.
-                    unsafe { out.put(t, r, dot(avx2, w, r, &xq, t)) };
+                    unsafe { out.put(t, r, v) };
                 }
             }
         }
