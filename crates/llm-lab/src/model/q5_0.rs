@@ -62,7 +62,7 @@ const SPREAD: [u64; 256] = {
 impl Q5_0Matrix {
     /// The matrix from GGUF's bytes (22 per block, row-major); `None` if the sizes disagree.
     pub fn from_bytes(bytes: &[u8], rows: usize, cols: usize) -> Option<Self> {
-        if cols == 0 || cols % BLOCK != 0 {
+        if cols == 0 || !cols.is_multiple_of(BLOCK) {
             return None;
         }
         let n = rows.checked_mul(cols / BLOCK)?;
