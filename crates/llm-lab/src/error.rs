@@ -5,13 +5,13 @@ use std::path::PathBuf;
 /// What can go wrong in llm-lab.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file could not be read or written.
-    #[error("{action} `{path}`: {source}")]
+    /// A file could not be read or written. The OS error is part of the message and not also
+    /// a `source()`, so that printing the whole chain (`{:#}`) names it once.
+    #[error("{action} `{path}`: {error}")]
     Io {
         action: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A model file (GGUF, safetensors, config.json) is not usable.
     #[error("model file `{path}` {problem}")]
@@ -32,9 +32,15 @@ pub enum Error {
     /// A parameter given by the user is outside its allowed range.
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),
-    /// An error from the tensor library.
+    /// An error from the tensor library (its message included, not chained, for the same reason).
     #[error("tensor computation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Candle(e)
+    }
 }
 
 /// Shorthand for `std::result::Result<T, llm_lab::Error>`.
@@ -56,7 +62,7 @@ impl Error {
         Error::Io {
             action,
             path: path.into(),
-            source,
+            error: source,
         }
     }
 

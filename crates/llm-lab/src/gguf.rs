@@ -11,6 +11,8 @@ use candle_core::Device;
 
 use crate::error::{Error, Result};
 
+pub mod scan;
+
 /// An opened, validated GGUF file: metadata in memory, tensors read on demand.
 pub struct Gguf {
     pub path: PathBuf,
@@ -22,8 +24,22 @@ const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 
 impl Gguf {
     /// Opens `path` and checks its header and every tensor's extent against the file's size.
+    ///
+    /// Only a regular file is opened (a FIFO would block, a folder is not a GGUF). The header is
+    /// walked once before it is read into memory and refused past the limits in [`scan`]: no
+    /// file, however crafted, makes this allocate more than those limits.
     pub fn open(path: &Path) -> Result<Self> {
         let redo = "; run `cargo xtask fetch` again or download the file again";
+        let kind = std::fs::metadata(path)
+            .map_err(|e| Error::io("cannot open model file", path, e))?
+            .file_type();
+        if !kind.is_file() {
+            let what = if kind.is_dir() { "a folder" } else { "not a regular file (a pipe, socket or device)" };
+            return Err(Error::model_file(
+                path,
+                format!("is {what}; pass the path of a .gguf file (or a Hugging Face folder to `Model::load`)"),
+            ));
+        }
         let file = File::open(path).map_err(|e| Error::io("cannot open model file", path, e))?;
         let len = file
             .metadata()
@@ -51,18 +67,21 @@ impl Gguf {
         reader
             .rewind()
             .map_err(|e| Error::io("cannot read", path, e))?;
-        // candle checks most bounds itself; a few corrupt values (a zero alignment, dims whose
-        // product overflows) still reach arithmetic that panics, so contain that here.
-        let content =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut reader)))
-                .map_err(|_| Error::model_file(path, format!("has a corrupt GGUF header{redo}")))?
-                .map_err(|e| {
-                    Error::model_file(path, format!("has an unreadable GGUF header ({e}){redo}"))
-                })?;
-        if content.tensor_data_offset > len {
+        let header =
+            scan::scan(&mut reader, len).map_err(|p| Error::model_file(path, format!("{p}{redo}")))?;
+        reader
+            .rewind()
+            .map_err(|e| Error::io("cannot read", path, e))?;
+        // The walk above leaves candle nothing known to panic on; should it still, say so plainly.
+        let content = crate::silent_panic::catch_silently(|| Content::read(&mut reader))
+            .map_err(|_| Error::model_file(path, format!("has a corrupt GGUF header{redo}")))?
+            .map_err(|e| {
+                Error::model_file(path, format!("has an unreadable GGUF header ({e}){redo}"))
+            })?;
+        if content.tensor_data_offset != header.tensor_data_offset {
             return Err(Error::model_file(
                 path,
-                format!("is truncated: the header ends past the end of the file{redo}"),
+                format!("has a GGUF header that candle and llm-lab read differently (tensor data at {} or {}){redo}", content.tensor_data_offset, header.tensor_data_offset),
             ));
         }
         for (name, info) in &content.tensor_infos {
@@ -139,8 +158,13 @@ impl Gguf {
             )
         })?;
         value_as_u64(v)
-            .map(|x| x as usize)
-            .ok_or_else(|| Error::model_file(&self.path, format!("has a non-integer `{key}`")))
+            .and_then(|x| usize::try_from(x).ok())
+            .ok_or_else(|| {
+                Error::model_file(
+                    &self.path,
+                    format!("has `{key}` = {v:?}; it must be a non-negative integer"),
+                )
+            })
     }
 
     /// A float (or integer) metadata value.

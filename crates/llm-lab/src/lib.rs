@@ -25,6 +25,7 @@ pub mod models;
 pub mod plot;
 pub mod sampling;
 pub mod scratch;
+mod silent_panic;
 pub mod testing;
 mod threads;
 pub mod tokenizer;

@@ -25,6 +25,10 @@ pub struct Tokenizer {
     /// The underlying Hugging Face tokenizer, shared: every `Logits` names its tokens with it,
     /// and a clone of the vocabulary per step would cost more than the step.
     pub inner: Arc<tokenizers::Tokenizer>,
+    /// Set when a byte-level vocabulary lacks some of the 256 byte symbols: the BPE model then
+    /// drops those bytes without a word (as llama.cpp does), so [`Tokenizer::encode`] checks
+    /// that its ids give the text back.
+    incomplete_bytes: bool,
 }
 
 impl Tokenizer {
@@ -38,11 +42,12 @@ impl Tokenizer {
         })?;
         Ok(Tokenizer {
             inner: Arc::new(inner),
+            incomplete_bytes: false,
         })
     }
 
     /// Rebuilds the tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata.
-    pub(crate) fn from_gguf(gguf: &Gguf) -> Result<Self> {
+    pub fn from_gguf(gguf: &Gguf) -> Result<Self> {
         let path = &gguf.path;
         let model = gguf.meta_str("tokenizer.ggml.model").unwrap_or("");
         if model != "gpt2" {
@@ -67,6 +72,9 @@ impl Tokenizer {
             .enumerate()
             .map(|(i, t)| (t.to_string(), i as u32))
             .collect();
+        let incomplete_bytes = ByteLevel::alphabet()
+            .iter()
+            .any(|c| !vocab.contains_key(&c.to_string()));
         let merges = merges
             .iter()
             .map(|m| {
@@ -99,6 +107,7 @@ impl Tokenizer {
         inner.add_special_tokens(specials)?;
         Ok(Tokenizer {
             inner: Arc::new(inner),
+            incomplete_bytes,
         })
     }
 
@@ -110,8 +119,27 @@ impl Tokenizer {
     /// assert_eq!(tok.decode(&ids)?, "ab");
     /// # Ok::<(), llm_lab::Error>(())
     /// ```
+    ///
+    /// A text with a byte the vocabulary has no token for is an error naming that character,
+    /// where llama.cpp would silently leave the byte out.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self.inner.encode(text, false)?.get_ids().to_vec())
+        let ids = self.inner.encode(text, false)?.get_ids().to_vec();
+        if self.incomplete_bytes {
+            let back = self.decode(&ids)?;
+            if back != text {
+                let same = text
+                    .char_indices()
+                    .zip(back.chars())
+                    .take_while(|((_, a), b)| a == b)
+                    .count();
+                let (at, c) = text.char_indices().nth(same).unwrap_or((text.len(), ' '));
+                return Err(Error::Tokenizer(format!(
+                    "this vocabulary has no token for the character {c:?} (bytes {:02x?}) at byte {at} of {text:?}: it cannot encode that text; remove the character or use a model whose vocabulary covers every byte",
+                    c.to_string().as_bytes()
+                )));
+            }
+        }
+        Ok(ids)
     }
 
     /// The text of `ids`, special tokens included.
@@ -158,6 +186,7 @@ impl Tokenizer {
         inner.with_decoder(Some(ByteLevelDecoder::default()));
         Tokenizer {
             inner: Arc::new(inner),
+            incomplete_bytes: false,
         }
     }
 }

@@ -248,6 +248,7 @@ pub struct Weights {
 
 impl Weights {
     pub(crate) fn from_gguf(g: &mut Gguf, config: &Config, device: &Device) -> Result<Self> {
+        check_gguf_shapes(g, config)?;
         let lin = |g: &mut Gguf, name: &str| Linear::from_qtensor(g.tensor(name, device)?);
         let vec = |g: &mut Gguf, name: &str| -> Result<Tensor> {
             Ok(g.tensor(name, device)?.dequantize(device)?)
@@ -416,6 +417,55 @@ impl Weights {
         };
         self.embed.n_params() + per_block * self.blocks.len() + config.d_model + head
     }
+}
+
+/// Every tensor the model reads, with the shape (rows first) its config promises.
+fn gguf_shapes(c: &Config, has_output: bool) -> Vec<(String, Vec<usize>)> {
+    // `validate` has checked n_heads · d_head = d_model, so these products do not overflow.
+    let (q, kv) = (c.n_heads * c.d_head, c.n_kv_heads * c.d_head);
+    let mut v = vec![
+        ("token_embd.weight".to_string(), vec![c.d_vocab, c.d_model]),
+        ("output_norm.weight".to_string(), vec![c.d_model]),
+    ];
+    if has_output {
+        v.push(("output.weight".into(), vec![c.d_vocab, c.d_model]));
+    }
+    for l in 0..c.n_layers {
+        let n = |s: &str| format!("blk.{l}.{s}.weight");
+        v.extend([
+            (n("attn_norm"), vec![c.d_model]),
+            (n("attn_q"), vec![q, c.d_model]),
+            (n("attn_k"), vec![kv, c.d_model]),
+            (n("attn_v"), vec![kv, c.d_model]),
+            (n("attn_output"), vec![c.d_model, q]),
+            (n("ffn_norm"), vec![c.d_model]),
+            (n("ffn_gate"), vec![c.d_mlp, c.d_model]),
+            (n("ffn_up"), vec![c.d_mlp, c.d_model]),
+            (n("ffn_down"), vec![c.d_model, c.d_mlp]),
+        ]);
+    }
+    v
+}
+
+/// Compares every tensor's declared shape with the config before any data is read, so a corrupt
+/// file is refused by name instead of failing inside a product.
+fn check_gguf_shapes(g: &Gguf, c: &Config) -> Result<()> {
+    for (name, want) in gguf_shapes(c, g.has("output.weight")) {
+        let Some(info) = g.content.tensor_infos.get(&name) else {
+            continue; // `Gguf::tensor` names a missing tensor when it is read.
+        };
+        let found = info.shape.dims();
+        if found != want.as_slice() {
+            return Err(Error::model_file(
+                &g.path,
+                format!(
+                    "has the tensor `{name}` of shape {found:?}, but its configuration ({} layers, d_model {}, {} heads and {} KV heads of width {}, MLP {}, vocabulary {}) needs {want:?}; the file is corrupt or not a Llama model",
+                    c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.d_head, c.d_mlp, c.d_vocab
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether a format is quantized (for display).
