@@ -12,6 +12,7 @@ use candle_core::Device;
 use crate::error::{Error, Result};
 
 pub mod scan;
+pub(crate) mod silent_panic;
 
 /// An opened, validated GGUF file: metadata in memory, tensors read on demand.
 pub struct Gguf {
@@ -73,7 +74,7 @@ impl Gguf {
             .rewind()
             .map_err(|e| Error::io("cannot read", path, e))?;
         // The walk above leaves candle nothing known to panic on; should it still, say so plainly.
-        let content = crate::silent_panic::catch_silently(|| Content::read(&mut reader))
+        let content = silent_panic::catch_silently(|| Content::read(&mut reader))
             .map_err(|_| Error::model_file(path, format!("has a corrupt GGUF header{redo}")))?
             .map_err(|e| {
                 Error::model_file(path, format!("has an unreadable GGUF header ({e}){redo}"))

@@ -71,7 +71,8 @@ fn value(rng: &mut Rng, g: &mut GgufBytes, ty: u32, depth: u32, log: &mut String
         0 | 1 | 7 => g.bytes.push(pick(rng, &[0, 1, 2, 255])),
         2 | 3 => g.bytes.extend_from_slice(&(rng.next_u64() as u16).to_le_bytes()),
         4 | 5 | 6 => {
-            let x = pick(rng, &[0u32, 1, 2, 3, 4, 16, 32, 64, u32::MAX, rng.next_u64() as u32]);
+            let random = rng.next_u64() as u32;
+            let x = pick(rng, &[0u32, 1, 2, 3, 4, 16, 32, 64, u32::MAX, random]);
             g.u32(x);
         }
         8 => {
@@ -224,7 +225,7 @@ fn read_everything(path: &Path, len: u64) -> Vec<String> {
                 match Model::load(path) {
                     Err(e) => errors.push(e.to_string()),
                     Ok(m) => {
-                        let _ = m.encode("hi").and_then(|ids| m.forward_all(&ids));
+                        let _ = m.encode("hi").and_then(|ids| m.run(&ids));
                     }
                 }
             }

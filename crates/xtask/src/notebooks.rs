@@ -19,10 +19,9 @@ pub const SETUP_CELL: &str =
 const BEGIN: &str = "// BEGIN SOLUTION";
 const END: &str = "// END SOLUTION";
 
-/// What the check module prints for tooling, one line per exercise (see llm_lab::check).
-pub const REPORT_PREFIX: &str = "llm-lab check:";
-/// The line it adds after a failed exercise, with the hint.
-pub const HINT_PREFIX: &str = "llm-lab hint:";
+/// What the check module prints for tooling, one line per exercise, and after a failed one the
+/// hint: the protocol lives in the library, which writes it.
+pub use llm_lab::check::{HINT_PREFIX, REPORT_PREFIX};
 
 pub fn new_notebook(cells: &[&str]) -> Value {
     json!({
@@ -86,7 +85,7 @@ pub fn execute(lab: &Lab, nb: &Path, out: &Path) -> Result<Value> {
         "--ExecutePreprocessor.kernel_name=rust",
         "--ExecutePreprocessor.timeout=1800",
     ])
-    .arg(format!("--ExecutePreprocessor.startup_timeout=120"))
+    .arg("--ExecutePreprocessor.startup_timeout=120")
     .arg("--output-dir")
     .arg(out.parent().unwrap_or(Path::new(".")))
     .arg("--output")
@@ -154,12 +153,12 @@ pub fn check_reports(nb: &Value) -> Vec<(String, String)> {
 
 /// Every `PREFIX name = value` line a notebook printed, as (name, value).
 fn tagged_lines(nb: &Value, prefix: &str) -> Vec<(String, String)> {
-    all_output_text(nb)
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix(prefix))
-        .filter_map(|rest| rest.split_once(" = "))
-        .map(|(n, s)| (n.trim().to_string(), s.trim().to_string()))
-        .collect()
+    let parse = if prefix == HINT_PREFIX {
+        llm_lab::check::parse_hint_line
+    } else {
+        llm_lab::check::parse_report_line
+    };
+    all_output_text(nb).lines().filter_map(parse).collect()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -75,10 +75,7 @@ pub struct Config {
 impl Config {
     /// The model's configuration, from a GGUF file's `{arch}.*` and `tokenizer.ggml.*` metadata.
     pub fn from_gguf(g: &mut Gguf) -> Result<Config> {
-        let arch = g
-            .meta_str("general.architecture")
-            .unwrap_or("")
-            .to_string();
+        let arch = g.meta_str("general.architecture").unwrap_or("").to_string();
         if arch != "llama" {
             return Err(Error::model_file(
                 &g.path,
@@ -303,14 +300,14 @@ impl Config {
                 self.n_layers, self.n_heads, self.d_model, self.d_vocab
             ));
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
                 "{} heads is not a multiple of {} kv heads",
                 self.n_heads, self.n_kv_heads
             ));
         }
         // Checked: these numbers come from files, and overflow checks are off in every profile.
-        if self.d_head % 2 != 0 || self.d_head.checked_mul(self.n_heads) != Some(self.d_model) {
+        if !self.d_head.is_multiple_of(2) || self.d_head.checked_mul(self.n_heads) != Some(self.d_model) {
             return bad(format!(
                 "head dim {} × {} heads must give d_model {} with an even head dim",
                 self.d_head, self.n_heads, self.d_model
@@ -345,7 +342,8 @@ impl Config {
                 ));
             }
         }
-        if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) {
+        let positive = |x: f64| x > 0.0; // false for NaN too
+        if !positive(self.rms_norm_eps) || !positive(self.rope_theta as f64) {
             return bad("rms eps and rope base must be positive".into());
         }
         Ok(())

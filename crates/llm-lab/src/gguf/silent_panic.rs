@@ -72,7 +72,7 @@ mod tests {
         }
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
-                "silent_panic::tests::caught_panics_are_silent_and_the_hook_is_restored",
+                "gguf::silent_panic::tests::caught_panics_are_silent_and_the_hook_is_restored",
                 "--exact",
                 "--nocapture",
                 "--test-threads=1",
