@@ -199,6 +199,9 @@ fn run_in_child(name: &str, file: &Path) -> (String, String) {
         "child run of {name} failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
+    for line in stdout.lines().filter_map(|l| l.find("peak RSS").map(|i| &l[i..])) {
+        println!("{name}: {line}");
+    }
     (stdout, stderr)
 }
 

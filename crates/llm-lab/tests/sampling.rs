@@ -290,7 +290,7 @@ fn limit_at_zero(z: &[f32]) -> Vec<f32> {
 fn softmax_is_a_distribution_on_extreme_logits() {
     for z in extreme_logits() {
         assert_distribution(&softmax(&z), &format!("softmax({z:?})"));
-        let l = Logits::new(z.iter().map(|&x| x.min(f32::MAX)).collect());
+        let l = Logits::new(z.clone());
         if z.contains(&INF) {
             assert!(l.is_err(), "+inf accepted by Logits::new: {z:?}");
             continue;
