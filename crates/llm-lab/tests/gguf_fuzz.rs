@@ -147,13 +147,67 @@ fn synthesize(rng: &mut Rng, log: &mut String) -> GgufBytes {
     g
 }
 
+/// Where `what` ends in `bytes` (a key or a tensor name of the base file).
+fn after(bytes: &[u8], what: &str) -> Option<usize> {
+    bytes
+        .windows(what.len())
+        .position(|w| w == what.as_bytes())
+        .map(|i| i + what.len())
+}
+
+/// A metadata value of the base file replaced in place, its type kept.
+fn mutate_meta(rng: &mut Rng, bytes: &mut [u8], log: &mut String) {
+    let key = pick(rng, &KEYS);
+    let Some(at) = after(bytes, key) else { return };
+    if at + 8 > bytes.len() || bytes[at..at + 4] != 4u32.to_le_bytes() {
+        return;
+    }
+    let v = pick(rng, &[0u32, 1, 2, 3, 7, 63, 64, 65, 258, 1 << 16, 1 << 31, u32::MAX]);
+    log.push_str(&format!(" {key}={v}"));
+    bytes[at + 4..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// One tensor description of the base file changed: a dimension, the number of dimensions (the
+/// header shrinks, so later offsets shift) or the type.
+fn mutate_tensor(rng: &mut Rng, bytes: &mut Vec<u8>, log: &mut String) {
+    let name = pick(rng, &TENSORS);
+    let Some(at) = after(bytes, name) else { return };
+    if at + 4 > bytes.len() {
+        return;
+    }
+    let n_dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let dims_end = at + 4 + 8 * n_dims;
+    if n_dims > 4 || dims_end + 12 > bytes.len() {
+        return;
+    }
+    match below(rng, 3) {
+        0 if n_dims > 0 => {
+            let i = below(rng, n_dims as u64) as usize;
+            let d = pick(rng, &[0u64, 1, 3, 31, 33, 1 << 32, 1 << 62, u64::MAX]);
+            log.push_str(&format!(" {name}.dim{i}={d}"));
+            bytes[at + 4 + 8 * i..at + 12 + 8 * i].copy_from_slice(&d.to_le_bytes());
+        }
+        1 => {
+            let keep = below(rng, n_dims as u64) as usize;
+            log.push_str(&format!(" {name}.n_dims={keep}"));
+            bytes[at..at + 4].copy_from_slice(&(keep as u32).to_le_bytes());
+            bytes.drain(at + 4 + 8 * keep..dims_end);
+        }
+        _ => {
+            let t = pick(rng, &[0u32, 1, 2, 3, 8, 12, 14, 30, 99]);
+            log.push_str(&format!(" {name}.dtype={t}"));
+            bytes[dims_end..dims_end + 4].copy_from_slice(&t.to_le_bytes());
+        }
+    }
+}
+
 /// One malformed file: its bytes, an optional sparse length, and what was done.
 fn malformed(rng: &mut Rng, base: &[u8], header_len: usize) -> (Vec<u8>, u64, String) {
     let mut bytes = base.to_vec();
     let mut log = String::new();
     let rounds = 1 + below(rng, 2);
     for _ in 0..rounds {
-        match below(rng, 7) {
+        match below(rng, 10) {
             0 => {
                 let keep = below(rng, bytes.len() as u64) as usize;
                 log.push_str(&format!(" truncate@{keep}"));
@@ -189,6 +243,8 @@ fn malformed(rng: &mut Rng, base: &[u8], header_len: usize) -> (Vec<u8>, u64, St
                 let g = synthesize(rng, &mut log);
                 bytes = g.bytes;
             }
+            6 | 7 => mutate_meta(rng, &mut bytes, &mut log),
+            8 => mutate_tensor(rng, &mut bytes, &mut log),
             _ => {
                 // Header intact, data cut: the file is extended again with holes.
                 let keep = header_len + below(rng, (bytes.len() - header_len) as u64) as usize;
