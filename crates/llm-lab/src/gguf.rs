@@ -35,7 +35,11 @@ impl Gguf {
             .map_err(|e| Error::io("cannot open model file", path, e))?
             .file_type();
         if !kind.is_file() {
-            let what = if kind.is_dir() { "a folder" } else { "not a regular file (a pipe, socket or device)" };
+            let what = if kind.is_dir() {
+                "a folder"
+            } else {
+                "not a regular file (a pipe, socket or device)"
+            };
             return Err(Error::model_file(
                 path,
                 format!("is {what}; pass the path of a .gguf file (or a Hugging Face folder to `Model::load`)"),
@@ -68,8 +72,8 @@ impl Gguf {
         reader
             .rewind()
             .map_err(|e| Error::io("cannot read", path, e))?;
-        let header =
-            scan::scan(&mut reader, len).map_err(|p| Error::model_file(path, format!("{p}{redo}")))?;
+        let header = scan::scan(&mut reader, len)
+            .map_err(|p| Error::model_file(path, format!("{p}{redo}")))?;
         reader
             .rewind()
             .map_err(|e| Error::io("cannot read", path, e))?;

@@ -182,7 +182,8 @@ impl Sampler {
             repetition_penalty(logits, history, c.repetition_penalty, c.repetition_window);
         check_logits(&penalized)?;
         if c.temperature == 0.0 {
-            let token = argmax(&penalized).ok_or_else(|| Error::invalid("no logit to choose from"))?;
+            let token =
+                argmax(&penalized).ok_or_else(|| Error::invalid("no logit to choose from"))?;
             let mut probs = vec![0.0; logits.len()];
             probs[token] = 1.0;
             let kept = probs.iter().map(|&p| p > 0.0).collect();

@@ -199,7 +199,10 @@ fn run_in_child(name: &str, file: &Path) -> (String, String) {
         "child run of {name} failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
-    for line in stdout.lines().filter_map(|l| l.find("peak RSS").map(|i| &l[i..])) {
+    for line in stdout
+        .lines()
+        .filter_map(|l| l.find("peak RSS").map(|i| &l[i..]))
+    {
         println!("{name}: {line}");
     }
     (stdout, stderr)
@@ -258,7 +261,10 @@ fn metadata_array_of_64_mib_is_refused_within_memory() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("array.gguf");
     let mut g = GgufBytes::header(3, 0, 1);
-    g.string("tokenizer.ggml.scores").u32(9).u32(0).u64(64 * MIB);
+    g.string("tokenizer.ggml.scores")
+        .u32(9)
+        .u32(0)
+        .u64(64 * MIB);
     let mut bytes = g.bytes;
     bytes.resize(bytes.len() + (64 * MIB) as usize, 1);
     std::fs::write(&p, &bytes).unwrap();
@@ -280,13 +286,19 @@ fn sparse_file_declaring_a_1_gib_array_is_refused_within_memory() {
         },
         (1 << 30) + 4096,
     );
-    run_in_child("sparse_file_declaring_a_1_gib_array_is_refused_within_memory", &p);
+    run_in_child(
+        "sparse_file_declaring_a_1_gib_array_is_refused_within_memory",
+        &p,
+    );
 }
 
 #[test]
 fn sparse_file_declaring_a_512_mib_string_is_refused_within_memory() {
     if let Some(p) = child_file() {
-        return refused_within_memory(&p, &["string of 536870912 bytes", "`tokenizer.chat_template`"]);
+        return refused_within_memory(
+            &p,
+            &["string of 536870912 bytes", "`tokenizer.chat_template`"],
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("string.gguf");
@@ -297,7 +309,10 @@ fn sparse_file_declaring_a_512_mib_string_is_refused_within_memory() {
         },
         513 * MIB,
     );
-    run_in_child("sparse_file_declaring_a_512_mib_string_is_refused_within_memory", &p);
+    run_in_child(
+        "sparse_file_declaring_a_512_mib_string_is_refused_within_memory",
+        &p,
+    );
 }
 
 #[test]
@@ -315,7 +330,10 @@ fn metadata_over_the_total_budget_is_refused_within_memory() {
         g.bytes.resize(g.bytes.len() + n as usize, 0);
     }
     g.write(&p, 0).unwrap();
-    run_in_child("metadata_over_the_total_budget_is_refused_within_memory", &p);
+    run_in_child(
+        "metadata_over_the_total_budget_is_refused_within_memory",
+        &p,
+    );
 }
 
 #[test]
@@ -326,7 +344,14 @@ fn nested_arrays_are_bounded() {
     one_entry_file(
         &p,
         |g| {
-            g.string("deep").u32(9).u32(9).u64(1).u32(9).u64(1).u32(0).u64(1);
+            g.string("deep")
+                .u32(9)
+                .u32(9)
+                .u64(1)
+                .u32(9)
+                .u64(1)
+                .u32(0)
+                .u64(1);
             g.bytes.push(7);
         },
         0,
@@ -339,7 +364,10 @@ fn nested_arrays_are_bounded() {
 fn zero_alignment_is_a_clear_error_and_prints_no_panic() {
     if let Some(p) = child_file() {
         let e = load_err(&p);
-        assert!(e.contains("general.alignment") && e.contains("power of two"), "{e}");
+        assert!(
+            e.contains("general.alignment") && e.contains("power of two"),
+            "{e}"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -350,7 +378,10 @@ fn zero_alignment_is_a_clear_error_and_prints_no_panic() {
     g.bytes.resize(g.bytes.len() + 64, 0);
     g.write(&p, 0).unwrap();
     let (_, stderr) = run_in_child("zero_alignment_is_a_clear_error_and_prints_no_panic", &p);
-    assert!(!stderr.contains("panicked"), "a panic message reached the terminal:\n{stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "a panic message reached the terminal:\n{stderr}"
+    );
 }
 
 #[test]
@@ -486,9 +517,7 @@ fn special_token_ids_outside_the_vocabulary_are_errors() {
         ("tokenizer.ggml.eos_token_id", Value::U32(5000)),
         ("tokenizer.ggml.bos_token_id", Value::U64((1 << 32) + 1)),
     ] {
-        let p = tiny_edited(dir.path(), &TinySpec::default(), |m, _| {
-            set_meta(m, key, v)
-        });
+        let p = tiny_edited(dir.path(), &TinySpec::default(), |m, _| set_meta(m, key, v));
         let e = load_err(&p);
         assert!(e.contains("5000") || e.contains(key), "{key}: {e}");
     }
@@ -519,7 +548,9 @@ fn a_vocabulary_without_some_bytes_refuses_text_it_would_drop() {
 
 #[test]
 fn os_errors_appear_once_in_the_message_chain() {
-    let e = Model::load(Path::new("/nonexistent/model.gguf")).err().unwrap();
+    let e = Model::load(Path::new("/nonexistent/model.gguf"))
+        .err()
+        .unwrap();
     let mut chain = e.to_string();
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {

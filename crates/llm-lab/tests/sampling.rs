@@ -274,7 +274,10 @@ fn extreme_logits() -> Vec<Vec<f32>> {
 const TEMPERATURES: [f32; 10] = [1e-45, 1e-40, 1e-38, 1e-20, 1e-3, 0.5, 1.0, 10.0, 1e3, 1e6];
 
 fn assert_distribution(p: &[f32], what: &str) {
-    assert!(p.iter().all(|x| x.is_finite() && *x >= 0.0 && *x <= 1.0), "{what}: {p:?}");
+    assert!(
+        p.iter().all(|x| x.is_finite() && *x >= 0.0 && *x <= 1.0),
+        "{what}: {p:?}"
+    );
     let sum: f32 = p.iter().sum();
     assert!((sum - 1.0).abs() < 1e-5, "{what}: sums to {sum}: {p:?}");
 }
@@ -283,7 +286,9 @@ fn assert_distribution(p: &[f32], what: &str) {
 fn limit_at_zero(z: &[f32]) -> Vec<f32> {
     let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let n = z.iter().filter(|&&x| x == max).count() as f32;
-    z.iter().map(|&x| if x == max { 1.0 / n } else { 0.0 }).collect()
+    z.iter()
+        .map(|&x| if x == max { 1.0 / n } else { 0.0 })
+        .collect()
 }
 
 #[test]
@@ -328,7 +333,11 @@ fn every_temperature_gives_a_distribution_and_tiny_ones_the_greedy_limit() {
 
 #[test]
 fn nan_logits_are_clear_errors() {
-    for z in [vec![f32::NAN], vec![0.0, f32::NAN, 1.0], vec![f32::NAN, INF]] {
+    for z in [
+        vec![f32::NAN],
+        vec![0.0, f32::NAN, 1.0],
+        vec![f32::NAN, INF],
+    ] {
         for t in [0.0, 1e-45, 1.0] {
             let e = softmax_with_temperature(&z, t).unwrap_err().to_string();
             assert!(e.contains("NaN"), "{e}");
@@ -336,7 +345,10 @@ fn nan_logits_are_clear_errors() {
             let e = s.sample(&z, &[]).unwrap_err().to_string();
             assert!(e.contains("NaN"), "{e}");
         }
-        assert!(Logits::new(z.clone()).unwrap_err().to_string().contains("NaN"));
+        assert!(Logits::new(z.clone())
+            .unwrap_err()
+            .to_string()
+            .contains("NaN"));
         // The infallible softmax keeps the NaN visible instead of inventing a distribution.
         assert!(softmax(&z).iter().all(|p| p.is_nan()), "{z:?}");
     }
@@ -397,7 +409,10 @@ fn huge_temperatures_and_every_stage_stay_finite() {
                 let steps = s.explain(&z, &[0, 1]).unwrap();
                 let what = format!("T = {t}, z = {z:?}, {top_k:?} {top_p:?} {min_p:?}");
                 assert_distribution(&steps.probs, &what);
-                assert!(steps.probs[steps.token as usize] > 0.0, "{what}: drew a token of probability 0");
+                assert!(
+                    steps.probs[steps.token as usize] > 0.0,
+                    "{what}: drew a token of probability 0"
+                );
                 assert!(steps.kept[steps.token as usize], "{what}");
             }
         }

@@ -184,9 +184,7 @@ impl<R: BufRead> Walker<R> {
                             self.value(elem, what, depth + 1)?;
                         }
                     }
-                    None => {
-                        return Err(format!("has an unknown value type {elem} in {what}"))
-                    }
+                    None => return Err(format!("has an unknown value type {elem} in {what}")),
                 }
             }
             _ => {

@@ -65,9 +65,17 @@ mod tests {
             let r = catch_silently(|| -> u32 { panic!("deep inside candle") });
             assert!(r.is_err());
             assert_eq!(catch_silently(|| 7).unwrap(), 7);
-            assert_eq!(seen.load(Ordering::SeqCst), 0, "the silent hook let a panic through");
+            assert_eq!(
+                seen.load(Ordering::SeqCst),
+                0,
+                "the silent hook let a panic through"
+            );
             let _ = std::panic::catch_unwind(|| panic!("after"));
-            assert_eq!(seen.load(Ordering::SeqCst), 1, "the previous hook was not restored");
+            assert_eq!(
+                seen.load(Ordering::SeqCst),
+                1,
+                "the previous hook was not restored"
+            );
             return;
         }
         let out = std::process::Command::new(std::env::current_exe().unwrap())
@@ -83,7 +91,10 @@ mod tests {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
-        assert!(stdout.contains("1 passed"), "the child ran no test:\n{stdout}");
+        assert!(
+            stdout.contains("1 passed"),
+            "the child ran no test:\n{stdout}"
+        );
         assert!(!stderr.contains("deep inside candle"), "{stderr}");
         assert_eq!(stderr.matches("previous hook ran").count(), 1, "{stderr}");
     }

@@ -307,7 +307,9 @@ impl Config {
             ));
         }
         // Checked: these numbers come from files, and overflow checks are off in every profile.
-        if !self.d_head.is_multiple_of(2) || self.d_head.checked_mul(self.n_heads) != Some(self.d_model) {
+        if !self.d_head.is_multiple_of(2)
+            || self.d_head.checked_mul(self.n_heads) != Some(self.d_model)
+        {
             return bad(format!(
                 "head dim {} × {} heads must give d_model {} with an even head dim",
                 self.d_head, self.n_heads, self.d_model
