@@ -489,3 +489,32 @@ fn a_loop_that_feeds_only_the_last_token_is_caught() {
     };
     assert_rejected(check::generation_loop(last_only), "sequência");
 }
+
+#[test]
+fn temperature_loop_names_a_fresh_sampler_every_step_and_a_fixed_seed() {
+    // A new sampler (same seed) at every step: every step draws the same random number.
+    let fresh_each_step = |m: &dyn LanguageModel, p: &[u32], n: usize, t: f32, seed: u64| {
+        let mut tokens = p.to_vec();
+        let mut out = vec![];
+        while out.len() < n {
+            let mut sampler = Sampler::new(SamplerConfig {
+                temperature: t,
+                seed,
+                ..Default::default()
+            })?;
+            let next = sampler.sample(m.next_token_logits(&tokens)?.values(), &tokens)?;
+            out.push(next);
+            tokens.push(next);
+        }
+        Ok(out)
+    };
+    assert_rejected(check::temperature_loop(fresh_each_step), "amostrador novo");
+    // The seed ignored for a fixed one: every seed gives the same text, which is not argmax.
+    let fixed_seed = |m: &dyn LanguageModel, p: &[u32], n: usize, t: f32, _seed: u64| {
+        sampled_loop(m, p, n, t, 7, |z, t| z / t)
+    };
+    assert_rejected(
+        check::temperature_loop(fixed_seed),
+        "semente recebida não foi usada",
+    );
+}

@@ -117,3 +117,25 @@ fn invalid_settings_are_errors() {
     assert!(e.contains("NaN") || e.contains("invalid numbers"), "{e}");
     assert!(g.next().is_none(), "an error ends the generation");
 }
+
+#[test]
+fn a_prompt_that_does_not_fit_is_refused_unless_a_window_is_asked_for() {
+    let m = ScriptedModel::counting(5, |t| (t + 1) % 5); // context 1024
+    let long = vec![1u32; 1024];
+    let e = Generation::new(&m, &long, GenerateOptions::greedy(3))
+        .err()
+        .expect("a prompt filling the context must be refused")
+        .to_string();
+    assert!(e.contains("context window of 1024"), "{e}");
+    // With an explicit window L the loop keeps the last L tokens, as the lecture's loop does.
+    let windowed = GenerateOptions {
+        context_window: Some(16),
+        ..GenerateOptions::greedy(2)
+    };
+    let out = Generation::new(&m, &long, windowed)
+        .unwrap()
+        .finish()
+        .unwrap();
+    assert_eq!(out.tokens().len(), 2);
+    assert!(m.calls.borrow().iter().all(|c| c.len() == 16));
+}

@@ -338,3 +338,22 @@ fn embed_unembed_and_every_position_agree_with_the_forward_pass() {
     );
     assert!(model.embed(&[100_000]).is_err());
 }
+
+#[test]
+fn long_prompts_in_query_chunks_equal_one_token_at_a_time() {
+    // Longer than the attention's query chunk (256), so the prompt path splits its queries.
+    let (_dir, mut model) = tiny_model(&TinySpec::default()).unwrap();
+    model.config.n_ctx = 512; // the file says 64; RoPE and the cache take any length
+    let t: Vec<u32> = (0..300u32).map(|i| (i * 7 + 3) % 100).collect();
+    let all = model.run(&t).unwrap();
+    let (_, trace) = model.run_with_trace(&t, TraceOptions::default()).unwrap();
+    assert_eq!(trace.pattern(0).unwrap().dims(), &[4, 300, 300]);
+    let mut cache = KvCache::new();
+    for (pos, &tok) in t.iter().enumerate() {
+        let step = model.step(&[tok], &mut cache).unwrap();
+        if pos % 37 == 0 || pos == t.len() - 1 {
+            let row = all.get(pos).unwrap();
+            assert!(max_abs_diff(&step, &row) < 1e-3, "position {pos}");
+        }
+    }
+}

@@ -122,6 +122,10 @@ fn fetch(args: &Args) -> Result<()> {
     for name in names {
         let path = models::fetch(name)?;
         println!("{name}: {}", path.display());
+        println!(
+            "  {}",
+            models::license_notice(models::spec(name)?, &models::cache_dir())
+        );
     }
     Ok(())
 }

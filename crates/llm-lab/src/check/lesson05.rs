@@ -32,6 +32,11 @@ pub mod hints {
     pub const NO_EFFECT: &str =
         "a temperatura não teve efeito: divida os logits por T antes de sortear.";
     pub const SAMPLE_RULE: &str = "sorteie o próximo token de softmax(logits / T).";
+    pub const SEED_IGNORED: &str = "sementes diferentes deram exatamente a mesma sequência: a \
+        semente recebida não foi usada. Crie o amostrador com ela (SamplerConfig { seed, .. }).";
+    pub const NEW_SAMPLER_EACH_STEP: &str = "em cada geração todos os tokens saíram iguais: você \
+        cria um amostrador novo (com a mesma semente) a cada passo, então todo passo tira o mesmo \
+        número aleatório. Crie o amostrador uma vez, antes do laço, e use-o em todos os passos.";
 }
 
 /// A scripted model whose greedy continuation after token `t` is `(t + 1) % n`.
@@ -178,31 +183,50 @@ fn chi_square(obs: &[f64], p: &[f32]) -> f64 {
 /// χ² with 3 degrees of freedom at p = 0.001.
 const CHI2_LIMIT: f64 = 16.3;
 
+/// Runs of the frequency case: seeds × tokens per run. Every step of every run counts, so a
+/// loop that gets only its first draw right cannot pass.
+const SEEDS: u64 = 400;
+const STEPS: usize = 8;
+
 fn frequencies_case(f: SamplingLoop<'_>) -> Outcome {
     let model = fixed_model();
     for t in [0.5f32, 2.0] {
-        let mut obs = vec![0f64; 4];
-        for seed in 0..1500u64 {
-            match f(&model, &[0], 1, t, seed) {
+        let mut runs = Vec::new();
+        for seed in 0..SEEDS {
+            match f(&model, &[0], STEPS, t, seed) {
+                Ok(out) if out.len() == STEPS => runs.push(out),
                 Ok(out) => {
-                    if let Some(&tok) = out.first() {
-                        obs[tok as usize % 4] += 1.0;
-                    }
+                    return Outcome::Wrong(format!(
+                        "pedi {STEPS} tokens e recebi {} ({out:?}).",
+                        out.len()
+                    ))
                 }
                 Err(e) => return Outcome::Wrong(format!("sua função devolveu um erro: {e}")),
             }
         }
+        let mut obs = vec![0f64; 4];
+        for &tok in runs.iter().flatten() {
+            obs[tok as usize % 4] += 1.0;
+        }
         let want = softmax_with_temperature(&Z, t).unwrap_or_default();
-        if chi_square(&obs, &want) < CHI2_LIMIT {
+        let constant_runs = runs.iter().all(|r| r.iter().all(|&x| x == r[0]));
+        let same_everywhere = runs.iter().all(|r| *r == runs[0]);
+        if chi_square(&obs, &want) < CHI2_LIMIT && !constant_runs && !same_everywhere {
             continue;
         }
-        let expected: Vec<f32> = want.iter().map(|p| (p * 1500.0).round()).collect();
+        let n = SEEDS as f32 * STEPS as f32;
+        let expected: Vec<f32> = want.iter().map(|p| (p * n).round()).collect();
         let shown = format!(
-            "com T = {t}, 1500 sementes deram as frequências {obs:?}; esperado ≈ {expected:?}."
+            "com T = {t}, {SEEDS} sementes × {STEPS} tokens deram as frequências {obs:?}; \
+             esperado ≈ {expected:?}."
         );
         let multiplied = softmax(&Z.iter().map(|x| x * t).collect::<Vec<_>>());
-        let hint = if obs.iter().filter(|&&c| c > 0.0).count() == 1 {
+        let hint = if same_everywhere && obs.iter().filter(|&&c| c > 0.0).count() == 1 {
             hints::ARGMAX
+        } else if same_everywhere {
+            hints::SEED_IGNORED
+        } else if constant_runs {
+            hints::NEW_SAMPLER_EACH_STEP
         } else if chi_square(&obs, &multiplied) < CHI2_LIMIT {
             hints::MULTIPLIED
         } else if chi_square(&obs, &softmax(&Z)) < CHI2_LIMIT {
