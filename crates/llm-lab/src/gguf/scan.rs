@@ -200,6 +200,15 @@ impl<R: BufRead> Walker<R> {
 /// Walks the header of the GGUF file in `r` (positioned at its start; `len` bytes long): version,
 /// counts, every metadata entry and every tensor's name and dimensions. The error is the problem,
 /// phrased to follow "model file `…`".
+///
+/// ```
+/// use llm_lab::gguf::scan::scan;
+/// use llm_lab::testing::GgufBytes;
+/// let mut g = GgufBytes::header(3, 0, 1);
+/// g.string("huge").u32(9).u32(0).u64(1 << 40); // declares an array of 2^40 bytes
+/// let e = scan(&g.bytes[..], 1 << 41).unwrap_err(); // as if the file were that long (sparse)
+/// assert!(e.contains("array of 1099511627776 elements") && e.contains("limit"), "{e}");
+/// ```
 pub fn scan<R: BufRead>(r: R, len: u64) -> Result<Header, String> {
     let mut w = Walker {
         r,
