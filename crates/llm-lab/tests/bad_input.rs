@@ -514,6 +514,24 @@ fn every_tensor_shape_is_checked_against_the_config_by_name() {
 }
 
 #[test]
+fn hugging_face_tensor_shapes_are_checked_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    llm_lab::testing::write_tiny_hf_folder(dir.path(), &TinySpec::default()).unwrap();
+    let st = dir.path().join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&st, &candle_core::Device::Cpu).unwrap();
+    let name = "model.layers.1.post_attention_layernorm.weight";
+    let short =
+        candle_core::Tensor::ones(32, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    tensors.insert(name.into(), short);
+    candle_core::safetensors::save(&tensors, &st).unwrap();
+    let e = load_err(dir.path());
+    assert!(
+        e.contains(&format!("`{name}` of shape [32]")) && e.contains("needs [64]"),
+        "{e}"
+    );
+}
+
+#[test]
 fn special_token_ids_outside_the_vocabulary_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     for (key, v) in [

@@ -248,7 +248,18 @@ pub struct Weights {
 
 impl Weights {
     pub(crate) fn from_gguf(g: &mut Gguf, config: &Config, device: &Device) -> Result<Self> {
-        check_gguf_shapes(g, config)?;
+        check_shapes_by_name(
+            &g.path,
+            config,
+            Naming::Gguf,
+            g.has("output.weight"),
+            |name| {
+                g.content
+                    .tensor_infos
+                    .get(name)
+                    .map(|i| i.shape.dims().to_vec())
+            },
+        )?;
         let lin = |g: &mut Gguf, name: &str| Linear::from_qtensor(g.tensor(name, device)?);
         let vec = |g: &mut Gguf, name: &str| -> Result<Tensor> {
             Ok(g.tensor(name, device)?.dequantize(device)?)
@@ -305,6 +316,13 @@ impl Weights {
             .first()
             .and_then(|f| f.parent())
             .unwrap_or(Path::new("."));
+        check_shapes_by_name(
+            dir,
+            config,
+            Naming::HuggingFace,
+            all.contains_key("lm_head.weight"),
+            |name| all.get(name).map(|t| t.dims().to_vec()),
+        )?;
         let mut take = |name: &str| -> Result<Tensor> {
             all.remove(name).ok_or_else(|| {
                 Error::model_file(
@@ -419,45 +437,66 @@ impl Weights {
     }
 }
 
+/// How a file names the model's tensors.
+#[derive(Debug, Clone, Copy)]
+enum Naming {
+    Gguf,
+    HuggingFace,
+}
+
 /// Every tensor the model reads, with the shape (rows first) its config promises.
-fn gguf_shapes(c: &Config, has_output: bool) -> Vec<(String, Vec<usize>)> {
+fn expected_shapes(c: &Config, naming: Naming, has_output: bool) -> Vec<(String, Vec<usize>)> {
     // `validate` has checked n_heads · d_head = d_model, so these products do not overflow.
-    let (q, kv) = (c.n_heads * c.d_head, c.n_kv_heads * c.d_head);
+    let (q, kv, d) = (c.n_heads * c.d_head, c.n_kv_heads * c.d_head, c.d_model);
+    let top = |gguf: &str, hf: &str| match naming {
+        Naming::Gguf => gguf.to_string(),
+        Naming::HuggingFace => hf.to_string(),
+    };
     let mut v = vec![
-        ("token_embd.weight".to_string(), vec![c.d_vocab, c.d_model]),
-        ("output_norm.weight".to_string(), vec![c.d_model]),
+        (
+            top("token_embd.weight", "model.embed_tokens.weight"),
+            vec![c.d_vocab, d],
+        ),
+        (top("output_norm.weight", "model.norm.weight"), vec![d]),
     ];
     if has_output {
-        v.push(("output.weight".into(), vec![c.d_vocab, c.d_model]));
+        v.push((top("output.weight", "lm_head.weight"), vec![c.d_vocab, d]));
     }
     for l in 0..c.n_layers {
-        let n = |s: &str| format!("blk.{l}.{s}.weight");
+        let n = |gguf: &str, hf: &str| match naming {
+            Naming::Gguf => format!("blk.{l}.{gguf}.weight"),
+            Naming::HuggingFace => format!("model.layers.{l}.{hf}.weight"),
+        };
         v.extend([
-            (n("attn_norm"), vec![c.d_model]),
-            (n("attn_q"), vec![q, c.d_model]),
-            (n("attn_k"), vec![kv, c.d_model]),
-            (n("attn_v"), vec![kv, c.d_model]),
-            (n("attn_output"), vec![c.d_model, q]),
-            (n("ffn_norm"), vec![c.d_model]),
-            (n("ffn_gate"), vec![c.d_mlp, c.d_model]),
-            (n("ffn_up"), vec![c.d_mlp, c.d_model]),
-            (n("ffn_down"), vec![c.d_model, c.d_mlp]),
+            (n("attn_norm", "input_layernorm"), vec![d]),
+            (n("attn_q", "self_attn.q_proj"), vec![q, d]),
+            (n("attn_k", "self_attn.k_proj"), vec![kv, d]),
+            (n("attn_v", "self_attn.v_proj"), vec![kv, d]),
+            (n("attn_output", "self_attn.o_proj"), vec![d, q]),
+            (n("ffn_norm", "post_attention_layernorm"), vec![d]),
+            (n("ffn_gate", "mlp.gate_proj"), vec![c.d_mlp, d]),
+            (n("ffn_up", "mlp.up_proj"), vec![c.d_mlp, d]),
+            (n("ffn_down", "mlp.down_proj"), vec![d, c.d_mlp]),
         ]);
     }
     v
 }
 
-/// Compares every tensor's declared shape with the config before any data is read, so a corrupt
-/// file is refused by name instead of failing inside a product.
-fn check_gguf_shapes(g: &Gguf, c: &Config) -> Result<()> {
-    for (name, want) in gguf_shapes(c, g.has("output.weight")) {
-        let Some(info) = g.content.tensor_infos.get(&name) else {
-            continue; // `Gguf::tensor` names a missing tensor when it is read.
-        };
-        let found = info.shape.dims();
-        if found != want.as_slice() {
+/// Compares every tensor's shape (`found`, before any product runs) with the config, so a
+/// corrupt file is refused by name instead of failing inside a product. A missing tensor is left
+/// to the loader, which names it.
+fn check_shapes_by_name(
+    path: &Path,
+    c: &Config,
+    naming: Naming,
+    has_output: bool,
+    found: impl Fn(&str) -> Option<Vec<usize>>,
+) -> Result<()> {
+    for (name, want) in expected_shapes(c, naming, has_output) {
+        let Some(found) = found(&name) else { continue };
+        if found != want {
             return Err(Error::model_file(
-                &g.path,
+                path,
                 format!(
                     "has the tensor `{name}` of shape {found:?}, but its configuration ({} layers, d_model {}, {} heads and {} KV heads of width {}, MLP {}, vocabulary {}) needs {want:?}; the file is corrupt or not a Llama model",
                     c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.d_head, c.d_mlp, c.d_vocab
