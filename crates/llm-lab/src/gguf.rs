@@ -31,20 +31,7 @@ impl Gguf {
     /// file, however crafted, makes this allocate more than those limits.
     pub fn open(path: &Path) -> Result<Self> {
         let redo = "; run `cargo xtask fetch` again or download the file again";
-        let kind = std::fs::metadata(path)
-            .map_err(|e| Error::io("cannot open model file", path, e))?
-            .file_type();
-        if !kind.is_file() {
-            let what = if kind.is_dir() {
-                "a folder"
-            } else {
-                "not a regular file (a pipe, socket or device)"
-            };
-            return Err(Error::model_file(
-                path,
-                format!("is {what}; pass the path of a .gguf file (or a Hugging Face folder to `Model::load`)"),
-            ));
-        }
+        ensure_regular_file(path)?;
         let file = File::open(path).map_err(|e| Error::io("cannot open model file", path, e))?;
         let len = file
             .metadata()
@@ -213,6 +200,32 @@ impl Gguf {
             _ => None,
         }
     }
+}
+
+/// Checks that `path` is a regular file before anything opens it: opening a FIFO blocks until a
+/// writer comes, and a folder or a device is no model file.
+pub(crate) fn ensure_regular_file(path: &Path) -> Result<()> {
+    let kind = std::fs::metadata(path)
+        .map_err(|e| Error::io("cannot open model file", path, e))?
+        .file_type();
+    if kind.is_file() {
+        return Ok(());
+    }
+    let what = if kind.is_dir() {
+        "a folder"
+    } else {
+        "not a regular file (a pipe, socket or device)"
+    };
+    Err(Error::model_file(
+        path,
+        format!("is {what}; pass the path of a model file (a .gguf file, or a Hugging Face folder to `Model::load`)"),
+    ))
+}
+
+/// The text of the regular file `path` (see [`ensure_regular_file`]).
+pub(crate) fn read_regular_to_string(path: &Path) -> Result<String> {
+    ensure_regular_file(path)?;
+    std::fs::read_to_string(path).map_err(|e| Error::io("cannot read", path, e))
 }
 
 /// An integer metadata value of any width, if it is a non-negative integer.

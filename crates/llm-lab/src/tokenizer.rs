@@ -34,6 +34,7 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Reads a Hugging Face `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
+        crate::gguf::ensure_regular_file(path)?;
         let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
             Error::model_file(
                 path,

@@ -402,6 +402,23 @@ fn alignment_that_is_not_a_power_of_two_is_an_error() {
     }
 }
 
+/// Makes a FIFO at `path`; false where `mkfifo` is missing.
+fn mkfifo(path: &Path) -> bool {
+    let made = std::process::Command::new("mkfifo").arg(path).status();
+    made.is_ok_and(|s| s.success())
+}
+
+/// `Model::load(path)` in a thread: its error, or `None` if it loaded; fails if it blocks.
+fn load_without_hanging(path: &Path) -> Option<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(Model::load(&p).err().map(|e| e.to_string()));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("loading {} hangs", path.display()))
+}
+
 #[test]
 fn a_fifo_or_a_folder_is_an_immediate_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -411,21 +428,29 @@ fn a_fifo_or_a_folder_is_an_immediate_error() {
     };
     assert!(e.contains("is a folder"), "{e}");
     let fifo = dir.path().join("model.gguf");
-    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
-    if !made.is_ok_and(|s| s.success()) {
-        eprintln!("no mkfifo here: FIFO case skipped");
+    if !mkfifo(&fifo) {
+        eprintln!("no mkfifo here: FIFO cases skipped");
         return;
     }
-    let (tx, rx) = std::sync::mpsc::channel();
-    let f = fifo.clone();
-    std::thread::spawn(move || {
-        let _ = tx.send(Model::load(&f).err().map(|e| e.to_string()));
-    });
-    let e = rx
-        .recv_timeout(std::time::Duration::from_secs(20))
-        .expect("loading a FIFO hangs")
-        .expect("a FIFO loaded as a model");
+    let e = load_without_hanging(&fifo).expect("a FIFO loaded as a model");
     assert!(e.contains("not a regular file"), "{e}");
+    // Each file of a Hugging Face folder, replaced by a FIFO.
+    for name in [
+        "config.json",
+        "tokenizer.json",
+        "model.safetensors",
+        "tokenizer_config.json",
+    ] {
+        let hf = dir.path().join(format!("hf-{name}"));
+        llm_lab::testing::write_tiny_hf_folder(&hf, &TinySpec::default()).unwrap();
+        std::fs::remove_file(hf.join(name)).unwrap();
+        assert!(mkfifo(&hf.join(name)));
+        match load_without_hanging(&hf) {
+            Some(e) => assert!(e.contains("not a regular file") && e.contains(name), "{e}"),
+            // The chat template's file is optional: without it the model still loads.
+            None => assert_eq!(name, "tokenizer_config.json"),
+        }
+    }
 }
 
 /// The tiny model with its metadata and tensors edited.

@@ -353,7 +353,7 @@ impl Config {
 
     /// Reads a Hugging Face `config.json`.
     pub fn from_hf_json(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read", path, e))?;
+        let text = crate::gguf::read_regular_to_string(path)?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
             Error::model_file(path, format!("is not valid JSON ({e}); download it again"))
         })?;

@@ -304,6 +304,7 @@ impl Weights {
     ) -> Result<Self> {
         let mut all = std::collections::HashMap::new();
         for f in files {
+            crate::gguf::ensure_regular_file(f)?;
             let t = candle_core::safetensors::load(f, device).map_err(|e| {
                 Error::model_file(
                     f,
