@@ -611,3 +611,24 @@ fn unknown_model_name_lists_the_known_ones() {
     let e = Model::load_named("gpt-17").unwrap_err().to_string();
     assert!(e.contains("smollm2-135m-instruct"), "{e}");
 }
+
+#[test]
+fn a_file_without_tensors_may_end_right_after_its_metadata() {
+    // llama.cpp's vocabulary files (models/ggml-vocab-*.gguf) have no padding after the header.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("vocab.gguf");
+    let mut g = GgufBytes::header(3, 0, 1);
+    g.kv_string("general.architecture", "llama");
+    assert_ne!(g.bytes.len() % 32, 0);
+    g.write(&p, 0).unwrap();
+    let gguf = llm_lab::gguf::Gguf::open(&p).unwrap();
+    assert_eq!(gguf.meta_str("general.architecture"), Some("llama"));
+    // With a tensor, the same missing padding is a truncated file.
+    let mut g = GgufBytes::header(3, 1, 1);
+    g.kv_string("general.architecture", "llama")
+        .tensor_info("x", &[1], 0, 0);
+    assert_ne!(g.bytes.len() % 32, 0);
+    g.write(&p, 0).unwrap();
+    let e = load_err(&p);
+    assert!(e.contains("truncated"), "{e}");
+}

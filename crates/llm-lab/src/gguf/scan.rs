@@ -296,11 +296,12 @@ pub fn scan<R: BufRead>(r: R, len: u64) -> Result<Header, String> {
             return Err(format!("declares {what} twice"));
         }
     }
+    // A file without tensors (llama.cpp's vocabulary files) may end right after its metadata.
     let tensor_data_offset = w
         .pos
         .div_ceil(alignment)
         .checked_mul(alignment)
-        .filter(|&o| o <= len)
+        .filter(|&o| o <= len || n_tensors == 0)
         .ok_or_else(|| "is truncated: the header ends past the end of the file".to_string())?;
     Ok(Header {
         tensor_data_offset,
