@@ -5,13 +5,13 @@ use std::path::PathBuf;
 /// What can go wrong in llm-lab.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file could not be read or written.
-    #[error("{action} `{path}`: {source}")]
+    /// A file could not be read or written. The OS error is part of the message and not also
+    /// a `source()`, so that printing the whole chain (`{:#}`) names it once.
+    #[error("{action} `{path}`: {error}")]
     Io {
         action: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A model file (GGUF, safetensors, config.json) is not usable.
     #[error("model file `{path}` {problem}")]
@@ -35,9 +35,15 @@ pub enum Error {
     /// More tokens than the model's context window holds.
     #[error("{tokens} tokens do not fit in the context window of {context} tokens: shorten the prompt, or generate with a context_window to keep only the last tokens")]
     PromptTooLong { tokens: usize, context: usize },
-    /// An error from the tensor library.
+    /// An error from the tensor library (its message included, not chained, for the same reason).
     #[error("tensor computation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Candle(e)
+    }
 }
 
 /// Shorthand for `std::result::Result<T, llm_lab::Error>`.
@@ -59,7 +65,7 @@ impl Error {
         Error::Io {
             action,
             path: path.into(),
-            source,
+            error: source,
         }
     }
 

@@ -11,6 +11,9 @@ use candle_core::Device;
 
 use crate::error::{Error, Result};
 
+pub mod scan;
+pub(crate) mod silent_panic;
+
 /// An opened, validated GGUF file: metadata in memory, tensors read on demand.
 pub struct Gguf {
     pub path: PathBuf,
@@ -22,8 +25,13 @@ const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 
 impl Gguf {
     /// Opens `path` and checks its header and every tensor's extent against the file's size.
+    ///
+    /// Only a regular file is opened (a FIFO would block, a folder is not a GGUF). The header is
+    /// walked once before it is read into memory and refused past the limits in [`scan`]: no
+    /// file, however crafted, makes this allocate more than those limits.
     pub fn open(path: &Path) -> Result<Self> {
         let redo = "; run `cargo xtask fetch` again or download the file again";
+        ensure_regular_file(path)?;
         let file = File::open(path).map_err(|e| Error::io("cannot open model file", path, e))?;
         let len = file
             .metadata()
@@ -51,18 +59,21 @@ impl Gguf {
         reader
             .rewind()
             .map_err(|e| Error::io("cannot read", path, e))?;
-        // candle checks most bounds itself; a few corrupt values (a zero alignment, dims whose
-        // product overflows) still reach arithmetic that panics, so contain that here.
-        let content =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut reader)))
-                .map_err(|_| Error::model_file(path, format!("has a corrupt GGUF header{redo}")))?
-                .map_err(|e| {
-                    Error::model_file(path, format!("has an unreadable GGUF header ({e}){redo}"))
-                })?;
-        if content.tensor_data_offset > len {
+        let header = scan::scan(&mut reader, len)
+            .map_err(|p| Error::model_file(path, format!("{p}{redo}")))?;
+        reader
+            .rewind()
+            .map_err(|e| Error::io("cannot read", path, e))?;
+        // The walk above leaves candle nothing known to panic on; should it still, say so plainly.
+        let content = silent_panic::catch_silently(|| Content::read(&mut reader))
+            .map_err(|_| Error::model_file(path, format!("has a corrupt GGUF header{redo}")))?
+            .map_err(|e| {
+                Error::model_file(path, format!("has an unreadable GGUF header ({e}){redo}"))
+            })?;
+        if content.tensor_data_offset != header.tensor_data_offset {
             return Err(Error::model_file(
                 path,
-                format!("is truncated: the header ends past the end of the file{redo}"),
+                format!("has a GGUF header that candle and llm-lab read differently (tensor data at {} or {}){redo}", content.tensor_data_offset, header.tensor_data_offset),
             ));
         }
         for (name, info) in &content.tensor_infos {
@@ -139,8 +150,13 @@ impl Gguf {
             )
         })?;
         value_as_u64(v)
-            .map(|x| x as usize)
-            .ok_or_else(|| Error::model_file(&self.path, format!("has a non-integer `{key}`")))
+            .and_then(|x| usize::try_from(x).ok())
+            .ok_or_else(|| {
+                Error::model_file(
+                    &self.path,
+                    format!("has `{key}` = {v:?}; it must be a non-negative integer"),
+                )
+            })
     }
 
     /// A float (or integer) metadata value.
@@ -184,6 +200,32 @@ impl Gguf {
             _ => None,
         }
     }
+}
+
+/// Checks that `path` is a regular file before anything opens it: opening a FIFO blocks until a
+/// writer comes, and a folder or a device is no model file.
+pub(crate) fn ensure_regular_file(path: &Path) -> Result<()> {
+    let kind = std::fs::metadata(path)
+        .map_err(|e| Error::io("cannot open model file", path, e))?
+        .file_type();
+    if kind.is_file() {
+        return Ok(());
+    }
+    let what = if kind.is_dir() {
+        "a folder"
+    } else {
+        "not a regular file (a pipe, socket or device)"
+    };
+    Err(Error::model_file(
+        path,
+        format!("is {what}; pass the path of a model file (a .gguf file, or a Hugging Face folder to `Model::load`)"),
+    ))
+}
+
+/// The text of the regular file `path` (see [`ensure_regular_file`]).
+pub(crate) fn read_regular_to_string(path: &Path) -> Result<String> {
+    ensure_regular_file(path)?;
+    std::fs::read_to_string(path).map_err(|e| Error::io("cannot read", path, e))
 }
 
 /// An integer metadata value of any width, if it is a non-negative integer.

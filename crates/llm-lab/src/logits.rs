@@ -12,25 +12,50 @@ use crate::tokenizer::Tokenizer;
 /// `softmax(z)_i = exp(z_i) / Σ_j exp(z_j)`, computed as `exp(z_i − max z)` so that logits in the
 /// thousands do not overflow.
 ///
+/// Total on every input: `+∞` logits share all the probability (the limit of a very large
+/// logit), `−∞` logits get 0; if every logit is `−∞` every probability is 0 (no token can be
+/// chosen), and a NaN anywhere makes every probability NaN, so broken numbers stay visible.
+///
 /// ```
 /// let p = llm_lab::logits::softmax(&[1.0, 2.0, 3.0]);
 /// assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
 /// assert!(p[2] > p[1] && p[1] > p[0]);
 /// let big = llm_lab::logits::softmax(&[1000.0, 999.0]);
 /// assert!((big[0] - 0.7310586).abs() < 1e-6);
+/// assert_eq!(llm_lab::logits::softmax(&[f32::INFINITY, 0.0, f32::INFINITY]), vec![0.5, 0.0, 0.5]);
 /// ```
 pub fn softmax(z: &[f32]) -> Vec<f32> {
+    scaled_softmax(z, 1.0)
+}
+
+/// `softmax(z / t)` for `t > 0`, in f64 from `z_i − max z` so that no temperature, however small,
+/// overflows: as `t → 0` the probability goes to the largest logits, shared among ties.
+pub(crate) fn scaled_softmax(z: &[f32], t: f64) -> Vec<f32> {
+    if z.iter().any(|x| x.is_nan()) {
+        return vec![f32::NAN; z.len()];
+    }
     let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if max == f32::NEG_INFINITY {
         return vec![0.0; z.len()];
     }
-    let e: Vec<f64> = z.iter().map(|&x| ((x - max) as f64).exp()).collect();
+    if max == f32::INFINITY {
+        let n = z.iter().filter(|&&x| x == max).count();
+        return z
+            .iter()
+            .map(|&x| if x == max { 1.0 / n as f32 } else { 0.0 })
+            .collect();
+    }
+    let e: Vec<f64> = z
+        .iter()
+        .map(|&x| ((x as f64 - max as f64) / t).exp())
+        .collect();
     let sum: f64 = e.iter().sum();
     e.iter().map(|&x| (x / sum) as f32).collect()
 }
 
-/// `softmax(z / T)`. `T = 0` puts all the probability on the largest logit (greedy); `T < 0` or
-/// NaN is an error.
+/// `softmax(z / T)`. `T = 0` puts all the probability on the largest logit (greedy); a `T` so
+/// small that `z / T` would overflow gives that limit too, never NaN. `T < 0`, `T = ∞` or NaN,
+/// a NaN logit, and logits that are all `−∞` are errors.
 ///
 /// ```
 /// use llm_lab::logits::softmax_with_temperature as soft;
@@ -39,19 +64,36 @@ pub fn softmax(z: &[f32]) -> Vec<f32> {
 /// let hot = soft(&z, 2.0)?;
 /// assert!(cold[0] > hot[0]); // low temperature sharpens, high temperature flattens
 /// assert_eq!(soft(&z, 0.0)?, vec![1.0, 0.0, 0.0]);
+/// assert_eq!(soft(&z, 1e-40)?, vec![1.0, 0.0, 0.0]);
 /// assert!(soft(&z, -1.0).is_err());
+/// assert!(soft(&[f32::NAN, 1.0], 1.0).is_err());
 /// # Ok::<(), llm_lab::Error>(())
 /// ```
 pub fn softmax_with_temperature(z: &[f32], temperature: f32) -> Result<Vec<f32>> {
     check_temperature(temperature)?;
+    check_logits(z)?;
     if temperature == 0.0 {
         let best = argmax(z);
         return Ok((0..z.len())
             .map(|i| if Some(i) == best { 1.0 } else { 0.0 })
             .collect());
     }
-    let scaled: Vec<f32> = z.iter().map(|&x| x / temperature).collect();
-    Ok(softmax(&scaled))
+    Ok(scaled_softmax(z, temperature as f64))
+}
+
+/// NaN logits, or logits that leave no token possible, are the model's or the caller's bug.
+pub(crate) fn check_logits(z: &[f32]) -> Result<()> {
+    if let Some(i) = z.iter().position(|x| x.is_nan()) {
+        return Err(Error::invalid(format!(
+            "logit {i} is NaN: the model produced invalid numbers; reload the model file (it may be corrupt)"
+        )));
+    }
+    if !z.is_empty() && z.iter().all(|&x| x == f32::NEG_INFINITY) {
+        return Err(Error::invalid(
+            "every logit is -inf: no token can be chosen; check the mask or the penalties applied to the logits",
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn check_temperature(t: f32) -> Result<()> {
@@ -63,11 +105,17 @@ pub(crate) fn check_temperature(t: f32) -> Result<()> {
     Ok(())
 }
 
-/// Index of the largest value (the first one on ties); `None` for an empty slice.
+/// Index of the largest value (the first one on ties), NaN values ignored; `None` when there is
+/// no number at all (an empty slice, or only NaN).
+///
+/// ```
+/// assert_eq!(llm_lab::logits::argmax(&[f32::NAN, 1.0, 3.0, 3.0]), Some(2));
+/// assert_eq!(llm_lab::logits::argmax(&[f32::NAN]), None);
+/// ```
 pub fn argmax(z: &[f32]) -> Option<usize> {
     let mut best: Option<usize> = None;
     for (i, &x) in z.iter().enumerate() {
-        if best.is_none_or(|b| x > z[b]) {
+        if !x.is_nan() && best.is_none_or(|b| x > z[b]) {
             best = Some(i);
         }
     }
@@ -111,7 +159,8 @@ impl std::fmt::Debug for Logits {
 }
 
 impl Logits {
-    /// Wraps raw logits; NaN or +∞ anywhere is an error (the model or the input is broken).
+    /// Wraps raw logits; NaN or +∞ anywhere, or only −∞, is an error (the model or the input is
+    /// broken).
     ///
     /// ```
     /// let l = llm_lab::logits::Logits::new(vec![0.5, 2.0, -1.0])?;
@@ -123,10 +172,8 @@ impl Logits {
         if values.is_empty() {
             return Err(Error::invalid("empty logits vector"));
         }
-        if let Some(i) = values
-            .iter()
-            .position(|x| x.is_nan() || *x == f32::INFINITY)
-        {
+        check_logits(&values)?;
+        if let Some(i) = values.iter().position(|x| *x == f32::INFINITY) {
             return Err(Error::invalid(format!(
                 "logit {i} is {}: the model produced invalid numbers; reload the model file (it may be corrupt)",
                 values[i]

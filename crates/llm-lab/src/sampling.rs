@@ -10,7 +10,7 @@
 //! 6. softmax over what is kept, and one draw from a seeded, portable random generator
 
 use crate::error::{Error, Result};
-use crate::logits::{argmax, check_temperature, softmax};
+use crate::logits::{argmax, check_logits, check_temperature, scaled_softmax};
 
 /// A small portable random generator (SplitMix64): the same seed gives the same draws on every
 /// machine and every version of this crate.
@@ -123,7 +123,8 @@ pub struct SamplingSteps {
     pub logits: Vec<f32>,
     /// After the repetition penalty.
     pub penalized: Vec<f32>,
-    /// After ÷ T.
+    /// After ÷ T (±∞ where T is so small that the quotient overflows; the probabilities are
+    /// computed without overflow).
     pub scaled: Vec<f32>,
     /// Which tokens survived top-k, top-p and min-p.
     pub kept: Vec<bool>,
@@ -175,16 +176,14 @@ impl Sampler {
         if logits.is_empty() {
             return Err(Error::invalid("cannot sample from an empty logits vector"));
         }
-        if let Some(i) = logits.iter().position(|x| x.is_nan()) {
-            return Err(Error::invalid(format!(
-                "logit {i} is NaN: the model produced invalid numbers; reload the model file"
-            )));
-        }
+        check_logits(logits)?;
         let c = &self.config;
         let penalized =
             repetition_penalty(logits, history, c.repetition_penalty, c.repetition_window);
+        check_logits(&penalized)?;
         if c.temperature == 0.0 {
-            let token = argmax(&penalized).unwrap_or(0);
+            let token =
+                argmax(&penalized).ok_or_else(|| Error::invalid("no logit to choose from"))?;
             let mut probs = vec![0.0; logits.len()];
             probs[token] = 1.0;
             let kept = probs.iter().map(|&p| p > 0.0).collect();
@@ -198,18 +197,21 @@ impl Sampler {
                 token: token as u32,
             });
         }
+        // Shown to students; may hold ±∞ when T is tiny. Ranks and probabilities come from the
+        // penalized logits and T directly (same order, no overflow).
         let scaled: Vec<f32> = penalized.iter().map(|&x| x / c.temperature).collect();
-        let mut kept: Vec<bool> = scaled.iter().map(|x| *x > f32::NEG_INFINITY).collect();
+        let t = c.temperature as f64;
+        let mut kept: Vec<bool> = penalized.iter().map(|x| *x > f32::NEG_INFINITY).collect();
         if let Some(k) = c.top_k {
-            keep_top_k(&scaled, k, &mut kept);
+            keep_top_k(&penalized, k, &mut kept);
         }
         if let Some(p) = c.top_p {
-            keep_top_p(&scaled, p, &mut kept);
+            keep_top_p(&penalized, t, p, &mut kept);
         }
         if let Some(m) = c.min_p {
-            keep_min_p(&scaled, m, &mut kept);
+            keep_min_p(&penalized, t, m, &mut kept);
         }
-        let probs = masked_softmax(&scaled, &kept);
+        let probs = masked_softmax(&penalized, t, &kept);
         let draw = self.rng.next_f64();
         let token = draw_from(&probs, draw);
         Ok(SamplingSteps {
@@ -258,10 +260,14 @@ fn keep_top_k(scores: &[f32], k: usize, kept: &mut [bool]) {
 }
 
 /// Top-p over probabilities: the smallest set of most likely token ids whose probability adds up
-/// to at least `p` (the token that crosses the line is kept), sorted by id.
+/// to at least `p` (the token that crosses the line is kept), sorted by id. At the edges: `p ≤ 0`
+/// keeps the single most likely token, `p ≥ 1` keeps every token up to a total of 1.
 ///
 /// ```
-/// assert_eq!(llm_lab::sampling::top_p_set(&[0.1, 0.5, 0.1, 0.3], 0.7), vec![1, 3]);
+/// use llm_lab::sampling::top_p_set;
+/// assert_eq!(top_p_set(&[0.1, 0.5, 0.1, 0.3], 0.7), vec![1, 3]);
+/// assert_eq!(top_p_set(&[0.1, 0.5, 0.1, 0.3], 0.0), vec![1]);
+/// assert_eq!(top_p_set(&[0.1, 0.5, 0.1, 0.3], 1.0), vec![0, 1, 2, 3]);
 /// ```
 pub fn top_p_set(probs: &[f32], p: f32) -> Vec<usize> {
     let all = vec![true; probs.len()];
@@ -279,27 +285,28 @@ pub fn top_p_set(probs: &[f32], p: f32) -> Vec<usize> {
     kept
 }
 
-/// Probabilities of the still-kept tokens (0 for the others).
-fn masked_softmax(scores: &[f32], kept: &[bool]) -> Vec<f32> {
-    softmax(
+/// Probabilities `softmax(scores / t)` of the still-kept tokens (0 for the others).
+fn masked_softmax(scores: &[f32], t: f64, kept: &[bool]) -> Vec<f32> {
+    scaled_softmax(
         &scores
             .iter()
             .zip(kept)
             .map(|(&x, &k)| if k { x } else { f32::NEG_INFINITY })
             .collect::<Vec<_>>(),
+        t,
     )
 }
 
-fn keep_top_p(scores: &[f32], p: f32, kept: &mut [bool]) {
-    let probs = masked_softmax(scores, kept);
+fn keep_top_p(scores: &[f32], t: f64, p: f32, kept: &mut [bool]) {
+    let probs = masked_softmax(scores, t, kept);
     let nucleus = top_p_set(&probs, p);
     for (i, k) in kept.iter_mut().enumerate() {
         *k = *k && nucleus.binary_search(&i).is_ok();
     }
 }
 
-fn keep_min_p(scores: &[f32], min_p: f32, kept: &mut [bool]) {
-    let probs = masked_softmax(scores, kept);
+fn keep_min_p(scores: &[f32], t: f64, min_p: f32, kept: &mut [bool]) {
+    let probs = masked_softmax(scores, t, kept);
     let top = probs.iter().copied().fold(0.0f32, f32::max);
     for (i, k) in kept.iter_mut().enumerate() {
         if probs[i] < min_p * top {

@@ -436,3 +436,117 @@ pub fn write_tiny_hf_folder(dir: &Path, spec: &TinySpec) -> Result<()> {
         .save(dir.join("tokenizer.json"), false)?;
     Ok(())
 }
+
+/// Reads the GGUF file `src`, lets `edit` change its metadata and tensors, and writes the result
+/// to `dst`: for tests that need one thing wrong in an otherwise complete model.
+///
+/// ```
+/// use llm_lab::candle_core::quantized::gguf_file::Value;
+/// use llm_lab::testing::{rewrite_gguf, write_tiny_gguf, TinySpec};
+/// let dir = tempfile::tempdir().unwrap();
+/// let (a, b) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
+/// write_tiny_gguf(&a, &TinySpec::default())?;
+/// rewrite_gguf(&a, &b, |meta, _| {
+///     meta.retain(|(k, _)| k != "llama.block_count");
+///     meta.push(("llama.block_count".into(), Value::U32(0)));
+/// })?;
+/// assert!(llm_lab::Model::load(&b).is_err());
+/// # Ok::<(), llm_lab::Error>(())
+/// ```
+pub fn rewrite_gguf(
+    src: &Path,
+    dst: &Path,
+    edit: impl FnOnce(&mut Vec<(String, Value)>, &mut Vec<(String, QTensor)>),
+) -> Result<()> {
+    let mut f = std::fs::File::open(src).map_err(|e| crate::Error::io("cannot open", src, e))?;
+    let content = gguf_file::Content::read(&mut f)?;
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let mut tensors = vec![];
+    for name in names {
+        tensors.push((name.clone(), content.tensor(&mut f, name, &Device::Cpu)?));
+    }
+    let mut meta: Vec<(String, Value)> = content.metadata.into_iter().collect();
+    meta.sort_by(|a, b| a.0.cmp(&b.0));
+    edit(&mut meta, &mut tensors);
+    let mut out =
+        std::fs::File::create(dst).map_err(|e| crate::Error::io("cannot create", dst, e))?;
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut out, &meta_refs, &tensor_refs)?;
+    Ok(())
+}
+
+/// Raw GGUF bytes written field by field, for files no well-behaved writer produces: huge
+/// counts and lengths, nested arrays, impossible dimensions.
+///
+/// ```
+/// use llm_lab::testing::GgufBytes;
+/// let mut g = GgufBytes::header(3, 0, 1);
+/// g.string("general.alignment").u32(4).u32(0); // type u32, value 0
+/// assert_eq!(g.bytes.len(), 4 + 4 + 8 + 8 + 8 + 17 + 4 + 4);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct GgufBytes {
+    /// The bytes so far.
+    pub bytes: Vec<u8>,
+}
+
+impl GgufBytes {
+    /// Magic, `version`, tensor count and metadata count (8-byte counts, as in v2 and v3).
+    pub fn header(version: u32, n_tensors: u64, n_metadata: u64) -> Self {
+        let mut g = GgufBytes::default();
+        g.bytes.extend_from_slice(b"GGUF");
+        g.u32(version).u64(n_tensors).u64(n_metadata);
+        g
+    }
+
+    /// A little-endian u32.
+    pub fn u32(&mut self, x: u32) -> &mut Self {
+        self.bytes.extend_from_slice(&x.to_le_bytes());
+        self
+    }
+
+    /// A little-endian u64.
+    pub fn u64(&mut self, x: u64) -> &mut Self {
+        self.bytes.extend_from_slice(&x.to_le_bytes());
+        self
+    }
+
+    /// A GGUF string: 8-byte length, then the bytes.
+    pub fn string(&mut self, s: &str) -> &mut Self {
+        self.u64(s.len() as u64);
+        self.bytes.extend_from_slice(s.as_bytes());
+        self
+    }
+
+    /// A metadata key and a u32 value.
+    pub fn kv_u32(&mut self, key: &str, x: u32) -> &mut Self {
+        self.string(key).u32(4).u32(x)
+    }
+
+    /// A metadata key and a string value.
+    pub fn kv_string(&mut self, key: &str, s: &str) -> &mut Self {
+        self.string(key).u32(8).string(s)
+    }
+
+    /// A tensor description: name, dimensions (GGUF order, innermost first), ggml type, offset.
+    pub fn tensor_info(&mut self, name: &str, dims: &[u64], dtype: u32, offset: u64) -> &mut Self {
+        self.string(name).u32(dims.len() as u32);
+        for &d in dims {
+            self.u64(d);
+        }
+        self.u32(dtype).u64(offset)
+    }
+
+    /// Writes the bytes to `path`, then extends the file to `len` bytes (sparse, reads as zeros)
+    /// when `len` is larger.
+    pub fn write(&self, path: &Path, len: u64) -> std::io::Result<()> {
+        let f = std::fs::File::create(path)?;
+        std::io::Write::write_all(&mut &f, &self.bytes)?;
+        if len > self.bytes.len() as u64 {
+            f.set_len(len)?;
+        }
+        Ok(())
+    }
+}

@@ -31,6 +31,10 @@ const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p
 #[derive(Clone)]
 pub struct Tokenizer {
     kind: Kind,
+    /// Set when a byte-level vocabulary lacks some of the 256 byte symbols: the BPE model then
+    /// drops those bytes without a word (as llama.cpp does), so [`Tokenizer::encode`] checks
+    /// that its ids give the text back.
+    incomplete_bytes: bool,
 }
 
 #[derive(Clone)]
@@ -44,6 +48,7 @@ enum Kind {
 impl Tokenizer {
     /// Reads a Hugging Face `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
+        crate::gguf::ensure_regular_file(path)?;
         let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
             Error::model_file(
                 path,
@@ -56,6 +61,7 @@ impl Tokenizer {
     fn hf(inner: tokenizers::Tokenizer) -> Self {
         Tokenizer {
             kind: Kind::Hf(Arc::new(inner)),
+            incomplete_bytes: false,
         }
     }
 
@@ -65,7 +71,7 @@ impl Tokenizer {
     }
 
     /// Rebuilds the tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata.
-    pub(crate) fn from_gguf(gguf: &Gguf) -> Result<Self> {
+    pub fn from_gguf(gguf: &Gguf) -> Result<Self> {
         match gguf.meta_str("tokenizer.ggml.model").unwrap_or("") {
             "gpt2" => Self::bpe_from_gguf(gguf),
             "llama" => Self::spm_from_gguf(gguf),
@@ -122,6 +128,7 @@ impl Tokenizer {
         .map_err(|e| Error::model_file(path, e))?;
         Ok(Tokenizer {
             kind: Kind::Spm(Arc::new(spm)),
+            incomplete_bytes: false,
         })
     }
 
@@ -144,6 +151,9 @@ impl Tokenizer {
             .enumerate()
             .map(|(i, t)| (t.to_string(), i as u32))
             .collect();
+        let incomplete_bytes = ByteLevel::alphabet()
+            .iter()
+            .any(|c| !vocab.contains_key(&c.to_string()));
         let merges = merges
             .iter()
             .map(|m| {
@@ -174,7 +184,10 @@ impl Tokenizer {
             .map(|t| AddedToken::from(t.to_string(), true))
             .collect();
         inner.add_special_tokens(specials)?;
-        Ok(Tokenizer::hf(inner))
+        Ok(Tokenizer {
+            incomplete_bytes,
+            ..Tokenizer::hf(inner)
+        })
     }
 
     /// The Hugging Face tokenizer underneath, when there is one (not for SentencePiece GGUF
@@ -202,9 +215,30 @@ impl Tokenizer {
     /// assert_eq!(tok.decode(&ids)?, "ab");
     /// # Ok::<(), llm_lab::Error>(())
     /// ```
+    ///
+    /// A text with a byte the vocabulary has no token for is an error naming that character,
+    /// where llama.cpp would silently leave the byte out.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         match &self.kind {
-            Kind::Hf(t) => Ok(t.encode(text, false)?.get_ids().to_vec()),
+            Kind::Hf(t) => {
+                let ids = t.encode(text, false)?.get_ids().to_vec();
+                if self.incomplete_bytes {
+                    let back = self.decode(&ids)?;
+                    if back != text {
+                        let same = text
+                            .char_indices()
+                            .zip(back.chars())
+                            .take_while(|((_, a), b)| a == b)
+                            .count();
+                        let (at, c) = text.char_indices().nth(same).unwrap_or((text.len(), ' '));
+                        return Err(Error::Tokenizer(format!(
+                            "this vocabulary has no token for the character {c:?} (bytes {:02x?}) at byte {at} of {text:?}: it cannot encode that text; remove the character or use a model whose vocabulary covers every byte",
+                            c.to_string().as_bytes()
+                        )));
+                    }
+                }
+                Ok(ids)
+            }
             Kind::Spm(s) => s.encode(text).map_err(|e| {
                 Error::Tokenizer(format!("the vocabulary {e}; the model file is not usable"))
             }),

@@ -247,3 +247,214 @@ fn logits_views() {
     assert!(sure.entropy() < 1e-3);
     assert!(l.to_html().contains("<table>"));
 }
+
+// ---- extreme inputs (issue 11): every function that returns probabilities is total ----------
+
+use llm_lab::sampling::top_p_set;
+
+const INF: f32 = f32::INFINITY;
+
+/// Logit vectors at the edges of f32: huge, tiny, infinite, tied.
+fn extreme_logits() -> Vec<Vec<f32>> {
+    vec![
+        vec![1e38, -1e38, 0.0],
+        vec![-1e38, 1e38, 1e38],
+        vec![f32::MAX, f32::MIN, 0.0],
+        vec![3e38, -3e38],
+        vec![1e-38, -1e-38, 0.0],
+        vec![0.0, 5.0, 1.0],
+        vec![-INF, 2.0, -INF],
+        vec![INF, 0.0, -INF],
+        vec![0.0, INF, INF],
+        vec![f32::MIN_POSITIVE, 0.0],
+        vec![7.0; 5],
+    ]
+}
+
+const TEMPERATURES: [f32; 10] = [1e-45, 1e-40, 1e-38, 1e-20, 1e-3, 0.5, 1.0, 10.0, 1e3, 1e6];
+
+fn assert_distribution(p: &[f32], what: &str) {
+    assert!(
+        p.iter().all(|x| x.is_finite() && *x >= 0.0 && *x <= 1.0),
+        "{what}: {p:?}"
+    );
+    let sum: f32 = p.iter().sum();
+    assert!((sum - 1.0).abs() < 1e-5, "{what}: sums to {sum}: {p:?}");
+}
+
+/// The limit T → 0: all the probability on the largest logits, shared among ties.
+fn limit_at_zero(z: &[f32]) -> Vec<f32> {
+    let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let n = z.iter().filter(|&&x| x == max).count() as f32;
+    z.iter()
+        .map(|&x| if x == max { 1.0 / n } else { 0.0 })
+        .collect()
+}
+
+#[test]
+fn softmax_is_a_distribution_on_extreme_logits() {
+    for z in extreme_logits() {
+        assert_distribution(&softmax(&z), &format!("softmax({z:?})"));
+        let l = Logits::new(z.clone());
+        if z.contains(&INF) {
+            assert!(l.is_err(), "+inf accepted by Logits::new: {z:?}");
+            continue;
+        }
+        let l = l.unwrap();
+        assert_distribution(&l.softmax(), &format!("Logits::softmax({z:?})"));
+        assert!(l.entropy().is_finite() && l.entropy() >= 0.0, "{z:?}");
+        for t in l.top_k(3) {
+            assert!(t.prob.is_finite(), "{z:?}: {t:?}");
+        }
+    }
+    // +inf logits share everything; -inf logits get nothing.
+    assert_eq!(softmax(&[0.0, INF, INF]), vec![0.0, 0.5, 0.5]);
+    assert_eq!(softmax(&[-INF, 2.0, -INF]), vec![0.0, 1.0, 0.0]);
+    assert_eq!(softmax(&[1e38, -1e38, 0.0]), vec![1.0, 0.0, 0.0]);
+}
+
+#[test]
+fn every_temperature_gives_a_distribution_and_tiny_ones_the_greedy_limit() {
+    for z in extreme_logits() {
+        for t in TEMPERATURES {
+            let p = softmax_with_temperature(&z, t).unwrap();
+            assert_distribution(&p, &format!("softmax({z:?} / {t})"));
+            if let Ok(l) = Logits::new(z.clone()) {
+                assert_distribution(&l.softmax_with_temperature(t).unwrap(), "Logits");
+            }
+        }
+        let p = softmax_with_temperature(&z, 1e-45).unwrap();
+        assert_eq!(p, limit_at_zero(&z), "T = 1e-45, z = {z:?}");
+    }
+    // A large temperature flattens ordinary logits towards uniform.
+    let p = softmax_with_temperature(&Z, 1e6).unwrap();
+    assert!(p.iter().all(|&x| (x - 1.0 / 6.0).abs() < 1e-5), "{p:?}");
+}
+
+#[test]
+fn nan_logits_are_clear_errors() {
+    for z in [
+        vec![f32::NAN],
+        vec![0.0, f32::NAN, 1.0],
+        vec![f32::NAN, INF],
+    ] {
+        for t in [0.0, 1e-45, 1.0] {
+            let e = softmax_with_temperature(&z, t).unwrap_err().to_string();
+            assert!(e.contains("NaN"), "{e}");
+            let mut s = Sampler::new(SamplerConfig::with_temperature(t, 1)).unwrap();
+            let e = s.sample(&z, &[]).unwrap_err().to_string();
+            assert!(e.contains("NaN"), "{e}");
+        }
+        assert!(Logits::new(z.clone())
+            .unwrap_err()
+            .to_string()
+            .contains("NaN"));
+        // The infallible softmax keeps the NaN visible instead of inventing a distribution.
+        assert!(softmax(&z).iter().all(|p| p.is_nan()), "{z:?}");
+    }
+    // Only -inf: no token is possible.
+    let none = [-INF, -INF];
+    assert!(softmax_with_temperature(&none, 1.0).is_err());
+    assert!(Logits::new(none.to_vec()).is_err());
+    for t in [0.0, 1.0] {
+        let mut s = Sampler::new(SamplerConfig::with_temperature(t, 1)).unwrap();
+        let e = s.sample(&none, &[]).unwrap_err().to_string();
+        assert!(e.contains("-inf"), "{e}");
+    }
+}
+
+#[test]
+fn tiny_temperatures_sample_the_largest_logit_never_token_0() {
+    for t in [1e-45f32, 1e-40, 1e-38, 1e-30] {
+        let mut s = Sampler::new(SamplerConfig::with_temperature(t, 9)).unwrap();
+        for _ in 0..50 {
+            assert_eq!(s.sample(&[0.0, 5.0, 1.0], &[]).unwrap(), 1, "T = {t}");
+            assert_eq!(s.sample(&[1e38, -1e38, 3e38], &[]).unwrap(), 2, "T = {t}");
+        }
+        let steps = s.explain(&[-1e38, 1e38, 1e38], &[]).unwrap();
+        assert_eq!(steps.probs, vec![0.0, 0.5, 0.5], "T = {t}");
+        assert!([1, 2].contains(&steps.token));
+    }
+    // +inf logits share the draw in the limit; other tokens are never drawn.
+    let mut s = Sampler::new(SamplerConfig::with_temperature(1.0, 5)).unwrap();
+    let mut seen = [0usize; 3];
+    for _ in 0..400 {
+        seen[s.sample(&[0.0, INF, INF], &[]).unwrap() as usize] += 1;
+    }
+    assert!(seen[0] == 0 && seen[1] > 100 && seen[2] > 100, "{seen:?}");
+}
+
+#[test]
+fn huge_temperatures_and_every_stage_stay_finite() {
+    for t in TEMPERATURES {
+        for z in extreme_logits() {
+            for (top_k, top_p, min_p) in [
+                (None, None, None),
+                (Some(1), None, None),
+                (None, Some(1e-45), None),
+                (None, Some(1.0), None),
+                (None, Some(0.5), Some(1.0)),
+                (Some(2), Some(0.9), Some(0.0)),
+            ] {
+                let mut s = Sampler::new(SamplerConfig {
+                    temperature: t,
+                    top_k,
+                    top_p,
+                    min_p,
+                    repetition_penalty: 1.3,
+                    seed: 3,
+                    ..Default::default()
+                })
+                .unwrap();
+                let steps = s.explain(&z, &[0, 1]).unwrap();
+                let what = format!("T = {t}, z = {z:?}, {top_k:?} {top_p:?} {min_p:?}");
+                assert_distribution(&steps.probs, &what);
+                assert!(
+                    steps.probs[steps.token as usize] > 0.0,
+                    "{what}: drew a token of probability 0"
+                );
+                assert!(steps.kept[steps.token as usize], "{what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn top_p_at_its_edges() {
+    let p = [0.1, 0.5, 0.1, 0.3];
+    assert_eq!(top_p_set(&p, 1e-45), vec![1]);
+    assert_eq!(top_p_set(&p, 0.0), vec![1]);
+    assert_eq!(top_p_set(&p, 0.5), vec![1]);
+    assert_eq!(top_p_set(&p, 0.5 + 1e-3), vec![1, 3]);
+    assert_eq!(top_p_set(&p, 1.0), vec![0, 1, 2, 3]);
+    assert_eq!(top_p_set(&p, 2.0), vec![0, 1, 2, 3]);
+    assert_eq!(top_p_set(&[0.0, 1.0, 0.0], 1.0), vec![1]);
+    assert!(top_p_set(&[], 0.9).is_empty());
+    // The sampler: p = 1e-45 is greedy, p = 1 keeps every token; outside (0, 1] is an error.
+    let mut s = Sampler::new(SamplerConfig {
+        temperature: 1.0,
+        top_p: Some(1e-45),
+        ..Default::default()
+    })
+    .unwrap();
+    for _ in 0..50 {
+        assert_eq!(s.sample(&Z, &[]).unwrap(), 0);
+    }
+    let steps = Sampler::new(SamplerConfig {
+        temperature: 1.0,
+        top_p: Some(1.0),
+        ..Default::default()
+    })
+    .unwrap()
+    .explain(&Z, &[])
+    .unwrap();
+    assert!(steps.kept.iter().all(|&k| k));
+    for bad in [0.0, -1e-45, 1.0 + 1e-6, f32::NAN, INF] {
+        let e = Sampler::new(SamplerConfig {
+            temperature: 1.0,
+            top_p: Some(bad),
+            ..Default::default()
+        });
+        assert!(e.is_err(), "top_p = {bad} accepted");
+    }
+}

@@ -1,8 +1,6 @@
 //! Running a check's cases: each in order, a panic caught and kept quiet, the first case that is
 //! not right decides the report.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
-
 use super::{Report, Status};
 
 /// What one case found.
@@ -22,11 +20,7 @@ pub type Case<'a> = Box<dyn FnOnce() -> Outcome + 'a>;
 
 /// Runs `f`, turning a panic into an outcome; the panic message is kept, not printed.
 pub fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, Outcome> {
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let r = catch_unwind(AssertUnwindSafe(f));
-    std::panic::set_hook(previous);
-    r.map_err(|e| {
+    crate::gguf::silent_panic::catch_silently(f).map_err(|e| {
         let msg = e
             .downcast_ref::<&str>()
             .map(|s| s.to_string())

@@ -168,28 +168,65 @@ impl Config {
         unsupported("attn_logit_softcapping", 0.0)?;
         unsupported("rope.scaling.factor", 1.0)?;
         let d_vocab = match g.content.tensor_infos.get("token_embd.weight") {
-            Some(info) => info.shape.dims()[0],
+            Some(info) => match info.shape.dims() {
+                &[vocab, width] if width == d_model => vocab,
+                dims => {
+                    return Err(Error::model_file(
+                        &g.path,
+                        format!("has the tensor `token_embd.weight` of shape {dims:?}, but `{arch}.embedding_length` = {d_model} needs [vocabulary size, {d_model}]; the file is corrupt or not a Llama model"),
+                    ))
+                }
+            },
             None => g.meta_usize(&k("vocab_size"))?,
         };
-        let rope_scaling = if g.has("rope_freqs.weight") {
-            let t = g
-                .tensor("rope_freqs.weight", &Device::Cpu)?
-                .dequantize(&Device::Cpu)?;
-            Some(RopeScaling::FrequencyFactors(
-                t.flatten_all()?.to_vec1::<f32>()?,
-            ))
-        } else {
-            None
+        let rope_scaling = match g.content.tensor_infos.get("rope_freqs.weight") {
+            None => None,
+            Some(info) => {
+                // Checked before reading: the declared size could be anything.
+                if info.shape.dims() != [d_head / 2] {
+                    return Err(Error::model_file(
+                        &g.path,
+                        format!("has the tensor `rope_freqs.weight` of shape {:?}, but head dim {d_head} needs [{}]", info.shape.dims(), d_head / 2),
+                    ));
+                }
+                let t = g
+                    .tensor("rope_freqs.weight", &Device::Cpu)?
+                    .dequantize(&Device::Cpu)?;
+                Some(RopeScaling::FrequencyFactors(
+                    t.flatten_all()?.to_vec1::<f32>()?,
+                ))
+            }
         };
-        let id = |key: &str| g.meta(key).and_then(value_as_u64).map(|x| x as u32);
-        let mut eos_token_ids: Vec<u32> = [
+        if let Some(Value::Array(tokens)) = g.meta("tokenizer.ggml.tokens") {
+            if tokens.len() > d_vocab {
+                return Err(Error::model_file(
+                    &g.path,
+                    format!("has {} tokens in `tokenizer.ggml.tokens` but embeddings for only {d_vocab}; the file is corrupt", tokens.len()),
+                ));
+            }
+        }
+        let id = |key: &str| -> Result<Option<u32>> {
+            match g.meta(key) {
+                None => Ok(None),
+                Some(v) => value_as_u64(v)
+                    .and_then(|x| u32::try_from(x).ok())
+                    .map(Some)
+                    .ok_or_else(|| {
+                        Error::model_file(
+                            &g.path,
+                            format!("has `{key}` = {v:?}, which is not a token id"),
+                        )
+                    }),
+            }
+        };
+        let mut eos_token_ids: Vec<u32> = Vec::new();
+        for key in [
             "tokenizer.ggml.eos_token_id",
             "tokenizer.ggml.eot_token_id",
             "tokenizer.ggml.eom_token_id",
-        ]
-        .iter()
-        .filter_map(|key| id(key))
-        .collect();
+        ] {
+            eos_token_ids.extend(id(key)?);
+        }
         // llama.cpp also ends generation at Gemma's end-of-turn token.
         if let Some(tokens) = g.meta_strings("tokenizer.ggml.tokens") {
             if let Some(i) = tokens.iter().position(|t| *t == "<end_of_turn>") {
@@ -249,7 +286,7 @@ impl Config {
             rms_norm_eps: g
                 .meta_f32(&k("attention.layer_norm_rms_epsilon"))
                 .unwrap_or(1e-5) as f64,
-            bos_token_id: id("tokenizer.ggml.bos_token_id"),
+            bos_token_id: id("tokenizer.ggml.bos_token_id")?,
             eos_token_ids,
             add_bos_token: matches!(
                 g.meta("tokenizer.ggml.add_bos_token"),
@@ -417,16 +454,40 @@ impl Config {
             ));
         }
         // Llama's heads split d_model; Gemma's need not (W_O maps n_heads·d_head back to d_model).
-        let split = self.architecture == Architecture::Gemma3
-            || self.d_head.checked_mul(self.n_heads) == Some(self.d_model);
+        // Checked: these numbers come from files, and overflow checks are off in every profile.
+        let width = self.d_head.checked_mul(self.n_heads);
+        let split = match self.architecture {
+            Architecture::Gemma3 => width.is_some(),
+            Architecture::Llama => width == Some(self.d_model),
+        };
         if !self.d_head.is_multiple_of(2) || self.d_head == 0 || self.d_head > 1 << 12 || !split {
             return bad(format!(
-                "head dim {} × {} heads does not give d_model {} with an even head dim",
+                "head dim {} × {} heads must give d_model {} with an even head dim",
                 self.d_head, self.n_heads, self.d_model
             ));
         }
         if self.sliding_window == Some(0) {
             return bad("a sliding window of 0 positions".into());
+        }
+        if self.d_vocab == 0 || self.d_mlp == 0 || self.d_mlp > 1 << 20 || self.n_ctx == 0 {
+            return bad(format!(
+                "vocabulary {}, MLP width {} and context {} must be positive (MLP at most {})",
+                self.d_vocab,
+                self.d_mlp,
+                self.n_ctx,
+                1 << 20
+            ));
+        }
+        if let Some(id) = self
+            .bos_token_id
+            .into_iter()
+            .chain(self.eos_token_ids.iter().copied())
+            .find(|&id| id as usize >= self.d_vocab)
+        {
+            return bad(format!(
+                "special token id {id} is outside the vocabulary of {} tokens",
+                self.d_vocab
+            ));
         }
         if let Some(RopeScaling::FrequencyFactors(f)) = &self.rope_scaling {
             if f.len() != self.d_head / 2 {
@@ -449,7 +510,7 @@ impl Config {
 
     /// Reads a Hugging Face `config.json`.
     pub fn from_hf_json(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io("cannot read", path, e))?;
+        let text = crate::gguf::read_regular_to_string(path)?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
             Error::model_file(path, format!("is not valid JSON ({e}); download it again"))
         })?;

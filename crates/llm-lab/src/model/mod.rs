@@ -130,7 +130,7 @@ impl Model {
             return Err(Error::model_file(dir, "has no tokenizer.json; a Hugging Face model folder needs config.json, tokenizer.json and *.safetensors"));
         }
         let tokenizer = Tokenizer::from_file(&tok_path)?;
-        if let Ok(text) = std::fs::read_to_string(dir.join("tokenizer_config.json")) {
+        if let Ok(text) = crate::gguf::read_regular_to_string(&dir.join("tokenizer_config.json")) {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
                 config.chat_template = v
                     .get("chat_template")

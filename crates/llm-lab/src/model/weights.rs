@@ -305,6 +305,18 @@ pub struct Weights {
 
 impl Weights {
     pub(crate) fn from_gguf(g: &mut Gguf, config: &Config, device: &Device) -> Result<Self> {
+        check_shapes_by_name(
+            &g.path,
+            config,
+            Naming::Gguf,
+            g.has("output.weight"),
+            |name| {
+                g.content
+                    .tensor_infos
+                    .get(name)
+                    .map(|i| i.shape.dims().to_vec())
+            },
+        )?;
         let lin = |g: &mut Gguf, name: &str| Linear::from_qtensor(g.tensor(name, device)?);
         let vec = |g: &mut Gguf, name: &str| -> Result<Tensor> {
             Ok(g.tensor(name, device)?.dequantize(device)?)
@@ -367,6 +379,7 @@ impl Weights {
     ) -> Result<Self> {
         let mut all = std::collections::HashMap::new();
         for f in files {
+            crate::gguf::ensure_regular_file(f)?;
             let t = candle_core::safetensors::load(f, device).map_err(|e| {
                 Error::model_file(
                     f,
@@ -379,6 +392,13 @@ impl Weights {
             .first()
             .and_then(|f| f.parent())
             .unwrap_or(Path::new("."));
+        check_shapes_by_name(
+            dir,
+            config,
+            Naming::HuggingFace,
+            all.contains_key("lm_head.weight"),
+            |name| all.get(name).map(|t| t.dims().to_vec()),
+        )?;
         let mut take = |name: &str| -> Result<Tensor> {
             all.remove(name).ok_or_else(|| {
                 Error::model_file(
@@ -516,6 +536,76 @@ impl Weights {
         };
         self.embed.n_params() + per_block * self.blocks.len() + config.d_model + head
     }
+}
+
+/// How a file names the model's tensors.
+#[derive(Debug, Clone, Copy)]
+enum Naming {
+    Gguf,
+    HuggingFace,
+}
+
+/// Every tensor the model reads, with the shape (rows first) its config promises.
+fn expected_shapes(c: &Config, naming: Naming, has_output: bool) -> Vec<(String, Vec<usize>)> {
+    // `validate` has checked n_heads · d_head = d_model, so these products do not overflow.
+    let (q, kv, d) = (c.n_heads * c.d_head, c.n_kv_heads * c.d_head, c.d_model);
+    let top = |gguf: &str, hf: &str| match naming {
+        Naming::Gguf => gguf.to_string(),
+        Naming::HuggingFace => hf.to_string(),
+    };
+    let mut v = vec![
+        (
+            top("token_embd.weight", "model.embed_tokens.weight"),
+            vec![c.d_vocab, d],
+        ),
+        (top("output_norm.weight", "model.norm.weight"), vec![d]),
+    ];
+    if has_output {
+        v.push((top("output.weight", "lm_head.weight"), vec![c.d_vocab, d]));
+    }
+    for l in 0..c.n_layers {
+        let n = |gguf: &str, hf: &str| match naming {
+            Naming::Gguf => format!("blk.{l}.{gguf}.weight"),
+            Naming::HuggingFace => format!("model.layers.{l}.{hf}.weight"),
+        };
+        v.extend([
+            (n("attn_norm", "input_layernorm"), vec![d]),
+            (n("attn_q", "self_attn.q_proj"), vec![q, d]),
+            (n("attn_k", "self_attn.k_proj"), vec![kv, d]),
+            (n("attn_v", "self_attn.v_proj"), vec![kv, d]),
+            (n("attn_output", "self_attn.o_proj"), vec![d, q]),
+            (n("ffn_norm", "post_attention_layernorm"), vec![d]),
+            (n("ffn_gate", "mlp.gate_proj"), vec![c.d_mlp, d]),
+            (n("ffn_up", "mlp.up_proj"), vec![c.d_mlp, d]),
+            (n("ffn_down", "mlp.down_proj"), vec![d, c.d_mlp]),
+        ]);
+    }
+    v
+}
+
+/// Compares every tensor's shape (`found`, before any product runs) with the config, so a
+/// corrupt file is refused by name instead of failing inside a product. A missing tensor is left
+/// to the loader, which names it.
+fn check_shapes_by_name(
+    path: &Path,
+    c: &Config,
+    naming: Naming,
+    has_output: bool,
+    found: impl Fn(&str) -> Option<Vec<usize>>,
+) -> Result<()> {
+    for (name, want) in expected_shapes(c, naming, has_output) {
+        let Some(found) = found(&name) else { continue };
+        if found != want {
+            return Err(Error::model_file(
+                path,
+                format!(
+                    "has the tensor `{name}` of shape {found:?}, but its configuration ({} layers, d_model {}, {} heads and {} KV heads of width {}, MLP {}, vocabulary {}) needs {want:?}; the file is corrupt or not a Llama model",
+                    c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.d_head, c.d_mlp, c.d_vocab
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether a format is quantized (for display).
