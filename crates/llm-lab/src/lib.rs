@@ -15,7 +15,7 @@
 //! ```
 
 // The crate in layers; each imports only from the layers above it in this list (tests/layers.rs
-// keeps it true). `error`, `models` (the registry and fetching) and `threads` serve every layer.
+// keeps it true). `error`, `models` (the registry and fetching), `rng`, `compare` and `threads` serve every layer.
 //
 // 1. The model and its tokenizer: the GGUF reader, the forward pass, weights, cache, trace.
 pub mod gguf;
@@ -28,7 +28,6 @@ pub mod logits;
 pub mod sampling;
 // 3. The lecture from scratch, and the exercises' checks (with the scripted models they run on).
 pub mod check;
-pub mod compare;
 pub mod scratch;
 pub mod scripted;
 pub mod testing;
@@ -37,8 +36,10 @@ pub mod display;
 pub mod explorer;
 pub mod plot;
 
+pub mod compare;
 pub mod error;
 pub mod models;
+pub mod rng;
 mod threads;
 
 /// The tensor library, for notebooks that need more than the prelude.

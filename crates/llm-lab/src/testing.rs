@@ -179,7 +179,7 @@ pub fn tiny_spm_vocab() -> Vec<(String, f32, i32)> {
 
 /// The tiny model's weights in GGUF naming, as f32 tensors `[out, in]`.
 pub fn tiny_weights(spec: &TinySpec) -> Result<Vec<(String, Tensor)>> {
-    let mut rng = crate::sampling::Rng::new(spec.seed);
+    let mut rng = crate::rng::Rng::new(spec.seed);
     let dev = Device::Cpu;
     let mut rand = |shape: (usize, usize), scale: f32| -> Result<Tensor> {
         let v: Vec<f32> = (0..shape.0 * shape.1)

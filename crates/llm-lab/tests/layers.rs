@@ -8,7 +8,7 @@ use std::path::Path;
 /// Layer of each top-level module; 0 serves every layer (errors, the registry, comparisons).
 fn layer(module: &str) -> Option<usize> {
     Some(match module {
-        "error" | "models" | "threads" | "compare" => 0,
+        "error" | "models" | "threads" | "compare" | "rng" => 0,
         "gguf" | "model" | "tokenizer" => 1,
         "logits" | "sampling" | "generate" | "chat" => 2,
         "scratch" | "scripted" | "check" | "testing" => 3,

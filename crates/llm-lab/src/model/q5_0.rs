@@ -230,7 +230,7 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     fn random(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
-        let mut rng = crate::sampling::Rng::new(seed);
+        let mut rng = crate::rng::Rng::new(seed);
         (0..rows * cols)
             .map(|_| (rng.next_f64() as f32 * 2.0 - 1.0) * 3.0)
             .collect()
