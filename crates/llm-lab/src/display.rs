@@ -1,5 +1,14 @@
 //! Rich output for the evcxr Jupyter kernel: a value whose type has an `evcxr_display` method is
 //! shown as HTML (or an image) instead of its Debug text.
+//!
+//! Presentation lives here, on top of the library: the model, logits, generation and checks know
+//! nothing of a screen; this module gives their types an HTML face (Rust lets a crate write
+//! `impl` blocks for its own types in any module, so notebook calls stay `model`, `logits`, …).
+
+use crate::check::{Report, Status};
+use crate::generate::{Generated, StopReason};
+use crate::logits::Logits;
+use crate::model::Model;
 
 /// Sends `html` to the notebook as the cell's rich output.
 pub fn rich_html(html: &str) {
@@ -18,70 +27,108 @@ pub fn html_escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// An interactive view of next-token probabilities: sliders for temperature and top-p recompute
-/// the bars in the browser (inline JavaScript, nothing loaded from the network).
-#[derive(Debug, Clone)]
-pub struct Explorer {
-    /// The HTML, with its script.
-    pub html: String,
+impl Model {
+    /// The module tree as HTML (what a notebook shows for a bare `model`).
+    pub fn summary_html(&self) -> String {
+        format!(
+            "<pre style=\"font-size:12px;line-height:1.3\">{}</pre>",
+            html_escape(&self.to_string())
+        )
+    }
+
+    /// evcxr's rich display hook: a notebook cell ending in `model` shows the summary.
+    pub fn evcxr_display(&self) {
+        rich_html(&self.summary_html());
+    }
 }
 
-impl Explorer {
-    /// The `k` most likely tokens of `logits`, with their logits, as a live chart.
-    pub fn new(logits: &crate::logits::Logits, k: usize) -> Self {
-        let top = logits.top_k(k.max(2));
-        let data: Vec<serde_json::Value> = top
-            .iter()
-            .map(|t| serde_json::json!({"t": crate::plot::token_label(&t.text), "z": t.logit}))
-            .collect();
-        // Distinct ids: several explorers may live in one notebook.
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let id = format!(
-            "llmlab-explorer-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
-        let html = format!(
-            r##"<div id="{id}" style="font-family:sans-serif;max-width:720px">
-<div>temperatura T = <b class="tv">1.00</b> <input class="t" type="range" min="0" max="3" step="0.05" value="1" style="width:260px"></div>
-<div>top-p p = <b class="pv">1.00</b> <input class="p" type="range" min="0.05" max="1" step="0.05" value="1" style="width:260px"></div>
-<div class="bars" style="margin-top:8px"></div>
-<p style="font-size:12px;color:#555">Os {k} tokens mais prováveis (os demais, fora desta lista, são ignorados aqui). Barras cinza: cortadas pelo top-p. T = 0 é a escolha gulosa.</p>
-</div>
-<script>
-(function() {{
-  const data = {data};
-  const root = document.getElementById("{id}");
-  const t = root.querySelector(".t"), p = root.querySelector(".p"), bars = root.querySelector(".bars");
-  function draw() {{
-    const T = parseFloat(t.value), P = parseFloat(p.value);
-    root.querySelector(".tv").textContent = T.toFixed(2);
-    root.querySelector(".pv").textContent = P.toFixed(2);
-    const zmax = Math.max(...data.map(d => d.z));
-    let probs = data.map(d => T === 0 ? (d.z === zmax ? 1 : 0) : Math.exp((d.z - zmax) / T));
-    const sum = probs.reduce((a, b) => a + b, 0);
-    probs = probs.map(x => x / sum);
-    let acc = 0, reached = false;
-    const kept = probs.map(x => {{ if (reached) return false; acc += x; reached = acc >= P - 1e-7; return true; }});
-    const ksum = probs.reduce((a, x, i) => a + (kept[i] ? x : 0), 0);
-    bars.innerHTML = data.map((d, i) => {{
-      const q = kept[i] ? probs[i] / ksum : 0;
-      const w = Math.round(q * 400);
-      const colour = kept[i] ? "#4c72b0" : "#cccccc";
-      return `<div style="display:flex;align-items:center;height:20px"><code style="width:120px;overflow:hidden">${{d.t}}</code>` +
-             `<div style="background:${{colour}};height:14px;width:${{Math.max(w, 1)}}px"></div><span style="margin-left:6px;font-size:12px">${{(q * 100).toFixed(1)}} %</span></div>`;
-    }}).join("");
-  }}
-  t.addEventListener("input", draw); p.addEventListener("input", draw); draw();
-}})();
-</script>"##,
-            data = serde_json::Value::Array(data),
-        );
-        Explorer { html }
+impl Logits {
+    /// The top 10 tokens as an HTML table.
+    pub fn to_html(&self) -> String {
+        let mut s = String::from("<table><thead><tr><th>#</th><th>token</th><th>id</th><th>logit</th><th>probabilidade</th><th></th></tr></thead><tbody>");
+        for (rank, t) in self.top_k(10).iter().enumerate() {
+            let bar = (t.prob * 200.0).round() as usize;
+            s.push_str(&format!(
+                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{:.2}</td><td>{:.2} %</td><td><div style=\"background:#4c72b0;height:10px;width:{bar}px\"></div></td></tr>",
+                rank + 1,
+                html_escape(&format!("{:?}", t.text)),
+                t.id,
+                t.logit,
+                t.prob * 100.0
+            ));
+        }
+        s.push_str(&format!(
+            "</tbody></table><p>entropia: {:.2} bits</p>",
+            self.entropy()
+        ));
+        s
     }
 
     /// evcxr's rich display hook.
     pub fn evcxr_display(&self) {
-        rich_html(&self.html);
+        rich_html(&self.to_html());
+    }
+}
+
+impl Generated {
+    /// HTML where each token is coloured by the probability the model gave it (green: likely,
+    /// red: unlikely), with both that and the sampler's probability on hover.
+    pub fn to_html(&self) -> String {
+        let mut s = format!("<div style=\"font-family:monospace;white-space:pre-wrap;line-height:1.6\"><span style=\"color:#777\">{}</span>", html_escape(&self.prompt));
+        for step in &self.steps {
+            let hue = (step.model_prob.clamp(0.0, 1.0) * 120.0).round();
+            s.push_str(&format!(
+                "<span title=\"token {} · p(modelo) = {:.3} · p(amostrador) = {:.3}\" style=\"background:hsl({hue},70%,85%)\">{}</span>",
+                step.token,
+                step.model_prob,
+                step.prob,
+                html_escape(&step.text)
+            ));
+        }
+        let why = match &self.stop {
+            StopReason::EndOfText(t) => format!("token de fim de texto ({t})"),
+            StopReason::StopString(s) => format!("texto de parada {s:?}"),
+            StopReason::MaxTokens => "limite de tokens".to_string(),
+        };
+        s.push_str(&format!("</div><p style=\"font-size:12px;color:#555\">{} tokens · parou por: {why} · cor = probabilidade que o modelo deu ao token (verde alta, vermelho baixa)</p>", self.steps.len()));
+        s
+    }
+
+    /// evcxr's rich display hook.
+    pub fn evcxr_display(&self) {
+        rich_html(&self.to_html());
+    }
+}
+
+impl Report {
+    /// The report as HTML: ✅, ❌ with the hint, or ⏳ while the exercise holds `todo!()`.
+    pub fn to_html(&self) -> String {
+        let (mark, colour, text) = match &self.status {
+            Status::Passed => (
+                "✅",
+                "#e8f5e9",
+                format!("Correto! {} casos verificados.", self.cases),
+            ),
+            Status::Failed { hint } => (
+                "❌",
+                "#ffebee",
+                html_escape(&format!("Ainda não. Dica: {hint}")),
+            ),
+            Status::NotDone => (
+                "⏳",
+                "#fff8e1",
+                "Ainda não feito: substitua o <code>todo!()</code> pela sua implementação.".into(),
+            ),
+        };
+        format!(
+            "<div style=\"background:{colour};padding:8px;border-radius:4px\"><b>{mark} {}</b> — {text}</div>",
+            html_escape(&self.exercise)
+        )
+    }
+
+    /// evcxr's rich display hook: the HTML report, and the plain lines tooling reads on stdout.
+    pub fn evcxr_display(&self) {
+        println!("{}", self.protocol_lines());
+        rich_html(&self.to_html());
     }
 }

@@ -32,6 +32,9 @@ pub enum Error {
     /// A parameter given by the user is outside its allowed range.
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),
+    /// More tokens than the model's context window holds.
+    #[error("{tokens} tokens do not fit in the context window of {context} tokens: shorten the prompt, or generate with a context_window to keep only the last tokens")]
+    PromptTooLong { tokens: usize, context: usize },
     /// An error from the tensor library.
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),

@@ -1,18 +1,19 @@
 //! The autoregressive loop: predict a token, append it, repeat — until an end-of-text token, a
 //! stop string, or the token budget. Only the last L tokens (the context window) are fed back.
 
+use std::cell::RefCell;
 use std::io::Write;
 
-use crate::display::{html_escape, rich_html};
 use crate::error::{Error, Result};
 use crate::logits::{Logits, TokenProb};
 use crate::model::{KvCache, Model};
 use crate::sampling::{Sampler, SamplerConfig};
 
 /// Anything that scores the next token after a sequence: the real model, or a scripted one.
+/// Exercises take `&dyn LanguageModel`, so the same loop runs on both.
 pub trait LanguageModel {
     /// Logits for the token that follows `tokens`.
-    fn next_token_logits(&mut self, tokens: &[u32]) -> Result<Logits>;
+    fn next_token_logits(&self, tokens: &[u32]) -> Result<Logits>;
     /// Tokens that end the text (end-of-text, end-of-turn).
     fn stop_tokens(&self) -> Vec<u32>;
     /// The longest sequence the model accepts (L).
@@ -21,10 +22,25 @@ pub trait LanguageModel {
     fn decode(&self, tokens: &[u32]) -> String;
 }
 
+impl<M: LanguageModel + ?Sized> LanguageModel for &M {
+    fn next_token_logits(&self, tokens: &[u32]) -> Result<Logits> {
+        (**self).next_token_logits(tokens)
+    }
+    fn stop_tokens(&self) -> Vec<u32> {
+        (**self).stop_tokens()
+    }
+    fn context_length(&self) -> usize {
+        (**self).context_length()
+    }
+    fn decode(&self, tokens: &[u32]) -> String {
+        (**self).decode(tokens)
+    }
+}
+
 /// Without a cache: every call runs the whole sequence, exactly as the lecture's loop does.
-impl LanguageModel for &Model {
-    fn next_token_logits(&mut self, tokens: &[u32]) -> Result<Logits> {
-        Model::next_token_logits(self, tokens)
+impl LanguageModel for Model {
+    fn next_token_logits(&self, tokens: &[u32]) -> Result<Logits> {
+        self.logits(tokens)
     }
     fn stop_tokens(&self) -> Vec<u32> {
         self.config.eos_token_ids.clone()
@@ -41,8 +57,8 @@ impl LanguageModel for &Model {
 /// are run; otherwise (the window slid, positions changed) the cache is rebuilt.
 pub struct CachedModel<'a> {
     model: &'a Model,
-    cache: KvCache,
-    seen: Vec<u32>,
+    /// The cache and the tokens it holds.
+    state: RefCell<(KvCache, Vec<u32>)>,
 }
 
 impl<'a> CachedModel<'a> {
@@ -50,31 +66,40 @@ impl<'a> CachedModel<'a> {
     pub fn new(model: &'a Model) -> Self {
         CachedModel {
             model,
-            cache: KvCache::new(),
-            seen: vec![],
+            state: RefCell::new((KvCache::new(), vec![])),
         }
     }
 }
 
 impl LanguageModel for CachedModel<'_> {
-    fn next_token_logits(&mut self, tokens: &[u32]) -> Result<Logits> {
-        if tokens.len() <= self.seen.len() || !tokens.starts_with(&self.seen) {
-            self.cache.clear();
-            self.seen.clear();
+    fn next_token_logits(&self, tokens: &[u32]) -> Result<Logits> {
+        let mut state = self.state.borrow_mut();
+        let (cache, seen) = &mut *state;
+        if tokens.len() <= seen.len() || !tokens.starts_with(seen) {
+            cache.clear();
+            seen.clear();
         }
-        let new = &tokens[self.seen.len()..];
-        let logits = self.model.forward(new, &mut self.cache)?;
-        self.seen = tokens.to_vec();
-        Ok(Logits::new(logits.to_vec1::<f32>()?)?.with_tokenizer(&self.model.tokenizer))
+        let logits = self
+            .model
+            .step(&tokens[seen.len()..], cache)
+            .and_then(|t| self.model.to_logits(&t));
+        // A failed step may have left the cache half-written: start afresh next time.
+        if logits.is_err() {
+            cache.clear();
+            seen.clear();
+        } else {
+            *seen = tokens.to_vec();
+        }
+        logits
     }
     fn stop_tokens(&self) -> Vec<u32> {
-        self.model.config.eos_token_ids.clone()
+        self.model.stop_tokens()
     }
     fn context_length(&self) -> usize {
-        self.model.config.n_ctx
+        self.model.context_length()
     }
     fn decode(&self, tokens: &[u32]) -> String {
-        self.model.tokenizer.decode(tokens).unwrap_or_default()
+        LanguageModel::decode(self.model, tokens)
     }
 }
 
@@ -179,6 +204,14 @@ impl<M: LanguageModel> Generation<M> {
         let window = options
             .context_window
             .unwrap_or_else(|| model.context_length());
+        // Without an explicit window the prompt must fit: sliding it silently would drop its
+        // beginning. With one, keeping the last L tokens is the point.
+        if options.context_window.is_none() && prompt.len() >= model.context_length() {
+            return Err(Error::PromptTooLong {
+                tokens: prompt.len().saturating_add(1),
+                context: model.context_length(),
+            });
+        }
         if window == 0 || window > model.context_length() {
             return Err(Error::invalid(format!(
                 "context_window must be in 1..={}, got {window}",
@@ -355,85 +388,9 @@ impl Generated {
     pub fn tokens(&self) -> Vec<u32> {
         self.steps.iter().map(|s| s.token).collect()
     }
-
-    /// HTML where each token is coloured by the probability the model gave it (green: likely,
-    /// red: unlikely), with both that and the sampler's probability on hover.
-    pub fn to_html(&self) -> String {
-        let mut s = format!("<div style=\"font-family:monospace;white-space:pre-wrap;line-height:1.6\"><span style=\"color:#777\">{}</span>", html_escape(&self.prompt));
-        for step in &self.steps {
-            let hue = (step.model_prob.clamp(0.0, 1.0) * 120.0).round();
-            s.push_str(&format!(
-                "<span title=\"token {} · p(modelo) = {:.3} · p(amostrador) = {:.3}\" style=\"background:hsl({hue},70%,85%)\">{}</span>",
-                step.token,
-                step.model_prob,
-                step.prob,
-                html_escape(&step.text)
-            ));
-        }
-        let why = match &self.stop {
-            StopReason::EndOfText(t) => format!("token de fim de texto ({t})"),
-            StopReason::StopString(s) => format!("texto de parada {s:?}"),
-            StopReason::MaxTokens => "limite de tokens".to_string(),
-        };
-        s.push_str(&format!("</div><p style=\"font-size:12px;color:#555\">{} tokens · parou por: {why} · cor = probabilidade que o modelo deu ao token (verde alta, vermelho baixa)</p>", self.steps.len()));
-        s
-    }
-
-    /// evcxr's rich display hook.
-    pub fn evcxr_display(&self) {
-        rich_html(&self.to_html());
-    }
 }
 
 impl Model {
-    /// Logits for the token after `tokens` (a full forward pass, no cache).
-    pub fn next_token_logits(&self, tokens: &[u32]) -> Result<Logits> {
-        let mut cache = KvCache::new();
-        let logits = self.forward(tokens, &mut cache)?;
-        Ok(Logits::new(logits.to_vec1::<f32>()?)?.with_tokenizer(&self.tokenizer))
-    }
-
-    /// Logits at every position of `tokens`: entry `i` predicts token `i + 1` (what training
-    /// compares with the real next token).
-    pub fn logits_at_every_position(&self, tokens: &[u32]) -> Result<Vec<Logits>> {
-        let all = self.forward_all(tokens)?;
-        (0..tokens.len())
-            .map(
-                |i| Ok(Logits::new(all.get(i)?.to_vec1::<f32>()?)?.with_tokenizer(&self.tokenizer)),
-            )
-            .collect()
-    }
-
-    /// The "logit lens": what the model would predict if the residual stream `resid: [D]` (from
-    /// any layer) went straight to the final norm and the output layer.
-    pub fn unembed(&self, resid: &candle_core::Tensor) -> Result<Logits> {
-        let x = resid.reshape((1, self.config.d_model))?;
-        let x = crate::model::forward::rms_norm(
-            &x,
-            &self.weights.final_norm,
-            self.config.rms_norm_eps,
-        )?;
-        let logits = self.weights.lm_head.forward(&x)?.squeeze(0)?;
-        Ok(Logits::new(logits.to_vec1::<f32>()?)?.with_tokenizer(&self.tokenizer))
-    }
-
-    /// Token embeddings of `tokens`: `[seq, D]` (the first step of the forward pass).
-    pub fn embed(&self, tokens: &[u32]) -> Result<candle_core::Tensor> {
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.d_vocab) {
-            return Err(Error::invalid(format!(
-                "token id {bad} is outside the vocabulary (0..{})",
-                self.config.d_vocab
-            )));
-        }
-        let ids = candle_core::Tensor::new(tokens, self.weights.final_norm.device())?;
-        Ok(self.weights.embed.embedding(&ids)?)
-    }
-
-    /// Logits for the token after `text`.
-    pub fn logits(&self, text: &str) -> Result<Logits> {
-        self.next_token_logits(&self.encode(text)?)
-    }
-
     /// An iterator over the tokens generated after `prompt`.
     pub fn generate_iter(
         &self,
@@ -441,7 +398,6 @@ impl Model {
         options: GenerateOptions,
     ) -> Result<Generation<CachedModel<'_>>> {
         let tokens = self.encode(prompt)?;
-        self.check_prompt_fits(&tokens, &options)?;
         Generation::new(CachedModel::new(self), &tokens, options)
     }
 
@@ -456,16 +412,5 @@ impl Model {
     /// ```
     pub fn generate(&self, prompt: &str, options: GenerateOptions) -> Result<Generated> {
         self.generate_iter(prompt, options)?.finish()
-    }
-
-    fn check_prompt_fits(&self, tokens: &[u32], options: &GenerateOptions) -> Result<()> {
-        if options.context_window.is_none() && tokens.len() >= self.config.n_ctx {
-            return Err(Error::invalid(format!(
-                "the prompt has {} tokens but the context holds {}: shorten it, or set context_window to keep only the last tokens",
-                tokens.len(),
-                self.config.n_ctx
-            )));
-        }
-        Ok(())
     }
 }

@@ -10,41 +10,56 @@
 //! let tokens = model.encode("The capital of France is")?;
 //! let (logits, trace) = model.run_with_trace(&tokens, TraceOptions::default())?;
 //! let pattern = trace.attention(0, 0)?; // layer 0, head 0: [query][key]
+//! let stream = trace.get(Hook::ResidPre(3))?; // [seq, d_model]
 //! # Ok::<(), llm_lab::Error>(())
 //! ```
 
-pub mod chat;
-pub mod check;
-pub mod display;
-pub mod error;
-pub mod generate;
+// The crate in layers; each imports only from the layers above it in this list (tests/layers.rs
+// keeps it true). `error`, `models` (the registry and fetching) and `threads` serve every layer.
+//
+// 1. The model and its tokenizer: the GGUF reader, the forward pass, weights, cache, trace.
 pub mod gguf;
-pub mod logits;
 pub mod model;
-pub mod models;
-pub mod plot;
-pub mod sampling;
-pub mod scratch;
-pub mod testing;
-mod threads;
 pub mod tokenizer;
+// 2. Logits and what is done with them: probabilities, sampling, the autoregressive loop.
+pub mod chat;
+pub mod generate;
+pub mod logits;
+pub mod sampling;
+// 3. The lecture from scratch, and the exercises' checks (with the scripted models they run on).
+pub mod check;
+pub mod compare;
+pub mod scratch;
+pub mod scripted;
+pub mod testing;
+// 4. Presentation: HTML and charts for the notebooks, on top of everything else.
+pub mod display;
+pub mod explorer;
+pub mod plot;
+
+pub mod error;
+pub mod models;
+mod threads;
 
 /// The tensor library, for notebooks that need more than the prelude.
 pub use candle_core;
 pub use candle_nn;
 pub use error::{Error, Result};
-pub use model::{Config, KvCache, Model, Trace, TraceOptions};
+pub use model::{Config, Hook, KvCache, Model, Trace, TraceOptions};
 
 /// Everything a notebook needs, in one `use llm_lab::prelude::*;`.
 pub mod prelude {
     pub use crate::chat::Message;
     pub use crate::check;
-    pub use crate::display::Explorer;
+    pub use crate::compare::max_abs_diff;
     pub use crate::error::{Error, Result};
-    pub use crate::generate::{GenerateOptions, Generated, Generation, LanguageModel, StopReason};
+    pub use crate::explorer::Explorer;
+    pub use crate::generate::{
+        CachedModel, GenerateOptions, Generated, Generation, LanguageModel, StopReason,
+    };
     pub use crate::logits::{softmax, softmax_with_temperature, Logits};
     pub use crate::model::WeightFormat;
-    pub use crate::model::{Config, KvCache, Model, Trace, TraceOptions};
+    pub use crate::model::{Config, Hook, KvCache, Model, Trace, TraceOptions};
     pub use crate::models;
     pub use crate::plot::{self, Figure};
     pub use crate::sampling::{Sampler, SamplerConfig};

@@ -3,8 +3,10 @@
 //!
 //! The lecture's formula: `p_i = exp(z_i / T) / Σ_j exp(z_j / T)`.
 
-use crate::display::{html_escape, rich_html};
+use candle_core::Tensor;
+
 use crate::error::{Error, Result};
+use crate::model::{KvCache, Model, ModelInput};
 use crate::tokenizer::Tokenizer;
 
 /// `softmax(z)_i = exp(z_i) / Σ_j exp(z_j)`, computed as `exp(z_i − max z)` so that logits in the
@@ -200,30 +202,37 @@ impl Logits {
             })
             .collect()
     }
+}
 
-    /// The top 10 tokens as an HTML table.
-    pub fn to_html(&self) -> String {
-        let mut s = String::from("<table><thead><tr><th>#</th><th>token</th><th>id</th><th>logit</th><th>probabilidade</th><th></th></tr></thead><tbody>");
-        for (rank, t) in self.top_k(10).iter().enumerate() {
-            let bar = (t.prob * 200.0).round() as usize;
-            s.push_str(&format!(
-                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{:.2}</td><td>{:.2} %</td><td><div style=\"background:#4c72b0;height:10px;width:{bar}px\"></div></td></tr>",
-                rank + 1,
-                html_escape(&format!("{:?}", t.text)),
-                t.id,
-                t.logit,
-                t.prob * 100.0
-            ));
-        }
-        s.push_str(&format!(
-            "</tbody></table><p>entropia: {:.2} bits</p>",
-            self.entropy()
-        ));
-        s
+/// The model's forward pass, seen at the level of [`Logits`].
+impl Model {
+    /// Logits for the token that follows `input` (a text, or token ids), from a full forward
+    /// pass without a cache.
+    ///
+    /// ```
+    /// use llm_lab::testing::{tiny_model, TinySpec};
+    /// let (_dir, model) = tiny_model(&TinySpec::default())?;
+    /// let from_ids = model.logits(&[1, 2, 3])?;
+    /// assert_eq!(from_ids.len(), model.config.d_vocab);
+    /// # Ok::<(), llm_lab::Error>(())
+    /// ```
+    pub fn logits(&self, input: impl ModelInput) -> Result<Logits> {
+        let tokens = input.tokens(self)?;
+        self.to_logits(&self.step(&tokens, &mut KvCache::new())?)
     }
 
-    /// evcxr's rich display hook.
-    pub fn evcxr_display(&self) {
-        rich_html(&self.to_html());
+    /// A row of logits `[d_vocab]` (from [`Model::run`], say) as [`Logits`] named by this
+    /// model's tokenizer.
+    pub fn to_logits(&self, row: &Tensor) -> Result<Logits> {
+        Ok(Logits::new(row.to_vec1::<f32>()?)?.with_tokenizer(&self.tokenizer))
+    }
+
+    /// The last step of the forward pass on its own (the "logit lens"): what the model would
+    /// predict if the residual stream `resid: [d_model]` (from any layer) went straight to the
+    /// final norm and the output layer.
+    pub fn unembed(&self, resid: &Tensor) -> Result<Logits> {
+        let x = resid.reshape((1, self.config.d_model))?;
+        let logits = crate::model::forward::unembed(&self.config, &self.weights, &x)?;
+        self.to_logits(&logits.squeeze(0)?)
     }
 }

@@ -360,3 +360,40 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> Figure {
     s.push_str("</tbody></table>");
     Figure { svg: s }
 }
+
+impl crate::model::Trace {
+    /// One head's attention pattern as a heatmap, the traced tokens on both axes.
+    pub fn attention_figure(&self, layer: usize, head: usize) -> Result<Figure> {
+        let pattern = self.attention(layer, head)?;
+        let labels = self.labels.clone();
+        // With a KV cache the keys include earlier tokens this trace has no text for.
+        let keys = if pattern.first().map_or(0, Vec::len) == labels.len() {
+            labels.clone()
+        } else {
+            vec![]
+        };
+        let queries = if pattern.len() == labels.len() {
+            labels
+        } else {
+            vec![]
+        };
+        heatmap(
+            &format!("camada {layer}, cabeça {head}"),
+            &pattern,
+            &queries,
+            &keys,
+            "chave (token observado)",
+            "consulta (token que observa)",
+            false,
+        )
+    }
+
+    /// Every head of `layer`, side by side.
+    pub fn attention_grid(&self, layer: usize) -> Result<Figure> {
+        let n = self.pattern(layer)?.dim(0)?;
+        let figs = (0..n)
+            .map(|h| self.attention_figure(layer, h))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Figure::row(&figs))
+    }
+}

@@ -29,19 +29,8 @@ pub fn tiny_model(spec: &TinySpec) -> Result<(tempfile::TempDir, crate::Model)> 
     Ok((dir, model))
 }
 
-/// The largest `|a − b|` over all elements of two tensors of one shape: how far a result is
-/// from its reference.
-///
-/// ```
-/// use llm_lab::candle_core::{Device, Tensor};
-/// let a = Tensor::new(&[1f32, 2.0, 3.0], &Device::Cpu)?;
-/// let b = Tensor::new(&[1f32, 2.5, 2.0], &Device::Cpu)?;
-/// assert_eq!(llm_lab::testing::max_abs_diff(&a, &b)?, 1.0);
-/// # Ok::<(), llm_lab::candle_core::Error>(())
-/// ```
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> candle_core::Result<f32> {
-    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
-}
+pub use crate::compare::max_abs_diff;
+pub use crate::scripted::ScriptedModel;
 
 /// The shape and storage of a tiny test model.
 #[derive(Debug, Clone)]
@@ -270,74 +259,4 @@ pub fn write_tiny_hf_folder(dir: &Path, spec: &TinySpec) -> Result<()> {
     let tok = crate::tokenizer::Tokenizer::from_gguf(&g)?;
     tok.inner.save(dir.join("tokenizer.json"), false)?;
     Ok(())
-}
-
-/// A language model whose logits come from a function of the tokens it is shown: for testing
-/// loops and checks on designed logits. It records every sequence it was asked about.
-pub struct ScriptedModel {
-    /// Text of each token id.
-    pub vocab: Vec<String>,
-    /// Logits for the next token, given the tokens shown.
-    pub script: Box<dyn Fn(&[u32]) -> Vec<f32>>,
-    /// Tokens that end the text.
-    pub stop_tokens: Vec<u32>,
-    /// Longest sequence accepted.
-    pub context_length: usize,
-    /// Every sequence the model was shown, in order.
-    pub calls: std::cell::RefCell<Vec<Vec<u32>>>,
-}
-
-impl ScriptedModel {
-    /// A model over `vocab` whose logits are `script(tokens)`.
-    pub fn new(vocab: &[&str], script: impl Fn(&[u32]) -> Vec<f32> + 'static) -> Self {
-        ScriptedModel {
-            vocab: vocab.iter().map(|s| s.to_string()).collect(),
-            script: Box::new(script),
-            stop_tokens: vec![],
-            context_length: 1024,
-            calls: Default::default(),
-        }
-    }
-
-    /// A model that always puts logit 10 on `next(last token)` and 0 elsewhere.
-    pub fn counting(n_vocab: usize, next: impl Fn(u32) -> u32 + 'static) -> Self {
-        let vocab: Vec<String> = (0..n_vocab).map(|i| format!("<{i}>")).collect();
-        let refs: Vec<&str> = vocab.iter().map(String::as_str).collect();
-        Self::new(&refs, move |t| {
-            let mut l = vec![0.0; n_vocab];
-            l[next(*t.last().unwrap_or(&0)) as usize % n_vocab] = 10.0;
-            l
-        })
-    }
-}
-
-impl crate::generate::LanguageModel for &ScriptedModel {
-    fn next_token_logits(&mut self, tokens: &[u32]) -> Result<crate::logits::Logits> {
-        if tokens.len() > self.context_length {
-            return Err(crate::Error::invalid(format!(
-                "{} tokens exceed the context of {}",
-                tokens.len(),
-                self.context_length
-            )));
-        }
-        self.calls.borrow_mut().push(tokens.to_vec());
-        crate::logits::Logits::new((self.script)(tokens))
-    }
-    fn stop_tokens(&self) -> Vec<u32> {
-        self.stop_tokens.clone()
-    }
-    fn context_length(&self) -> usize {
-        self.context_length
-    }
-    fn decode(&self, tokens: &[u32]) -> String {
-        tokens
-            .iter()
-            .map(|&t| {
-                self.vocab
-                    .get(t as usize)
-                    .map(String::as_str)
-                    .unwrap_or("?")
-            })
-            .collect()
-    }
 }

@@ -316,7 +316,7 @@ fn positional_encoding_check() {
 // ---- the loop -------------------------------------------------------------------------------
 
 fn greedy_loop(
-    model: &mut dyn LanguageModel,
+    model: &dyn LanguageModel,
     prompt: &[u32],
     max_new: usize,
     overshoot: bool,
@@ -361,7 +361,7 @@ fn generation_loop_check() {
 }
 
 fn sampled_loop(
-    model: &mut dyn LanguageModel,
+    model: &dyn LanguageModel,
     prompt: &[u32],
     max_new: usize,
     t: f32,
@@ -411,7 +411,7 @@ fn temperature_loop_check() {
         "argmax",
     );
     // Ignores the seed (a fresh random seed every call).
-    let unseeded = |m: &mut dyn LanguageModel, p: &[u32], n: usize, t: f32, _s: u64| {
+    let unseeded = |m: &dyn LanguageModel, p: &[u32], n: usize, t: f32, _s: u64| {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -419,4 +419,73 @@ fn temperature_loop_check() {
         sampled_loop(m, p, n, t, seed, |z, t| z / t)
     };
     assert_rejected(check::temperature_loop(unseeded), "semente");
+}
+
+// ---- mistakes the second reading of the checks names ------------------------------------------
+
+#[test]
+fn temperature_dividing_the_probabilities_is_named() {
+    let divided = |z: &[f32], t: f32| softmax(z).iter().map(|p| p / t).collect::<Vec<_>>();
+    assert_rejected(check::temperature(divided), "dividiu as probabilidades");
+}
+
+#[test]
+fn top_p_accepts_any_of_equally_likely_tokens() {
+    // With four tokens of 0.25 and p = 0.6, any three of them are the smallest set.
+    let last_three = |p: &[f32], top: f32| {
+        if p == [0.25; 4] && top == 0.6 {
+            vec![1, 2, 3]
+        } else {
+            llm_lab::sampling::top_p_set(p, top)
+        }
+    };
+    let r = check::top_p(last_three);
+    assert!(r.passed(), "{r}");
+}
+
+#[test]
+fn multi_head_with_w_o_transposed_fails_where_h_times_d_differs_from_d() {
+    let transposed = |x: &Tensor, heads: &[HeadWeights], w_o: &Tensor| {
+        let concat = Tensor::cat(&heads_out(x, heads), 1)?;
+        Ok(concat.matmul(&w_o.t()?.t()?.t()?)?)
+    };
+    assert_rejected(check::multi_head(transposed), "W_O");
+}
+
+#[test]
+fn nan_answers_never_pass() {
+    let nan = |q: &Tensor, _: &Tensor, v: &Tensor| {
+        Ok(Tensor::full(f32::NAN, (q.dim(0)?, v.dim(1)?), q.device())?)
+    };
+    assert_rejected(check::attention(nan), "NaN");
+    let nan_norm = |x: &Tensor, _eps: f64| Ok((x * f64::NAN)?);
+    assert_rejected(check::layer_norm(nan_norm), "NaN");
+}
+
+#[test]
+fn layer_norm_without_epsilon_is_named() {
+    let no_eps = |x: &Tensor, _eps: f64| {
+        let centered = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        Ok(centered.broadcast_div(&var.sqrt()?)?)
+    };
+    assert_rejected(check::layer_norm(no_eps), "ε");
+}
+
+#[test]
+fn a_loop_that_feeds_only_the_last_token_is_caught() {
+    let last_only = |m: &dyn LanguageModel, p: &[u32], n: usize| -> Result<Vec<u32>> {
+        let mut out: Vec<u32> = vec![];
+        let mut last = *p.last().unwrap();
+        while out.len() < n {
+            let next = m.next_token_logits(&[last])?.argmax();
+            if m.stop_tokens().contains(&next) {
+                break;
+            }
+            out.push(next);
+            last = next;
+        }
+        Ok(out)
+    };
+    assert_rejected(check::generation_loop(last_only), "sequência");
 }

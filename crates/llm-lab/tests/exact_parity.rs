@@ -40,7 +40,7 @@ fn logits_match_at_every_position() {
         "1 + 1 = 2, 2 + 2 =",
     ] {
         let tokens = model.encode(prompt).unwrap();
-        let ours = model.forward_all(&tokens).unwrap();
+        let ours = model.run(&tokens).unwrap();
         // quantized_llama returns the last position only: feed growing prefixes.
         for n in [1, tokens.len() / 2, tokens.len()]
             .into_iter()
@@ -70,20 +70,12 @@ fn greedy_48_tokens_identical_with_the_cache() {
 
     let mut cache = KvCache::new();
     let (mut ours, mut our_logits) = (vec![], vec![]);
-    let mut logits = model
-        .forward(&prompt, &mut cache)
-        .unwrap()
-        .squeeze(0)
-        .unwrap();
+    let mut logits = model.step(&prompt, &mut cache).unwrap().squeeze(0).unwrap();
     for _ in 0..48 {
         let next = argmax(&logits);
         ours.push(next);
         our_logits.push(logits.clone());
-        logits = model
-            .forward(&[next], &mut cache)
-            .unwrap()
-            .squeeze(0)
-            .unwrap();
+        logits = model.step(&[next], &mut cache).unwrap().squeeze(0).unwrap();
     }
 
     let (mut theirs, mut pos, mut input) = (vec![], 0, prompt.clone());

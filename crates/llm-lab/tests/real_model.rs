@@ -75,8 +75,8 @@ fn logits_are_as_close_to_exact_maths_as_quantized_llama() {
     ] {
         let tokens = model.encode(prompt).unwrap();
         let last = |t: Tensor| t.i(tokens.len() - 1).unwrap();
-        let ours = last(model.forward_all(&tokens).unwrap());
-        let truth = last(exact.forward_all(&tokens).unwrap());
+        let ours = last(model.run(&tokens).unwrap());
+        let truth = last(exact.run(&tokens).unwrap());
         reference.clear_kv_cache();
         let input = Tensor::new(tokens.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
         let theirs = reference.forward(&input, 0).unwrap().squeeze(0).unwrap();
@@ -147,7 +147,7 @@ fn greedy_generation_equals_the_argmax_chain_of_full_forwards() {
     let mut tokens = model.encode("Once upon a time").unwrap();
     let mut chain = vec![];
     for _ in 0..24 {
-        let all = model.forward_all(&tokens).unwrap();
+        let all = model.run(&tokens).unwrap();
         let next = argmax(&all.i(tokens.len() - 1).unwrap());
         if model.config.eos_token_ids.contains(&next) {
             break;
@@ -200,6 +200,6 @@ fn prompt_longer_than_the_context_is_a_clear_error() {
         .to_string();
     assert!(e.contains("context"), "{e}");
     let tokens = vec![1u32; model.config.n_ctx + 1];
-    let e = model.forward_all(&tokens).unwrap_err().to_string();
+    let e = model.run(&tokens).unwrap_err().to_string();
     assert!(e.contains("context window"), "{e}");
 }

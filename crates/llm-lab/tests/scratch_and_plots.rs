@@ -3,7 +3,7 @@
 use candle_core::{IndexOp, Tensor};
 use llm_lab::model::Config;
 use llm_lab::testing::{tiny_model, TinySpec};
-use llm_lab::{scratch, Model, TraceOptions};
+use llm_lab::{scratch, Hook, Model, TraceOptions};
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     llm_lab::testing::max_abs_diff(a, b).unwrap()
@@ -22,11 +22,11 @@ fn scratch_attention_reproduces_every_traced_head() {
         .unwrap();
     for layer in 0..model.config.n_layers {
         let (q, k, v) = (
-            trace.get(&format!("blocks.{layer}.attn.q")).unwrap(),
-            trace.get(&format!("blocks.{layer}.attn.k")).unwrap(),
-            trace.get(&format!("blocks.{layer}.attn.v")).unwrap(),
+            trace.get(Hook::RotQ(layer)).unwrap(),
+            trace.get(Hook::RotK(layer)).unwrap(),
+            trace.get(Hook::V(layer)).unwrap(),
         );
-        let pattern = trace.get(&format!("blocks.{layer}.attn.pattern")).unwrap();
+        let pattern = trace.pattern(layer).unwrap();
         let mut heads = vec![];
         for h in 0..model.config.n_heads {
             let w = scratch::attention_weights(&q.i(h).unwrap(), &k.i(h).unwrap(), true).unwrap();
@@ -44,10 +44,7 @@ fn scratch_attention_reproduces_every_traced_head() {
         let w_o = model.weights.blocks[layer].w_o.weight().unwrap();
         let out = concat.matmul(&w_o.t().unwrap()).unwrap();
         assert!(
-            max_diff(
-                &out,
-                trace.get(&format!("blocks.{layer}.attn_out")).unwrap()
-            ) < 1e-4,
+            max_diff(&out, &trace[Hook::AttnOut(layer)]) < 1e-4,
             "layer {layer}"
         );
     }
@@ -124,15 +121,16 @@ fn charts_carry_titles_and_token_labels() {
     let (_, trace) = model
         .run_with_trace(&tokens, TraceOptions::default())
         .unwrap();
-    let labels = model.token_strings(&tokens);
-    let fig = trace.attention_figure(0, 1, &labels).unwrap();
+    // The trace keeps the tokens' text: plots need no labels passed in.
+    assert_eq!(trace.labels, model.token_strings(&tokens));
+    let fig = trace.attention_figure(0, 1).unwrap();
     assert!(fig.svg.contains("<svg") && fig.svg.contains("camada 0, cabeça 1"));
     assert!(
         fig.svg.contains("\n␣\n") && fig.svg.contains("\nd\n"),
         "token labels, spaces made visible"
     );
     assert!(fig.svg.contains("consulta") && fig.svg.contains("chave"));
-    let grid = trace.attention_grid(1, &labels).unwrap();
+    let grid = trace.attention_grid(1).unwrap();
     assert_eq!(grid.svg.matches("<svg").count(), model.config.n_heads);
     let pe = scratch::sinusoidal_positions(16, 8)
         .unwrap()
@@ -145,8 +143,8 @@ fn charts_carry_titles_and_token_labels() {
     let bars = llm_lab::plot::bars("p", &["x".into()], &[0.5]).unwrap();
     assert!(bars.svg.contains("<rect"));
     assert!(llm_lab::plot::bars("p", &["x".into()], &[]).is_err());
-    let logits = model.next_token_logits(&tokens).unwrap();
-    let ex = llm_lab::display::Explorer::new(&logits, 8);
+    let logits = model.logits(&tokens).unwrap();
+    let ex = llm_lab::explorer::Explorer::new(&logits, 8);
     assert!(
         ex.html.contains("<script>")
             && ex.html.contains("type=\"range\"")

@@ -5,7 +5,7 @@ use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::{Device, IndexOp, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use llm_lab::testing::{tiny_model, write_tiny_gguf, write_tiny_hf_folder, TinySpec};
-use llm_lab::{KvCache, Model, TraceOptions};
+use llm_lab::{Hook, KvCache, Model, TraceOptions};
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     llm_lab::testing::max_abs_diff(a, b).unwrap()
@@ -22,7 +22,7 @@ fn assert_matches_reference(spec: TinySpec) {
     let path = dir.path().join("tiny.gguf");
     write_tiny_gguf(&path, &spec).unwrap();
     let model = Model::load(&path).unwrap();
-    let ours = model.forward_all(&tokens()).unwrap();
+    let ours = model.run(&tokens()).unwrap();
 
     let mut f = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut f).unwrap();
@@ -90,8 +90,8 @@ fn the_comparison_can_fail() {
         },
     )
     .unwrap();
-    let la = Model::load(&a).unwrap().forward_all(&tokens()).unwrap();
-    let lb = Model::load(&b).unwrap().forward_all(&tokens()).unwrap();
+    let la = Model::load(&a).unwrap().run(&tokens()).unwrap();
+    let lb = Model::load(&b).unwrap().run(&tokens()).unwrap();
     assert!(max_abs_diff(&la, &lb) > 1e-2);
 }
 
@@ -102,13 +102,13 @@ fn incremental_decoding_equals_full_forward() {
         ..Default::default()
     })
     .unwrap();
-    let full = model.forward_all(&tokens()).unwrap();
+    let full = model.run(&tokens()).unwrap();
     let mut cache = KvCache::new();
     // A 5-token prompt, then one token at a time.
-    let first = model.forward(&tokens()[..5], &mut cache).unwrap();
+    let first = model.step(&tokens()[..5], &mut cache).unwrap();
     assert!(max_abs_diff(&first, &full.i(4).unwrap()) <= 1e-4);
     for pos in 5..tokens().len() {
-        let step = model.forward(&tokens()[pos..pos + 1], &mut cache).unwrap();
+        let step = model.step(&tokens()[pos..pos + 1], &mut cache).unwrap();
         let diff = max_abs_diff(&step, &full.i(pos).unwrap());
         assert!(diff <= 1e-4, "position {pos} differs by {diff}");
     }
@@ -122,7 +122,7 @@ fn attention_rows_sum_to_one_and_never_look_ahead() {
         .run_with_trace(&tokens(), TraceOptions::default())
         .unwrap();
     assert!(
-        max_abs_diff(&logits, &model.forward_all(&tokens()).unwrap()) == 0.0,
+        max_abs_diff(&logits, &model.run(&tokens()).unwrap()) == 0.0,
         "tracing must not change the result"
     );
     assert_eq!(trace.n_layers(), 2);
@@ -160,14 +160,31 @@ fn trace_names_are_stable() {
     assert_eq!(
         trace.names(),
         [
+            "embed",
+            "blocks.0.resid_pre",
             "blocks.0.attn.pattern",
             "blocks.0.attn_out",
-            "blocks.0.mlp_out",
             "blocks.0.resid_mid",
-            "blocks.0.resid_pre",
+            "blocks.0.mlp_out",
             "final.resid"
         ]
     );
+    // Every way of naming a hook reaches the same tensor, and every name parses back.
+    assert_eq!(
+        max_abs_diff(&trace[Hook::Pattern(0)], trace.pattern(0).unwrap()),
+        0.0
+    );
+    for name in trace.names() {
+        let hook: Hook = name.parse().unwrap();
+        assert_eq!(hook.to_string(), name);
+        assert!(trace.get(hook).is_ok() && trace.get(name.as_str()).is_ok());
+    }
+    let missing = trace.get(Hook::RotQ(0)).unwrap_err().to_string();
+    assert!(missing.contains("qkv"), "{missing}");
+    let beyond = trace.get(Hook::Pattern(5)).unwrap_err().to_string();
+    assert!(beyond.contains("0..1"), "{beyond}");
+    assert!(trace.get("blocks.0.attn.patern").is_err());
+    assert_eq!(trace.labels.len(), 3);
     assert_eq!(
         trace.get("blocks.0.attn.pattern").unwrap().dims(),
         &[4, 3, 3]
@@ -176,9 +193,21 @@ fn trace_names_are_stable() {
     let (_, trace) = model
         .run_with_trace(&tokens()[..3], TraceOptions { qkv: true })
         .unwrap();
-    for n in ["blocks.0.attn.q", "blocks.0.attn.k", "blocks.0.attn.v"] {
+    for n in [
+        "blocks.0.attn.q",
+        "blocks.0.attn.k",
+        "blocks.0.attn.v",
+        "blocks.0.attn.rot_q",
+        "blocks.0.attn.rot_k",
+        "blocks.0.attn.z",
+    ] {
         assert_eq!(trace.get(n).unwrap().dims(), &[4, 3, 16], "{n}");
     }
+    // RoPE leaves position 0 alone and turns the others: the names say which side of it.
+    let (q, rot_q) = (&trace[Hook::Q(0)], &trace[Hook::RotQ(0)]);
+    let at = |t: &Tensor, p: usize| t.narrow(1, p, 1).unwrap();
+    assert_eq!(max_abs_diff(&at(q, 0), &at(rot_q, 0)), 0.0);
+    assert!(max_abs_diff(&at(q, 2), &at(rot_q, 2)) > 1e-3);
     // The residual stream adds up: resid_mid = resid_pre + attn_out, final = resid_mid + mlp_out.
     let g = |n: &str| trace.get(n).unwrap().clone();
     assert!(
@@ -215,10 +244,7 @@ fn hugging_face_folder_gives_the_same_logits_as_gguf() {
             a.encode("héllo, world").unwrap(),
             b.encode("héllo, world").unwrap()
         );
-        let diff = max_abs_diff(
-            &a.forward_all(&tokens()).unwrap(),
-            &b.forward_all(&tokens()).unwrap(),
-        );
+        let diff = max_abs_diff(&a.run(&tokens()).unwrap(), &b.run(&tokens()).unwrap());
         assert!(diff <= 1e-4, "untied={untied}: {diff}");
     }
 }
@@ -299,10 +325,9 @@ fn embed_unembed_and_every_position_agree_with_the_forward_pass() {
         .iter()
         .zip(&want)
         .all(|(a, b)| (a - b).abs() < 1e-4));
-    let every = model.logits_at_every_position(&t).unwrap();
-    assert_eq!(every.len(), t.len());
+    let row = model.to_logits(&logits.get(3).unwrap()).unwrap();
     assert_eq!(
-        every[3].argmax(),
+        row.argmax(),
         logits
             .get(3)
             .unwrap()

@@ -82,10 +82,10 @@ fn glass_box(path: &std::path::Path, traced: bool) -> Result<Run> {
         time_greedy(prompt, gen, |tokens, _| {
             Ok(if traced {
                 model
-                    .forward_traced(tokens, &mut cache, TraceOptions::default())?
+                    .step_with_trace(tokens, &mut cache, TraceOptions::default())?
                     .0
             } else {
-                model.forward(tokens, &mut cache)?
+                model.step(tokens, &mut cache)?
             })
         })
     }))

@@ -20,10 +20,9 @@ pub const SETUP_CELL: &str =
 const BEGIN: &str = "// BEGIN SOLUTION";
 const END: &str = "// END SOLUTION";
 
-/// What the check module prints for tooling, one line per exercise (see llm_lab::check).
-pub const REPORT_PREFIX: &str = "llm-lab check:";
-/// The line it adds after a failed exercise, with the hint.
-pub const HINT_PREFIX: &str = "llm-lab hint:";
+/// What the check module prints for tooling, one line per exercise, and after a failed one the
+/// hint: the protocol lives in the library, which writes it.
+pub use llm_lab::check::{HINT_PREFIX, REPORT_PREFIX};
 
 pub fn new_notebook(cells: &[&str]) -> Value {
     json!({
@@ -283,13 +282,14 @@ fn tagged_lines(nb: &Value, prefix: &str) -> Vec<(String, String)> {
     tagged_lines_in(&all_output_text(nb), prefix)
 }
 
-/// Every `PREFIX name = value` line of `text`, as (name, value).
+/// Every `PREFIX name = value` line of `text`, as (name, value), parsed as the library writes it.
 pub fn tagged_lines_in(text: &str, prefix: &str) -> Vec<(String, String)> {
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix(prefix))
-        .filter_map(|rest| rest.split_once(" = "))
-        .map(|(n, s)| (n.trim().to_string(), s.trim().to_string()))
-        .collect()
+    let parse = if prefix == HINT_PREFIX {
+        llm_lab::check::parse_hint_line
+    } else {
+        llm_lab::check::parse_report_line
+    };
+    text.lines().filter_map(parse).collect()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -75,10 +75,7 @@ pub struct Config {
 impl Config {
     /// The model's configuration, from a GGUF file's `{arch}.*` and `tokenizer.ggml.*` metadata.
     pub fn from_gguf(g: &mut Gguf) -> Result<Config> {
-        let arch = self
-            .meta_str("general.architecture")
-            .unwrap_or("")
-            .to_string();
+        let arch = g.meta_str("general.architecture").unwrap_or("").to_string();
         if arch != "llama" {
             return Err(Error::model_file(
                 &g.path,
@@ -90,7 +87,7 @@ impl Config {
         let k = |s: &str| format!("{arch}.{s}");
         let n_heads = g.meta_usize(&k("attention.head_count"))?;
         let d_model = g.meta_usize(&k("embedding_length"))?;
-        let d_head = self
+        let d_head = g
             .meta_usize(&k("rope.dimension_count"))
             .unwrap_or(d_model / n_heads.max(1));
         let d_vocab = match g.content.tensor_infos.get("token_embd.weight") {
@@ -98,7 +95,7 @@ impl Config {
             None => g.meta_usize(&k("vocab_size"))?,
         };
         let rope_scaling = if g.has("rope_freqs.weight") {
-            let t = self
+            let t = g
                 .tensor("rope_freqs.weight", &Device::Cpu)?
                 .dequantize(&Device::Cpu)?;
             Some(RopeScaling::FrequencyFactors(
@@ -120,7 +117,7 @@ impl Config {
         let config = Config {
             // The file name says what a student downloaded ("SmolLM2-135M-Instruct.Q4_1");
             // `general.name` is often a training-run label.
-            name: self
+            name: g
                 .path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
@@ -129,7 +126,7 @@ impl Config {
             architecture: arch.clone(),
             n_layers: g.meta_usize(&k("block_count"))?,
             n_heads,
-            n_kv_heads: self
+            n_kv_heads: g
                 .meta_usize(&k("attention.head_count_kv"))
                 .unwrap_or(n_heads),
             d_head,
@@ -139,7 +136,7 @@ impl Config {
             n_ctx: g.meta_usize(&k("context_length")).unwrap_or(2048),
             rope_theta: g.meta_f32(&k("rope.freq_base")).unwrap_or(10_000.0),
             rope_scaling,
-            rms_norm_eps: self
+            rms_norm_eps: g
                 .meta_f32(&k("attention.layer_norm_rms_epsilon"))
                 .unwrap_or(1e-5) as f64,
             bos_token_id: id("tokenizer.ggml.bos_token_id"),
@@ -266,13 +263,13 @@ impl Config {
                 self.n_layers, self.n_heads, self.d_model, self.d_vocab
             ));
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
                 "{} heads is not a multiple of {} kv heads",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.d_head % 2 != 0 || self.d_head * self.n_heads != self.d_model {
+        if !self.d_head.is_multiple_of(2) || self.d_head * self.n_heads != self.d_model {
             return bad(format!(
                 "head dim {} × {} heads does not give d_model {} with an even head dim",
                 self.d_head, self.n_heads, self.d_model
@@ -287,7 +284,8 @@ impl Config {
                 ));
             }
         }
-        if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) {
+        let positive = |x: f64| x > 0.0; // false for NaN too
+        if !positive(self.rms_norm_eps) || !positive(self.rope_theta as f64) {
             return bad("rms eps and rope base must be positive".into());
         }
         Ok(())

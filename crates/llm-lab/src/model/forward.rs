@@ -11,27 +11,37 @@ use candle_core::{DType, Device, Tensor};
 
 use super::cache::KvCache;
 use super::config::Config;
-use super::trace::Trace;
+use super::trace::{Hook, Trace};
 use super::weights::{BlockWeights, Linear, RopeStyle, Weights};
 use crate::error::Result;
 
+/// Which positions' logits a forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Positions {
+    /// `[seq, V]`: every position (training's view, the logit lens).
+    All,
+    /// `[1, V]`: only the last (generation).
+    Last,
+}
+
 /// Runs the model on `tokens` (appended after what `cache` holds) and returns logits.
-/// `all_positions` = false returns only the last position's `[1, V]`, true all `[seq, V]`.
 pub(crate) fn forward(
     config: &Config,
     w: &Weights,
     tokens: &[u32],
     cache: &mut KvCache,
     mut trace: Option<&mut Trace>,
-    all_positions: bool,
+    positions: Positions,
 ) -> Result<Tensor> {
     let device = w.final_norm.device();
     let seq = tokens.len();
     let past = cache.len();
-    let ids = Tensor::new(tokens, device)?; // [seq]
 
     // Token embeddings: one row of the table per token.
-    let mut x = w.embed.embedding(&ids)?; // [seq, D]
+    let mut x = embed(w, tokens)?; // [seq, D]
+    if let Some(t) = trace.as_deref_mut() {
+        t.record(Hook::Embed, &x);
+    }
 
     // Rotation angles for positions past..past+seq; the mask hides the future.
     let (cos, sin) = rope_tables(config, past, seq, device)?; // [seq, d/2] each
@@ -39,7 +49,7 @@ pub(crate) fn forward(
 
     for (l, block) in w.blocks.iter().enumerate() {
         if let Some(t) = trace.as_deref_mut() {
-            t.record(format!("blocks.{l}.resid_pre"), &x);
+            t.record(Hook::ResidPre(l), &x);
         }
         // Attention sub-layer, pre-norm: x + Attn(RMSNorm(x)).
         let h = rms_norm(&x, &block.attn_norm, config.rms_norm_eps)?; // [seq, D]
@@ -60,25 +70,35 @@ pub(crate) fn forward(
         let h = rms_norm(&x, &block.mlp_norm, config.rms_norm_eps)?; // [seq, D]
         let mlp = swiglu_mlp(block, &h)?; // [seq, D]
         if let Some(t) = trace.as_deref_mut() {
-            t.record(format!("blocks.{l}.attn_out"), &attn);
-            t.record(format!("blocks.{l}.resid_mid"), &x);
-            t.record(format!("blocks.{l}.mlp_out"), &mlp);
+            t.record(Hook::AttnOut(l), &attn);
+            t.record(Hook::ResidMid(l), &x);
+            t.record(Hook::MlpOut(l), &mlp);
         }
         x = (x + mlp)?;
     }
     cache.advance(seq);
-    if let Some(t) = trace.as_deref_mut() {
-        t.record("final.resid".into(), &x);
+    if let Some(t) = trace {
+        t.record(Hook::FinalResid, &x);
     }
 
-    // Final norm, then score every vocabulary entry: logits = RMSNorm(x) · W_outᵀ.
-    let x = if all_positions {
-        x
-    } else {
-        x.narrow(0, seq - 1, 1)?
+    let x = match positions {
+        Positions::All => x,
+        Positions::Last => x.narrow(0, seq - 1, 1)?,
     }; // [seq or 1, D]
-    let x = rms_norm(&x, &w.final_norm, config.rms_norm_eps)?;
-    Ok(w.lm_head.forward(&x)?) // [seq or 1, V]
+    unembed(config, w, &x) // [seq or 1, V]
+}
+
+/// The first step: each token id picks its row of the embedding table, `[seq] → [seq, D]`.
+pub(crate) fn embed(w: &Weights, tokens: &[u32]) -> Result<Tensor> {
+    let ids = Tensor::new(tokens, w.final_norm.device())?; // [seq]
+    Ok(w.embed.embedding(&ids)?) // [seq, D]
+}
+
+/// The last step: final norm, then a score for every vocabulary entry,
+/// `logits = RMSNorm(x) · W_outᵀ`, `[n, D] → [n, V]`.
+pub(crate) fn unembed(config: &Config, w: &Weights, x: &Tensor) -> Result<Tensor> {
+    let x = rms_norm(x, &w.final_norm, config.rms_norm_eps)?; // [n, D]
+    Ok(w.lm_head.forward(&x)?) // [n, V]
 }
 
 /// Multi-head self-attention with grouped KV heads and rotary positions: `[seq, D] → [seq, D]`.
@@ -93,7 +113,7 @@ fn attention(
     mask: &Tensor,
     cache: &mut KvCache,
     layer: usize,
-    trace: Option<&mut Trace>,
+    mut trace: Option<&mut Trace>,
 ) -> Result<Tensor> {
     let (seq, _) = h.dims2()?;
     let (n_h, n_kv, d) = (config.n_heads, config.n_kv_heads, config.d_head);
@@ -104,6 +124,11 @@ fn attention(
     let q = split_heads(&q, n_h, d)?; // [H, seq, d]
     let k = split_heads(&k, n_kv, d)?; // [Hkv, seq, d]
     let v = split_heads(&v, n_kv, d)?; // [Hkv, seq, d]
+    let g = n_h / n_kv;
+    if let Some(t) = trace.as_deref_mut().filter(|t| t.wants(Hook::Q(layer))) {
+        t.record(Hook::Q(layer), &q);
+        t.record(Hook::K(layer), &repeat_kv(&k, g)?);
+    }
 
     // Positions enter here, by rotating q and k (RoPE), not by adding a vector to the input.
     let q = rope(&q, cos, sin, rope_style)?; // [H, seq, d]
@@ -111,25 +136,36 @@ fn attention(
 
     // Keys and values of earlier tokens come from the cache.
     let (k, v) = cache.append(layer, &k, &v)?; // [Hkv, ctx, d] each
-    let ctx = k.dim(1)?;
-
-    // Grouped-query attention: the g = H / Hkv query heads that share a KV head are stacked
-    // (heads kv·g … kv·g + g − 1), so one product serves them all and K, V are never copied.
-    let g = n_h / n_kv;
 
     let (heads, pattern) = if seq > 1 {
-        let q_grouped = q.reshape((n_kv, g * seq, d))?; // [Hkv, g·seq, d]
-                                                        // softmax(Q Kᵀ / √d + mask) V, per head.
-        let scores = (q_grouped.matmul(&k.t()?)? / (d as f64).sqrt())?; // [Hkv, g·seq, ctx]
-        let scores = scores.reshape((n_h, seq, ctx))?.broadcast_add(mask)?; // [H, seq, ctx]
-        let pattern = candle_nn::ops::softmax_last_dim(&scores)?; // [H, seq, ctx], rows sum to 1
-        let heads = pattern.reshape((n_kv, g * seq, ctx))?.matmul(&v)?; // [Hkv, g·seq, d]
-        (heads.reshape((n_h, seq, d))?, pattern) // [H, seq, d], [H, seq, ctx]
+        // Queries in chunks, so the score matrix of a long prompt never exists all at once:
+        // memory grows linearly with the prompt, not with its square.
+        let mut heads = Vec::new();
+        let mut patterns = Vec::new();
+        let keep_pattern = trace.as_deref().is_some();
+        for start in (0..seq).step_by(QUERY_CHUNK) {
+            let n = QUERY_CHUNK.min(seq - start);
+            let q = q.narrow(1, start, n)?; // [H, n, d]
+            let mask = mask.narrow(0, start, n)?; // [n, ctx]
+            let (h, p) = grouped_attention(&q, &k, &v, &mask, g)?; // [H, n, d], [H, n, ctx]
+            heads.push(h);
+            if keep_pattern {
+                patterns.push(p);
+            }
+        }
+        let heads = Tensor::cat(&heads, 1)?; // [H, seq, d]
+        let pattern = if keep_pattern {
+            Some(Tensor::cat(&patterns, 1)?) // [H, seq, ctx]
+        } else {
+            None
+        };
+        (heads, pattern)
     } else {
         // One new token while generating: the same formula (no mask: the newest token sees
         // every position), fused into one loop, as the separate operations cost more than
         // their arithmetic at this size.
-        super::single_token::attention(&q, &k, &v)? // [H, 1, d], [H, 1, ctx]
+        let (h, p) = super::single_token::attention(&q, &k, &v)?; // [H, 1, d], [H, 1, ctx]
+        (h, Some(p))
     };
 
     // Concatenate the heads and mix them with W_O.
@@ -137,14 +173,42 @@ fn attention(
     let out = block.w_o.forward(&concat)?; // [seq, D]
 
     if let Some(t) = trace {
-        t.record(format!("blocks.{layer}.attn.pattern"), &pattern);
-        if t.options.qkv {
-            t.record(format!("blocks.{layer}.attn.q"), &q);
-            t.record(format!("blocks.{layer}.attn.k"), &repeat_kv(&k, g)?);
-            t.record(format!("blocks.{layer}.attn.v"), &repeat_kv(&v, g)?);
+        if let Some(p) = &pattern {
+            t.record(Hook::Pattern(layer), p);
+        }
+        if t.wants(Hook::RotQ(layer)) {
+            t.record(Hook::RotQ(layer), &q);
+            t.record(Hook::RotK(layer), &repeat_kv(&k, g)?);
+            t.record(Hook::V(layer), &repeat_kv(&v, g)?);
+            t.record(Hook::Z(layer), &heads);
         }
     }
     Ok(out)
+}
+
+/// Rows of queries per attention product on a prompt: bounds the score matrix to
+/// `H × QUERY_CHUNK × ctx` floats.
+const QUERY_CHUNK: usize = 256;
+
+/// `softmax(Q Kᵀ / √d + mask) V` for `n` queries against `ctx` keys.
+///
+/// Grouped-query attention: the g = H / Hkv query heads that share a KV head are stacked
+/// (heads kv·g … kv·g + g − 1), so one product serves them all and K, V are never copied.
+fn grouped_attention(
+    q: &Tensor,    // [H, n, d]
+    k: &Tensor,    // [Hkv, ctx, d]
+    v: &Tensor,    // [Hkv, ctx, d]
+    mask: &Tensor, // [n, ctx]
+    g: usize,
+) -> Result<(Tensor, Tensor)> {
+    let (n_h, n, d) = q.dims3()?;
+    let (n_kv, ctx, _) = k.dims3()?;
+    let q_grouped = q.contiguous()?.reshape((n_kv, g * n, d))?; // [Hkv, g·n, d]
+    let scores = (q_grouped.matmul(&k.t()?)? / (d as f64).sqrt())?; // [Hkv, g·n, ctx]
+    let scores = scores.reshape((n_h, n, ctx))?.broadcast_add(mask)?; // [H, n, ctx]
+    let pattern = candle_nn::ops::softmax_last_dim(&scores)?; // [H, n, ctx], rows sum to 1
+    let heads = pattern.reshape((n_kv, g * n, ctx))?.matmul(v)?; // [Hkv, g·n, d]
+    Ok((heads.reshape((n_h, n, d))?, pattern)) // [H, n, d], [H, n, ctx]
 }
 
 /// SwiGLU MLP: `W_down · (SiLU(W_gate · x) ⊙ W_up · x)`, `[seq, D] → [seq, D]`.

@@ -38,7 +38,7 @@ use candle_core::{Device, Tensor};
 
 pub use cache::KvCache;
 pub use config::{Config, RopeScaling};
-pub use trace::{Trace, TraceOptions};
+pub use trace::{AsHook, Hook, Trace, TraceOptions};
 pub use weights::{BlockWeights, Linear, RopeStyle, WeightFormat, Weights};
 
 use crate::error::{Error, Result};
@@ -215,6 +215,8 @@ impl Model {
         self.tokenizer.decode(ids)
     }
 
+    /// The one place every forward pass checks its input: at least one token, every id in the
+    /// vocabulary, and everything (cached and new) within the context window.
     fn check_tokens(&self, tokens: &[u32], cache: &KvCache) -> Result<()> {
         if tokens.is_empty() {
             return Err(Error::invalid(
@@ -227,73 +229,160 @@ impl Model {
                 self.config.d_vocab
             )));
         }
-        if cache.len() + tokens.len() > self.config.n_ctx {
-            return Err(Error::invalid(format!(
-                "{} tokens do not fit in the context window of {} tokens; shorten the prompt or keep only the last {} tokens",
-                cache.len() + tokens.len(),
-                self.config.n_ctx,
-                self.config.n_ctx
-            )));
+        let total = cache.len().saturating_add(tokens.len());
+        if total > self.config.n_ctx {
+            return Err(Error::PromptTooLong {
+                tokens: total,
+                context: self.config.n_ctx,
+            });
         }
         Ok(())
     }
 
-    /// Logits for every position of `tokens`: `[seq, d_vocab]`. Row `i` predicts token `i + 1`.
-    pub fn forward_all(&self, tokens: &[u32]) -> Result<Tensor> {
+    /// Logits at every position of `tokens`: `[seq, d_vocab]`, row `i` predicting token `i + 1`
+    /// (what training compares with the real next token).
+    ///
+    /// ```
+    /// use llm_lab::testing::{tiny_model, TinySpec};
+    /// let (_dir, model) = tiny_model(&TinySpec::default())?;
+    /// let logits = model.run(&[1, 2, 3])?;
+    /// assert_eq!(logits.dims(), &[3, model.config.d_vocab]);
+    /// # Ok::<(), llm_lab::Error>(())
+    /// ```
+    pub fn run(&self, tokens: &[u32]) -> Result<Tensor> {
         let mut cache = KvCache::new();
         self.check_tokens(tokens, &cache)?;
-        forward::forward(&self.config, &self.weights, tokens, &mut cache, None, true)
+        let all = forward::Positions::All;
+        forward::forward(&self.config, &self.weights, tokens, &mut cache, None, all)
     }
 
-    /// Logits of the last position, `[d_vocab]`, reading `tokens` after what `cache` holds and
-    /// adding them to it: the step of incremental decoding.
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        self.check_tokens(tokens, cache)?;
-        Ok(
-            forward::forward(&self.config, &self.weights, tokens, cache, None, false)?
-                .squeeze(0)?,
-        )
-    }
-
-    /// Like [`Model::forward_all`], recording attention patterns and the residual stream.
+    /// Like [`Model::run`], also recording the internals named in [`trace`] (attention
+    /// patterns, the residual stream, and with `options.qkv` queries, keys and values).
     pub fn run_with_trace(&self, tokens: &[u32], options: TraceOptions) -> Result<(Tensor, Trace)> {
         let mut cache = KvCache::new();
         self.check_tokens(tokens, &cache)?;
-        let mut trace = Trace::new(options, tokens);
+        self.check_trace_size(tokens.len(), 0)?;
+        let mut trace = Trace::new(options, tokens, self.token_strings(tokens));
+        let all = forward::Positions::All;
         let logits = forward::forward(
             &self.config,
             &self.weights,
             tokens,
             &mut cache,
             Some(&mut trace),
-            true,
+            all,
         )?;
         Ok((logits, trace))
     }
 
-    /// Like [`Model::forward`], also recording this step into a trace.
-    pub fn forward_traced(
+    /// One step of incremental decoding: reads `tokens` after what `cache` holds, adds them to
+    /// it, and returns the logits `[d_vocab]` for the token that comes next.
+    ///
+    /// ```
+    /// use llm_lab::prelude::*;
+    /// use llm_lab::testing::{tiny_model, TinySpec};
+    /// let (_dir, model) = tiny_model(&TinySpec::default())?;
+    /// let mut cache = KvCache::new();
+    /// let first = model.to_logits(&model.step(&[1, 2], &mut cache)?)?;
+    /// let next = model.step(&[first.argmax()], &mut cache)?; // only the new token is run
+    /// assert_eq!(cache.len(), 3);
+    /// let whole = model.run(&[1, 2, first.argmax()])?.get(2)?;
+    /// assert!(max_abs_diff(&next, &whole)? < 1e-4);
+    /// # Ok::<(), llm_lab::Error>(())
+    /// ```
+    pub fn step(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        self.check_tokens(tokens, cache)?;
+        let last = forward::Positions::Last;
+        let logits = forward::forward(&self.config, &self.weights, tokens, cache, None, last)?;
+        Ok(logits.squeeze(0)?) // [V]
+    }
+
+    /// Like [`Model::step`], also recording this step into a trace.
+    pub fn step_with_trace(
         &self,
         tokens: &[u32],
         cache: &mut KvCache,
         options: TraceOptions,
     ) -> Result<(Tensor, Trace)> {
         self.check_tokens(tokens, cache)?;
-        let mut trace = Trace::new(options, tokens);
+        self.check_trace_size(tokens.len(), cache.len())?;
+        let mut trace = Trace::new(options, tokens, self.token_strings(tokens));
+        let last = forward::Positions::Last;
         let logits = forward::forward(
             &self.config,
             &self.weights,
             tokens,
             cache,
             Some(&mut trace),
-            false,
-        )?
-        .squeeze(0)?;
-        Ok((logits, trace))
+            last,
+        )?;
+        Ok((logits.squeeze(0)?, trace)) // [V]
+    }
+
+    /// The first step of the forward pass on its own: token embeddings `[seq, d_model]`.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
+        self.check_tokens(tokens, &KvCache::new())?;
+        forward::embed(&self.weights, tokens)
+    }
+
+    /// A trace keeps every layer's attention pattern, `[H, seq, ctx]` floats each: refuse the
+    /// ones that would not fit in memory instead of swapping for minutes.
+    fn check_trace_size(&self, seq: usize, past: usize) -> Result<()> {
+        let floats = (past.saturating_add(seq))
+            .saturating_mul(seq)
+            .saturating_mul(self.config.n_heads)
+            .saturating_mul(self.config.n_layers);
+        if floats > MAX_TRACE_FLOATS {
+            return Err(Error::invalid(format!(
+                "tracing {seq} tokens would keep {} GB of attention patterns; trace a shorter text (a few hundred tokens), or use run() without a trace",
+                floats.saturating_mul(4) / 1_000_000_000
+            )));
+        }
+        Ok(())
     }
 
     /// Number of parameters.
     pub fn n_params(&self) -> usize {
         self.weights.n_params(&self.config)
+    }
+}
+
+/// At most 1 GiB of attention patterns in one trace.
+const MAX_TRACE_FLOATS: usize = 1 << 28;
+
+/// What [`Model::logits`] reads: a text (encoded with the model's tokenizer, BOS included when
+/// the model wants one) or token ids.
+pub trait ModelInput {
+    /// The token ids for `model`.
+    fn tokens(&self, model: &Model) -> Result<Vec<u32>>;
+}
+
+impl ModelInput for &str {
+    fn tokens(&self, model: &Model) -> Result<Vec<u32>> {
+        model.encode(self)
+    }
+}
+
+impl ModelInput for &String {
+    fn tokens(&self, model: &Model) -> Result<Vec<u32>> {
+        model.encode(self)
+    }
+}
+
+impl ModelInput for &[u32] {
+    fn tokens(&self, _: &Model) -> Result<Vec<u32>> {
+        Ok(self.to_vec())
+    }
+}
+
+impl ModelInput for &Vec<u32> {
+    fn tokens(&self, _: &Model) -> Result<Vec<u32>> {
+        Ok(self.to_vec())
+    }
+}
+
+impl<const N: usize> ModelInput for &[u32; N] {
+    fn tokens(&self, _: &Model) -> Result<Vec<u32>> {
+        Ok(self.to_vec())
     }
 }

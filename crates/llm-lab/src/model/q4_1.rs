@@ -147,17 +147,19 @@ pub fn matmul_many(kernel: Kernel, ws: &[&Q4_1Matrix], x: &[f32], m: usize, ys: 
             Some(s)
         })
         .collect();
-    let outputs: Vec<usize> = ys.iter_mut().map(|y| y.as_mut_ptr() as usize).collect();
+    let outputs: Vec<SharedRows> = ys
+        .iter_mut()
+        .zip(ws)
+        .map(|(y, w)| SharedRows::new(y, w.rows))
+        .collect();
     candle_core::utils::barrier_pool().execute_chunked(items.iter().sum(), |range| {
         for item in range {
             let k = starts.partition_point(|&s| s <= item) - 1;
             let (w, rows) = (ws[k], ws[k].rows);
-            // SAFETY: every (token, row) element of every output is written by the one worker
-            // that owns the row; `outputs` were checked to be [m, rows] above.
-            let put = |t: usize, r: usize, v: f32| unsafe {
-                *(outputs[k] as *mut f32).add(t * rows + r) = v
-            };
             let r = (item - starts[k]) * rows_per_item;
+            // SAFETY: this work item owns rows r..r + rows_per_item of output k: no other
+            // worker writes them (items are disjoint row ranges), and `put` writes no other row.
+            let put = |t: usize, row: usize, v: f32| unsafe { outputs[k].put(t, row, v) };
             if m < 4 {
                 for t in 0..m {
                     if r + 4 <= rows {
@@ -179,6 +181,42 @@ pub fn matmul_many(kernel: Kernel, ws: &[&Q4_1Matrix], x: &[f32], m: usize, ys: 
             }
         }
     });
+}
+
+/// An output matrix `[m, rows]` that the workers fill together. Work is shared out by whole
+/// rows: the worker that owns row `r` writes `(t, r)` for every token `t`, and nobody else
+/// touches that row until every worker is done (`execute_chunked` returns only then).
+struct SharedRows {
+    ptr: *mut f32,
+    rows: usize,
+    len: usize,
+}
+
+// SAFETY: workers write disjoint rows through `put` (whose contract says so) and nothing reads
+// the buffer while they run; the borrow it came from outlives the parallel section.
+unsafe impl Sync for SharedRows {}
+// SAFETY: as for Sync: a pointer to a buffer that outlives every worker.
+unsafe impl Send for SharedRows {}
+
+impl SharedRows {
+    fn new(y: &mut [f32], rows: usize) -> Self {
+        SharedRows {
+            ptr: y.as_mut_ptr(),
+            rows,
+            len: y.len(),
+        }
+    }
+
+    /// Writes element `(t, r)`.
+    ///
+    /// # Safety
+    /// Only the worker that owns row `r` may call this for row `r`.
+    unsafe fn put(&self, t: usize, r: usize, v: f32) {
+        let i = t * self.rows + r;
+        assert!(r < self.rows && i < self.len, "output element out of range");
+        // SAFETY: in bounds (checked above); no other thread writes row r (the caller's contract).
+        unsafe { *self.ptr.add(i) = v }
+    }
 }
 
 /// Rounds each row of `x` to Q8_1 blocks: `q = round(x / d)`, `d = max|x| / 127`, `s = d·Σq`,
@@ -282,18 +320,25 @@ impl Kernel {
         x: &Q8_1Rows,
         tokens: [usize; T],
     ) -> [[f32; T]; R] {
+        // The kernels read `w.cols / BLOCK` blocks per row and token, unchecked: the rows must
+        // exist and each token's activations must be at least that wide.
         assert!(
             rows.iter().all(|&r| r < w.rows)
-                && tokens.iter().all(|&t| (t + 1) * x.stride <= x.d.len())
+                && x.stride >= w.blocks_per_row()
+                && x.qs.len() >= x.d.len() * BLOCK
+                && tokens.iter().all(|&t| (t + 1) * x.stride <= x.d.len()),
+            "Q4_1 tile out of range: the activations are narrower than the matrix"
         );
         match self {
             Kernel::Scalar => rows.map(|r| tokens.map(|t| dot_scalar(w, r, x, t))),
-            // SAFETY (all three): available() saw the features; the indices were checked above.
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: available() saw the features; the indices were checked above.
             Kernel::Avx2 => unsafe { x86::tile_avx2::<R, T>(w, rows, x, tokens) },
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: available() saw the features; the indices were checked above.
             Kernel::AvxVnni => unsafe { x86::tile_avxvnni::<R, T>(w, rows, x, tokens) },
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: available() saw the features; the indices were checked above.
             Kernel::Avx512Vnni => unsafe { x86::tile_avx512vnni::<R, T>(w, rows, x, tokens) },
         }
     }
@@ -362,82 +407,88 @@ mod x86 {
                 x: &Q8_1Rows,
                 tokens: [usize; T],
             ) -> [[f32; T]; R] {
-                let nb = w.cols / BLOCK;
-                let low4 = _mm256_set1_epi8(0x0F);
-                #[allow(unused_variables)]
-                let $ones = _mm256_set1_epi16(1);
-                // The horizontal adds leave block sums in the order 0, 2, 4, 6, 1, 3, 5, 7.
-                let folded = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-                let mut tail_d = [0u16; GROUP];
-                let mut tail_m = [0u16; GROUP];
-                let mut tail_qs = [0u8; GROUP * 16];
-                let mut out = [[0f32; T]; R];
-                for i in 0..R {
-                    let row = rows[i] * nb;
-                    // Both terms of every block land in one accumulator per token.
-                    let mut acc = [_mm256_setzero_ps(); T];
-                    for g in (0..nb).step_by(GROUP) {
-                        let n = GROUP.min(nb - g);
-                        let (d, m, qs) = if n == GROUP {
-                            (
-                                w.d.as_ptr().add(row + g),
-                                w.m.as_ptr().add(row + g),
-                                w.qs.as_ptr().add((row + g) * 16),
-                            )
-                        } else {
-                            tail_d.fill(0);
-                            tail_m.fill(0);
-                            tail_qs.fill(0);
-                            tail_d[..n].copy_from_slice(&w.d[row + g..row + g + n]);
-                            tail_m[..n].copy_from_slice(&w.m[row + g..row + g + n]);
-                            tail_qs[..n * 16]
-                                .copy_from_slice(&w.qs[(row + g) * 16..(row + g + n) * 16]);
-                            (tail_d.as_ptr(), tail_m.as_ptr(), tail_qs.as_ptr())
-                        };
-                        let dw = _mm256_permutevar8x32_ps(
-                            _mm256_cvtph_ps(_mm_loadu_si128(d as *const __m128i)),
-                            folded,
-                        );
-                        let mw = _mm256_cvtph_ps(_mm_loadu_si128(m as *const __m128i));
-                        // Codes of blocks 2p and 2p+1: low nibbles are their codes 0..16, high
-                        // nibbles 16..32.
-                        let mut lo = [_mm256_setzero_si256(); GROUP / 2];
-                        let mut hi = [_mm256_setzero_si256(); GROUP / 2];
-                        for p in 0..GROUP / 2 {
-                            let packed = _mm256_loadu_si256(qs.add(p * 32) as *const __m256i);
-                            lo[p] = _mm256_and_si256(packed, low4);
-                            hi[p] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+                // SAFETY: the caller checked every row and token index; every pointer below
+                // stays inside a row's blocks (nb of them, the activations padded to whole
+                // groups) or inside the zero-padded tail buffers.
+                unsafe {
+                    let nb = w.cols / BLOCK;
+                    let low4 = _mm256_set1_epi8(0x0F);
+                    #[allow(unused_variables)]
+                    let $ones = _mm256_set1_epi16(1);
+                    // The horizontal adds leave block sums in the order 0, 2, 4, 6, 1, 3, 5, 7.
+                    let folded = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+                    let mut tail_d = [0u16; GROUP];
+                    let mut tail_m = [0u16; GROUP];
+                    let mut tail_qs = [0u8; GROUP * 16];
+                    let mut out = [[0f32; T]; R];
+                    for i in 0..R {
+                        let row = rows[i] * nb;
+                        // Both terms of every block land in one accumulator per token.
+                        let mut acc = [_mm256_setzero_ps(); T];
+                        for g in (0..nb).step_by(GROUP) {
+                            let n = GROUP.min(nb - g);
+                            let (d, m, qs) = if n == GROUP {
+                                (
+                                    w.d.as_ptr().add(row + g),
+                                    w.m.as_ptr().add(row + g),
+                                    w.qs.as_ptr().add((row + g) * 16),
+                                )
+                            } else {
+                                tail_d.fill(0);
+                                tail_m.fill(0);
+                                tail_qs.fill(0);
+                                tail_d[..n].copy_from_slice(&w.d[row + g..row + g + n]);
+                                tail_m[..n].copy_from_slice(&w.m[row + g..row + g + n]);
+                                tail_qs[..n * 16]
+                                    .copy_from_slice(&w.qs[(row + g) * 16..(row + g + n) * 16]);
+                                (tail_d.as_ptr(), tail_m.as_ptr(), tail_qs.as_ptr())
+                            };
+                            let dw = _mm256_permutevar8x32_ps(
+                                _mm256_cvtph_ps(_mm_loadu_si128(d as *const __m128i)),
+                                folded,
+                            );
+                            let mw = _mm256_cvtph_ps(_mm_loadu_si128(m as *const __m128i));
+                            // Codes of blocks 2p and 2p+1: low nibbles are their codes 0..16, high
+                            // nibbles 16..32.
+                            let mut lo = [_mm256_setzero_si256(); GROUP / 2];
+                            let mut hi = [_mm256_setzero_si256(); GROUP / 2];
+                            for p in 0..GROUP / 2 {
+                                let packed = _mm256_loadu_si256(qs.add(p * 32) as *const __m256i);
+                                lo[p] = _mm256_and_si256(packed, low4);
+                                hi[p] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+                            }
+                            for j in 0..T {
+                                let xb = tokens[j] * x.stride + g; // padded to whole groups
+                                let xq = x.qs.as_ptr().add(xb * BLOCK);
+                                let mut sums = [_mm256_setzero_si256(); GROUP / 2];
+                                for p in 0..GROUP / 2 {
+                                    let ($lo, $hi) = (lo[p], hi[p]);
+                                    let $x_lo =
+                                        _mm256_loadu_si256(xq.add(p * 64) as *const __m256i);
+                                    let $x_hi =
+                                        _mm256_loadu_si256(xq.add(p * 64 + 32) as *const __m256i);
+                                    sums[p] = $pair_sums;
+                                }
+                                let blocks = _mm256_hadd_epi32(
+                                    _mm256_hadd_epi32(sums[0], sums[1]),
+                                    _mm256_hadd_epi32(sums[2], sums[3]),
+                                );
+                                let xd = _mm256_loadu_ps(x.d_folded.as_ptr().add(xb));
+                                let xs = _mm256_loadu_ps(x.s.as_ptr().add(xb));
+                                acc[j] = _mm256_fmadd_ps(
+                                    _mm256_mul_ps(dw, xd),
+                                    _mm256_cvtepi32_ps(blocks),
+                                    acc[j],
+                                );
+                                acc[j] = _mm256_fmadd_ps(mw, xs, acc[j]);
+                            }
                         }
                         for j in 0..T {
-                            let xb = tokens[j] * x.stride + g; // padded to whole groups
-                            let xq = x.qs.as_ptr().add(xb * BLOCK);
-                            let mut sums = [_mm256_setzero_si256(); GROUP / 2];
-                            for p in 0..GROUP / 2 {
-                                let ($lo, $hi) = (lo[p], hi[p]);
-                                let $x_lo = _mm256_loadu_si256(xq.add(p * 64) as *const __m256i);
-                                let $x_hi =
-                                    _mm256_loadu_si256(xq.add(p * 64 + 32) as *const __m256i);
-                                sums[p] = $pair_sums;
-                            }
-                            let blocks = _mm256_hadd_epi32(
-                                _mm256_hadd_epi32(sums[0], sums[1]),
-                                _mm256_hadd_epi32(sums[2], sums[3]),
-                            );
-                            let xd = _mm256_loadu_ps(x.d_folded.as_ptr().add(xb));
-                            let xs = _mm256_loadu_ps(x.s.as_ptr().add(xb));
-                            acc[j] = _mm256_fmadd_ps(
-                                _mm256_mul_ps(dw, xd),
-                                _mm256_cvtepi32_ps(blocks),
-                                acc[j],
-                            );
-                            acc[j] = _mm256_fmadd_ps(mw, xs, acc[j]);
+                            out[i][j] = hsum(acc[j]);
                         }
                     }
-                    for j in 0..T {
-                        out[i][j] = hsum(acc[j]);
-                    }
+                    out
                 }
-                out
             }
         };
     }
@@ -476,7 +527,7 @@ mod x86 {
     );
 
     #[target_feature(enable = "avx2")]
-    unsafe fn hsum(v: __m256) -> f32 {
+    fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));

@@ -128,7 +128,7 @@ mod tests {
                 &v.contiguous().unwrap(),
                 n_h / n_kv,
             );
-            let diff = |a: &Tensor, b: &Tensor| crate::testing::max_abs_diff(a, b).unwrap();
+            let diff = |a: &Tensor, b: &Tensor| crate::compare::max_abs_diff(a, b).unwrap();
             assert!(
                 diff(&heads, &want_heads) < 1e-5,
                 "heads differ for {n_h}/{n_kv} heads, ctx {ctx}"

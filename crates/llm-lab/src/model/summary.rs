@@ -4,13 +4,12 @@
 use std::fmt;
 
 use super::Model;
-use crate::display::{html_escape, rich_html};
 
 fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -116,20 +115,5 @@ impl fmt::Debug for Model {
             self.config.n_heads,
             self.source.display()
         )
-    }
-}
-
-impl Model {
-    /// The module tree as HTML (what a notebook shows for a bare `model`).
-    pub fn summary_html(&self) -> String {
-        format!(
-            "<pre style=\"font-size:12px;line-height:1.3\">{}</pre>",
-            html_escape(&self.to_string())
-        )
-    }
-
-    /// evcxr's rich display hook: a notebook cell ending in `model` shows the summary.
-    pub fn evcxr_display(&self) {
-        rich_html(&self.summary_html());
     }
 }

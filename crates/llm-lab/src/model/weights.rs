@@ -7,9 +7,9 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use super::config::Config;
-use crate::gguf::Gguf;
 use super::q4_1::{Kernel, Q4_1Matrix};
 use crate::error::{Error, Result};
+use crate::gguf::Gguf;
 
 /// A weight matrix `[out, in]`, possibly quantized, applied as `x · Wᵀ`.
 #[derive(Debug, Clone)]
