@@ -18,7 +18,9 @@ const MAX_NOTEBOOK_BYTES: u64 = 64 << 20;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Passed,
-    Failed { hint: Option<String> },
+    Failed {
+        hint: Option<String>,
+    },
     NotDone,
     /// Its cell failed: a compile error, a crash (stack overflow), a missing variable.
     Error(String),
@@ -160,10 +162,10 @@ pub fn exercises(run: &Run) -> Vec<Exercise> {
         let outcome = if let Some(stop) = stopped_here {
             match stop.kind {
                 StopKind::Timeout => Outcome::TimedOut,
-                StopKind::KernelDied => Outcome::Error(format!("o kernel morreu: {}", stop.message)),
-                _ => Outcome::Error(
-                    cell_error(cell).unwrap_or_else(|| stop.message.clone()),
-                ),
+                StopKind::KernelDied => {
+                    Outcome::Error(format!("o kernel morreu: {}", stop.message))
+                }
+                _ => Outcome::Error(cell_error(cell).unwrap_or_else(|| stop.message.clone())),
             }
         } else if run.timeouts.contains(&i) {
             Outcome::TimedOut

@@ -287,8 +287,9 @@ fn inspect(model: &ModelArg) -> Result<()> {
 fn tokenize(args: &TokenizeArgs) -> Result<()> {
     let text = match (&args.text, &args.file) {
         (Some(t), _) => t.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .with_context(|| format!("cannot read {}", f.display()))?,
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?
+        }
         (None, None) => return Err(anyhow!("give exactly one of --text T or --file F")),
     };
     let model = args.model.load()?;
@@ -352,7 +353,12 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::UnknownArgument);
         let cli = Cli::command();
         let list = options_of(cli.find_subcommand("generate").unwrap());
-        for known in ["--temperature <T>", "--top-k <K>", "--model <NAME|PATH>", "--chat"] {
+        for known in [
+            "--temperature <T>",
+            "--top-k <K>",
+            "--model <NAME|PATH>",
+            "--chat",
+        ] {
             assert!(list.contains(known), "{known} missing in\n{list}");
         }
         assert!(!list.contains("--engine"), "internal options stay hidden");
@@ -383,8 +389,9 @@ mod tests {
 
     #[test]
     fn negative_values_reach_the_validation() {
-        let cli = Cli::try_parse_from(["xtask", "generate", "--prompt", "x", "--temperature", "-1"])
-            .unwrap();
+        let cli =
+            Cli::try_parse_from(["xtask", "generate", "--prompt", "x", "--temperature", "-1"])
+                .unwrap();
         let Some(Command::Generate(g)) = cli.command else {
             panic!()
         };

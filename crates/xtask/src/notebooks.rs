@@ -222,7 +222,9 @@ pub fn execute(lab: &Lab, nb: &Path, limits: Limits) -> Result<Run> {
             "error" => StopKind::CellError,
             _ => StopKind::NoKernel,
         },
-        cell: status["cell"].as_u64().and_then(|i| usize::try_from(i).ok()),
+        cell: status["cell"]
+            .as_u64()
+            .and_then(|i| usize::try_from(i).ok()),
         message: status["message"].as_str().unwrap_or_default().to_string(),
     });
     let timeouts = status["timeouts"]

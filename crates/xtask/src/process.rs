@@ -45,7 +45,10 @@ pub fn catch_interrupts() {
         for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
             // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
             unsafe {
-                libc::signal(sig, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
+                libc::signal(
+                    sig,
+                    on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+                );
             }
         }
     });
@@ -183,10 +186,8 @@ pub fn processes_with_env(entry: &str) -> Vec<libc::pid_t> {
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != me)
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
-                env.split(|&b| b == 0)
-                    .any(|kv| kv == entry.as_bytes())
-            })
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == entry.as_bytes()))
         })
         .filter_map(|pid| libc::pid_t::try_from(pid).ok())
         .collect()
@@ -207,10 +208,7 @@ mod tests {
         while tagged_processes(&tag).len() < 3 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(
-            tagged_processes(&tag).len() >= 2,
-            "the tree did not start"
-        );
+        assert!(tagged_processes(&tag).len() >= 2, "the tree did not start");
         assert!(matches!(
             run.wait(Duration::from_millis(200)).unwrap(),
             Ended::TimedOut

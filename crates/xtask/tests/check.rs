@@ -66,7 +66,11 @@ fn section<'a>(out: &'a str, name: &str) -> Vec<&'a str> {
 fn assert_nothing_left(tag: &(String, String), scratch: &Path) {
     let left = support::tagged(&tag.0, &tag.1);
     assert!(left.is_empty(), "processes left running: {left:#?}");
-    let files: Vec<_> = std::fs::read_dir(scratch).unwrap().flatten().map(|e| e.path()).collect();
+    let files: Vec<_> = std::fs::read_dir(scratch)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     assert!(files.is_empty(), "temporary files left behind: {files:#?}");
 }
 
@@ -95,8 +99,15 @@ fn a_looping_and_a_crashing_exercise_are_reported_and_leave_nothing_running() {
     let out = std::io::read_to_string(child.stdout.take().unwrap()).unwrap();
     let err = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
     eprintln!("{out}\n{err}");
-    assert_eq!(status.code(), Some(1), "a notebook that cannot run fails the check");
-    assert!(err.contains("looping.ipynb") && err.contains("crashing.ipynb"), "{err}");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a notebook that cannot run fails the check"
+    );
+    assert!(
+        err.contains("looping.ipynb") && err.contains("crashing.ipynb"),
+        "{err}"
+    );
 
     let looped = section(&out, "looping.ipynb");
     assert!(
@@ -163,7 +174,10 @@ fn ctrl_c_stops_the_check_and_its_kernel() {
     // The student's loop is running once evcxr burns CPU steadily (compiling is rustc's CPU).
     let start = Instant::now();
     while evcxr_cpu_seconds(&tag) < 15.0 && start.elapsed() < Duration::from_secs(1200) {
-        assert!(child.try_wait().unwrap().is_none(), "check ended on its own");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "check ended on its own"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(

@@ -33,9 +33,21 @@ fn misspelt_options_fail_with_the_known_ones() {
             "--top_k",
             &["--top-k <K>", "--seed <S>"],
         ),
-        (&["inspect", "--modle", "x"], "--modle", &["--model <NAME|PATH>"]),
-        (&["check", "--timout", "5"], "--timout", &["--timeout <SECS>"]),
-        (&["lab", "--no-browse"], "--no-browse", &["--port <N>", "--no-browser"]),
+        (
+            &["inspect", "--modle", "x"],
+            "--modle",
+            &["--model <NAME|PATH>"],
+        ),
+        (
+            &["check", "--timout", "5"],
+            "--timout",
+            &["--timeout <SECS>"],
+        ),
+        (
+            &["lab", "--no-browse"],
+            "--no-browse",
+            &["--port <N>", "--no-browser"],
+        ),
     ] {
         let (out, err, code) = xtask_code(args);
         assert_eq!(code, Some(2), "{args:?}: {out}{err}");
@@ -66,7 +78,10 @@ fn check_refuses_what_is_not_a_notebook() {
         let (out, err, code) = xtask_code(&["check", path]);
         assert_eq!(code, Some(1), "{path}: {out}{err}");
         assert!(err.contains(says) && err.contains(path), "{path}: {err}");
-        assert!(!err.contains("Traceback") && !out.contains("Traceback"), "{err}");
+        assert!(
+            !err.contains("Traceback") && !out.contains("Traceback"),
+            "{err}"
+        );
     }
 }
 

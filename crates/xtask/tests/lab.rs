@@ -108,8 +108,10 @@ fn assert_serves(served: &mut Served) {
     let (code, front) = get(&format!("{base}/?token={token}"));
     assert!(
         (300..400).contains(&code)
-            && front.lines().any(|l| l.to_ascii_lowercase().starts_with("location:")
-                && l.contains("/lab/tree/notebooks/01_atencao_multicabecas.ipynb")),
+            && front
+                .lines()
+                .any(|l| l.to_ascii_lowercase().starts_with("location:")
+                    && l.contains("/lab/tree/notebooks/01_atencao_multicabecas.ipynb")),
         "{front}"
     );
     let (code, response) = get(&format!(
@@ -143,7 +145,10 @@ fn lab_serves_as_the_current_user() {
     assert_serves(&mut served);
     if is_root() {
         assert!(
-            served.seen.iter().any(|l| l.contains("running as root: passing --allow-root")),
+            served
+                .seen
+                .iter()
+                .any(|l| l.contains("running as root: passing --allow-root")),
             "{}",
             served.seen.join("\n")
         );
@@ -164,9 +169,14 @@ fn lab_serves_as_a_normal_user() {
         return;
     }
     const USER: &str = "llmlab-student";
-    let exists = Command::new("id").arg(USER).output().is_ok_and(|o| o.status.success());
+    let exists = Command::new("id")
+        .arg(USER)
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !exists {
-        let made = Command::new("useradd").args(["--create-home", USER]).status();
+        let made = Command::new("useradd")
+            .args(["--create-home", USER])
+            .status();
         if !made.is_ok_and(|s| s.success()) {
             eprintln!("skipped: cannot create the user {USER} with useradd");
             return;
@@ -176,7 +186,9 @@ fn lab_serves_as_a_normal_user() {
     let python = std::fs::canonicalize(root.join(".venv/bin/python")).unwrap();
     let cargo_home = std::env::var("CARGO_HOME")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo")
+        });
     for needed in [
         std::path::PathBuf::from(env!("CARGO_BIN_EXE_xtask")),
         python.clone(),

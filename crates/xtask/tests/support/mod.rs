@@ -21,13 +21,18 @@ pub fn lab_missing() -> Option<String> {
     let python = root.join(".venv/bin/python");
     let kernel = root.join(".venv/share/jupyter/kernels/rust/kernel.json");
     if !python.exists() {
-        return Some(format!("{} is missing: run `cargo xtask setup`", python.display()));
+        return Some(format!(
+            "{} is missing: run `cargo xtask setup`",
+            python.display()
+        ));
     }
     let spec = std::fs::read_to_string(&kernel).ok()?;
     let spec: serde_json::Value = serde_json::from_str(&spec).ok()?;
     let evcxr = spec["argv"][0].as_str().unwrap_or_default();
     if !std::path::Path::new(evcxr).exists() {
-        return Some(format!("the evcxr kernel {evcxr} is not installed: run `cargo xtask setup`"));
+        return Some(format!(
+            "the evcxr kernel {evcxr} is not installed: run `cargo xtask setup`"
+        ));
     }
     None
 }
