@@ -53,6 +53,9 @@ impl Outcome {
 #[derive(Clone, Debug)]
 pub struct Exercise {
     pub name: String,
+    /// The check its cell calls (`check::attention`): the same for every student's copy of a
+    /// notebook, whatever became of the cell.
+    pub check: Option<String>,
     pub outcome: Outcome,
 }
 
@@ -147,6 +150,7 @@ pub fn exercises(run: &Run) -> Vec<Exercise> {
             };
             found.push(Exercise {
                 name: name.clone(),
+                check: check_called(&source),
                 outcome,
             });
         }
@@ -180,15 +184,20 @@ pub fn exercises(run: &Run) -> Vec<Exercise> {
         } else {
             continue;
         };
-        let name = match check_called(&source) {
+        let check = check_called(&source);
+        let name = match &check {
             Some(c) => format!("célula {i} ({c})"),
             None => format!("célula {i}"),
         };
         // Cells that are not checks and never ran say nothing about an exercise.
-        if outcome == Outcome::NotRun && check_called(&source).is_none() {
+        if outcome == Outcome::NotRun && check.is_none() {
             continue;
         }
-        found.push(Exercise { name, outcome });
+        found.push(Exercise {
+            name,
+            check,
+            outcome,
+        });
     }
     found
 }

@@ -56,6 +56,8 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Tokens/s and peak memory: glass-box (tracing off/on) vs candle's quantized_llama (and llama.cpp)
     Bench(BenchArgs),
+    /// Grade a class: run every student's exercise notebooks, write a gradebook (CSV, HTML)
+    Grade(GradeArgs),
     /// The whole test suite (what CI runs): fmt, clippy, cargo tests, then every notebook on the kernel
     Test(TestArgs),
 }
@@ -90,6 +92,17 @@ pub struct CheckArgs {
     #[arg(value_name = "NOTEBOOK")]
     pub notebooks: Vec<PathBuf>,
     /// Time limit of each cell, in seconds: a cell that runs longer is stopped and reported
+    #[arg(long, value_name = "SECS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GradeArgs {
+    /// One sub-folder of .ipynb files, or one .ipynb file, per student
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Time limit of each cell, in seconds
     #[arg(long, value_name = "SECS", default_value_t = 120,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout: u64,
@@ -260,6 +273,7 @@ pub fn run(command: Option<Command>) -> Result<()> {
         Command::Exercises { check } => crate::notebooks::exercises(check),
         Command::Check(args) => crate::check::check(&args),
         Command::Bench(args) => crate::bench::bench(&args),
+        Command::Grade(args) => crate::grade::grade(&args),
         Command::Test(args) => crate::test::test(&args),
     }
 }

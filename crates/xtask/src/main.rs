@@ -3,6 +3,7 @@
 mod bench;
 mod check;
 mod cli;
+mod grade;
 mod lab;
 mod notebooks;
 mod process;

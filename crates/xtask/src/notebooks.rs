@@ -83,6 +83,8 @@ pub struct Limits {
     /// Stop at the first cell that fails (lessons, solutions), or run them all (a student's
     /// notebook, so that one mistake does not hide the other exercises).
     pub stop_on_error: bool,
+    /// Run without network (grading other people's code), see [`offline_command`].
+    pub offline: bool,
 }
 
 impl Limits {
@@ -91,6 +93,7 @@ impl Limits {
         cell: 1800,
         dep: 3600,
         stop_on_error: true,
+        offline: false,
     };
 
     /// A student's notebook with `cell` seconds per cell.
@@ -99,6 +102,7 @@ impl Limits {
             cell,
             dep: cell.max(1800),
             stop_on_error: false,
+            offline: false,
         }
     }
 }
@@ -148,6 +152,56 @@ pub struct Run {
     pub timeouts: Vec<usize>,
 }
 
+/// `program` in a network namespace of its own where only loopback (which the kernel talks over)
+/// is up, when the system allows one (Linux with user namespaces, or root); otherwise plain, with
+/// cargo offline and the proxies of Python and curl pointing nowhere, which says so once.
+pub fn offline_command(program: &Path) -> Command {
+    static ISOLATED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    const WRAP: [&str; 6] = [
+        "--net",
+        "--map-root-user",
+        "--",
+        "sh",
+        "-c",
+        "ip link set lo up && exec \"$0\" \"$@\"",
+    ];
+    let isolated = *ISOLATED.get_or_init(|| {
+        let works = cfg!(target_os = "linux")
+            && Command::new("unshare")
+                .args(WRAP)
+                .arg("true")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        if !works {
+            eprintln!("warning: no network namespace here (unshare); the notebooks run with cargo offline and proxies closed, not isolated");
+        }
+        works
+    });
+    let mut cmd = if isolated {
+        let mut c = Command::new("unshare");
+        c.args(WRAP).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    let nowhere = "http://127.0.0.1:9";
+    cmd.env("CARGO_NET_OFFLINE", "true");
+    for var in [
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ] {
+        cmd.env(var, nowhere);
+    }
+    cmd.env_remove("no_proxy").env_remove("NO_PROXY");
+    cmd
+}
+
 /// The executor xtask runs in the lab's Python (see the file for why not `nbconvert --execute`).
 const RUNNER: &str = include_str!("run_notebook.py");
 
@@ -171,7 +225,11 @@ pub fn execute(lab: &Lab, nb: &Path, limits: Limits) -> Result<Run> {
     let log_path = tmp.path().join("log.txt");
     let log = std::fs::File::create(&log_path)?;
     let dir = nb.parent().filter(|d| !d.as_os_str().is_empty());
-    let mut cmd = Command::new(lab.python());
+    let mut cmd = if limits.offline {
+        offline_command(&lab.python())
+    } else {
+        Command::new(lab.python())
+    };
     cmd.arg(&runner)
         .arg(nb)
         .arg(&out)
