@@ -28,6 +28,11 @@ def main():
     cell_timeout, dep_timeout = int(sys.argv[5]), int(sys.argv[6])
     stop_on_error = sys.argv[7] == "1"
     nb = nbformat.read(src, as_version=4)
+    # Only what runs now counts: outputs saved in the file (stale, or typed in by hand) go.
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
 
     def timeout_of(cell):
         # `:dep` cells compile crates: their time is the machine's, not the student's code's.
