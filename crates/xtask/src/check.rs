@@ -242,8 +242,12 @@ pub fn check(args: &CheckArgs) -> Result<()> {
         files
     };
     let limits = Limits::student(args.timeout);
+    crate::process::catch_interrupts();
     let (mut passed, mut total, mut broken) = (0, 0, vec![]);
     for f in files {
+        if crate::process::interrupted() {
+            return Err(crate::process::Interrupted.into());
+        }
         let name = f
             .file_name()
             .unwrap_or_default()

@@ -276,7 +276,11 @@ pub fn grade(args: &GradeArgs) -> Result<()> {
         crate::lab::setup()?;
     }
     let mut grades = vec![];
+    crate::process::catch_interrupts();
     for sub in &subs {
+        if crate::process::interrupted() {
+            return Err(crate::process::Interrupted.into());
+        }
         eprintln!("==> {}", sub.student);
         for nb in &sub.notebooks {
             let g = grade_notebook(&lab, &sub.student, nb, args.timeout)?;
