@@ -350,7 +350,7 @@ pub fn lab(args: &LabArgs) -> Result<()> {
     cmd.arg("lab")
         .arg("--notebook-dir")
         .arg(&lab.root)
-        .arg(format!("--ServerApp.default_url={}", lab.first_page()))
+        .arg(format!("--LabApp.default_url={}", lab.first_page()))
         .current_dir(&lab.root);
     cmd.env("EVCXR_CONFIG_DIR", &lab.evcxr_config);
     if running_as_root() {

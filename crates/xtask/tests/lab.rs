@@ -83,7 +83,7 @@ fn serve(mut cmd: Command) -> Served {
 fn get(url: &str) -> (u16, String) {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut s = TcpStream::connect(host).unwrap();
+    let mut s = TcpStream::connect(host).unwrap_or_else(|e| panic!("{url}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
     let mut response = String::new();
@@ -98,6 +98,7 @@ fn get(url: &str) -> (u16, String) {
 
 /// The lab answers on its URL, opens on the first lesson, and its settings hold no news.
 fn assert_serves(served: &mut Served) {
+    eprintln!("{}", served.seen.join("\n"));
     let (code, body) = get(&served.url);
     assert_eq!(code, 200, "{}: {body}", served.url);
     let token = served.url.split("token=").nth(1).unwrap().to_string();
