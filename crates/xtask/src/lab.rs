@@ -131,8 +131,18 @@ pub fn evcxr_binary() -> Option<PathBuf> {
 
 /// The version cargo installed (evcxr_jupyter has no `--version`); None for a binary cargo does not know.
 fn evcxr_version(bin: &Path) -> Option<String> {
-    if bin.parent() != Some(cargo_bin_dir().as_path()) {
+    let bin_dir = cargo_bin_dir();
+    if bin.parent() != Some(bin_dir.as_path()) {
         return None;
+    }
+    // cargo's record of installed crates, read directly: `cargo install --list` takes cargo's
+    // package lock, which a user sharing another's installation (read-only) cannot take.
+    let recorded = bin_dir
+        .parent()
+        .and_then(|home| std::fs::read_to_string(home.join(".crates.toml")).ok())
+        .and_then(|toml| evcxr_in_crates_toml(&toml));
+    if recorded.is_some() {
+        return recorded;
     }
     let out = Command::new(env!("CARGO"))
         .args(["install", "--list"])
@@ -142,6 +152,14 @@ fn evcxr_version(bin: &Path) -> Option<String> {
         .lines()
         .find_map(|l| l.strip_prefix("evcxr_jupyter v"))
         .map(|v| v.trim_end_matches(':').to_string())
+}
+
+/// The evcxr_jupyter version in cargo's `.crates.toml` (`"evcxr_jupyter 0.22.0 (registry+…)" = […]`).
+fn evcxr_in_crates_toml(toml: &str) -> Option<String> {
+    toml.lines().find_map(|l| {
+        let rest = l.trim_start().strip_prefix("\"evcxr_jupyter ")?;
+        rest.split_whitespace().next().map(str::to_string)
+    })
 }
 
 /// Runs one step, announcing it and saying how long it took.
@@ -370,4 +388,16 @@ pub fn lab(args: &LabArgs) -> Result<()> {
         bail!("JupyterLab exited with {status}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_evcxr_version_from_cargo_record() {
+        let toml = "[v1]\n\"cargo-fuzz 0.12.0 (registry+https://github.com/rust-lang/crates.io-index)\" = [\"cargo-fuzz\"]\n\"evcxr_jupyter 0.22.0 (registry+https://github.com/rust-lang/crates.io-index)\" = [\"evcxr_jupyter\"]\n";
+        assert_eq!(evcxr_in_crates_toml(toml).as_deref(), Some("0.22.0"));
+        assert_eq!(evcxr_in_crates_toml("[v1]\n"), None);
+    }
 }

@@ -55,6 +55,8 @@ fn serve(mut cmd: Command) -> Served {
             }
         });
     }
+    // Only the readers hold senders now: the channel ends when JupyterLab's output does.
+    drop(tx);
     let mut seen = vec![];
     let url = loop {
         match rx.recv_timeout(Duration::from_secs(300)) {
