@@ -320,7 +320,17 @@ impl Lab {
 
     fn write_settings(&self) -> Result<()> {
         let path = self.settings_overrides();
-        if std::fs::read_to_string(&path).is_ok_and(|s| s == SETTINGS_OVERRIDES) {
+        let readable_by_all = |p: &Path| {
+            #[cfg(unix)]
+            return std::fs::metadata(p).is_ok_and(|m| {
+                std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o004 != 0
+            });
+            #[cfg(not(unix))]
+            true
+        };
+        if std::fs::read_to_string(&path).is_ok_and(|s| s == SETTINGS_OVERRIDES)
+            && readable_by_all(&path)
+        {
             return Ok(());
         }
         let dir = path.parent().context("settings path has a folder")?;
@@ -328,6 +338,12 @@ impl Lab {
         // Written whole then renamed: JupyterLab never reads half a file.
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
         std::io::Write::write_all(&mut tmp, SETTINGS_OVERRIDES.as_bytes())?;
+        // tempfile makes it private (0600); JupyterLab may run as another user of the lab.
+        #[cfg(unix)]
+        std::fs::set_permissions(
+            tmp.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )?;
         tmp.persist(&path)?;
         Ok(())
     }
