@@ -85,7 +85,19 @@ fn serve(mut cmd: Command) -> Served {
 fn get(url: &str) -> (u16, String) {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut s = TcpStream::connect(host).unwrap_or_else(|e| panic!("{url}: {e}"));
+    // JupyterLab prints its URL a moment before it listens.
+    let mut tries = 0;
+    let mut s = loop {
+        match TcpStream::connect(host) {
+            Ok(s) => break s,
+            Err(e) if tries < 120 => {
+                tries += 1;
+                eprintln!("{url}: {e}, retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("{url}: {e}"),
+        }
+    };
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
     let mut response = String::new();
