@@ -89,7 +89,7 @@ fn a_looping_and_a_crashing_exercise_are_reported_and_leave_nothing_running() {
         .arg("check")
         .arg(&looping)
         .arg(&crashing)
-        .args(["--timeout", "40"])
+        .args(["--timeout", "90"])
         .env("TMPDIR", scratch.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
