@@ -212,6 +212,10 @@ fn describe(e: &Exercise, timeout: u64) -> String {
             Some(h) => format!("{mark} {}: failed\n     dica: {h}", e.name),
             None => format!("{mark} {}: failed", e.name),
         },
+        Outcome::Error(msg) if msg.contains("SIGSEGV") || msg.contains("SIGABRT") => format!(
+            "{mark} {}: erro\n     {msg}\n     o processo que roda o código caiu: uma recursão sem fim (estouro de pilha)?",
+            e.name
+        ),
         Outcome::Error(msg) => format!("{mark} {}: erro\n     {msg}", e.name),
         Outcome::TimedOut => format!(
             "{mark} {}: tempo esgotado\n     a célula passou de {timeout} s e foi interrompida (um laço que nunca termina?)",
