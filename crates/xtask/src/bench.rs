@@ -14,7 +14,7 @@ use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use llm_lab::{KvCache, Model, TraceOptions};
 
-use crate::cli::Args;
+use crate::cli::BenchArgs;
 
 const TEXT: &str = "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg \
 combined movable metal type, oil-based ink and a wooden screw press into a system that could produce books \
@@ -129,13 +129,15 @@ fn peak_rss_mb(status: &str) -> Option<f64> {
 }
 
 /// The child side: measures one engine and prints one JSON line.
-fn run_engine(args: &Args, engine: &str) -> Result<()> {
-    let path =
-        std::path::PathBuf::from(args.get("model-path").context("--model-path is required")?);
+fn run_engine(args: &BenchArgs, engine: &str) -> Result<()> {
+    let path = args
+        .model_path
+        .clone()
+        .context("--model-path is required")?;
     let prompt: Vec<u32> =
-        serde_json::from_str(args.get("tokens").context("--tokens is required")?)?;
-    let n_gen: usize = args.parsed("gen-tokens")?.unwrap_or(64);
-    let repeats: usize = args.parsed("repeats")?.unwrap_or(3).max(1);
+        serde_json::from_str(args.tokens.as_deref().context("--tokens is required")?)?;
+    let n_gen = args.gen_tokens;
+    let repeats = args.repeats.max(1);
     let mut run = match engine {
         "candle-transformers (quantized_llama or quantized_gemma3)" => quantized_llama(&path)?,
         "glass-box" => glass_box(&path, false)?,
@@ -232,7 +234,7 @@ fn measure_engine(
 
 /// llama.cpp's `llama-bench` on the same file, prompt length, generation length and threads.
 fn measure_llama_cpp(
-    bin: &str,
+    bin: &std::path::Path,
     path: &std::path::Path,
     n_prompt: usize,
     n_gen: usize,
@@ -284,29 +286,28 @@ fn measure_llama_cpp(
     })
 }
 
-pub fn bench(args: &Args) -> Result<()> {
+pub fn bench(args: &BenchArgs) -> Result<()> {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "2");
     }
-    if let Some(engine) = args.get("engine") {
+    if let Some(engine) = &args.engine {
         return run_engine(args, engine);
     }
     let threads = std::env::var("CANDLE_NUM_THREADS")?;
-    let n_prompt: usize = args.parsed("prompt-tokens")?.unwrap_or(64);
-    let n_gen: usize = args.parsed("gen-tokens")?.unwrap_or(64);
-    let repeats: usize = args.parsed("repeats")?.unwrap_or(3).max(1);
-    let rounds: usize = args.parsed("rounds")?.unwrap_or(2).max(1);
+    let n_prompt = args.prompt_tokens;
+    let n_gen = args.gen_tokens;
+    let repeats = args.repeats.max(1);
+    let rounds = args.rounds.max(1);
     if n_prompt == 0 {
         bail!("--prompt-tokens must be at least 1");
     }
-    let model = args.get("model").unwrap_or(llm_lab::models::DEFAULT_MODEL);
-    let path = if std::path::Path::new(model).is_file() {
-        std::path::PathBuf::from(model)
-    } else {
-        llm_lab::models::fetch(model)?
-    };
+    // The parent loads the model once for its tokenizer and resolved path (NAME or PATH alike);
+    // only the children's memory is measured.
+    let Model {
+        tokenizer, source, ..
+    } = args.model.load()?;
+    let path = source;
     let file_mb = std::fs::metadata(&path)?.len() as f64 / (1024.0 * 1024.0);
-    let tokenizer = Model::load(&path)?.tokenizer;
     let mut prompt = tokenizer.encode(TEXT)?;
     while prompt.len() < n_prompt {
         prompt.extend_from_within(..);
@@ -334,7 +335,7 @@ pub fn bench(args: &Args) -> Result<()> {
                 None => rows.push(row),
             }
         }
-        if let Some(bin) = args.get("llama-bench") {
+        if let Some(bin) = &args.llama_bench {
             let row = measure_llama_cpp(bin, &path, n_prompt, n_gen, repeats, &threads)?;
             llama_cpp = Some(match llama_cpp {
                 Some(best) => best.best_of(row),
@@ -376,7 +377,7 @@ pub fn bench(args: &Args) -> Result<()> {
         );
     }
 
-    if let Some(out) = args.get("json") {
+    if let Some(out) = &args.json {
         let row_json = |r: &Row| serde_json::json!({"name": r.name, "prompt_tok_s": r.prompt_tok_s, "gen_tok_s": r.gen_tok_s, "peak_rss_mb": r.peak_rss_mb});
         let mut json = serde_json::json!({
             "model": path.display().to_string(), "file_mb": file_mb, "threads": threads, "q4_1_kernel": llm_lab::model::q4_1_kernel(), "prompt_tokens": n_prompt, "gen_tokens": n_gen,
@@ -392,7 +393,7 @@ pub fn bench(args: &Args) -> Result<()> {
             json["ratios"]["llama_cpp_generation"] = (glass.gen_tok_s / l.gen_tok_s).into();
         }
         std::fs::write(out, serde_json::to_string_pretty(&json)?)?;
-        println!("wrote {out}");
+        println!("wrote {}", out.display());
     }
     Ok(())
 }

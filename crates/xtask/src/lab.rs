@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cli::Args;
+use crate::cli::LabArgs;
+use crate::notebooks::Limits;
 use crate::test::run_step;
 
 /// Pinned versions: the course must behave the same on every student's machine.
@@ -46,7 +47,7 @@ impl Lab {
         self.venv.join("bin").join("jupyter")
     }
 
-    fn python(&self) -> PathBuf {
+    pub fn python(&self) -> PathBuf {
         self.venv.join("bin").join("python")
     }
 
@@ -130,8 +131,18 @@ pub fn evcxr_binary() -> Option<PathBuf> {
 
 /// The version cargo installed (evcxr_jupyter has no `--version`); None for a binary cargo does not know.
 fn evcxr_version(bin: &Path) -> Option<String> {
-    if bin.parent() != Some(cargo_bin_dir().as_path()) {
+    let bin_dir = cargo_bin_dir();
+    if bin.parent() != Some(bin_dir.as_path()) {
         return None;
+    }
+    // cargo's record of installed crates, read directly: `cargo install --list` takes cargo's
+    // package lock, which a user sharing another's installation (read-only) cannot take.
+    let recorded = bin_dir
+        .parent()
+        .and_then(|home| std::fs::read_to_string(home.join(".crates.toml")).ok())
+        .and_then(|toml| evcxr_in_crates_toml(&toml));
+    if recorded.is_some() {
+        return recorded;
     }
     let out = Command::new(env!("CARGO"))
         .args(["install", "--list"])
@@ -141,6 +152,14 @@ fn evcxr_version(bin: &Path) -> Option<String> {
         .lines()
         .find_map(|l| l.strip_prefix("evcxr_jupyter v"))
         .map(|v| v.trim_end_matches(':').to_string())
+}
+
+/// The evcxr_jupyter version in cargo's `.crates.toml` (`"evcxr_jupyter 0.22.0 (registry+…)" = […]`).
+fn evcxr_in_crates_toml(toml: &str) -> Option<String> {
+    toml.lines().find_map(|l| {
+        let rest = l.trim_start().strip_prefix("\"evcxr_jupyter ")?;
+        rest.split_whitespace().next().map(str::to_string)
+    })
 }
 
 /// Runs one step, announcing it and saying how long it took.
@@ -157,7 +176,7 @@ pub fn timed<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 /// `cargo xtask setup`: idempotent; each step says what it did and how long it took.
-pub fn setup(_args: &Args) -> Result<()> {
+pub fn setup() -> Result<()> {
     let lab = Lab::new();
     let total = Instant::now();
     timed("python virtual environment (.venv)", || {
@@ -226,6 +245,9 @@ pub fn setup(_args: &Args) -> Result<()> {
             Ok(())
         },
     )?;
+    timed("JupyterLab settings of the lab (no news pop-up)", || {
+        lab.write_settings()
+    })?;
     timed("models", || {
         for m in llm_lab::models::registry() {
             llm_lab::models::fetch(m.name)?;
@@ -246,56 +268,133 @@ pub fn setup(_args: &Args) -> Result<()> {
 /// Runs a one-cell notebook — the lessons' first cell and a forward pass — on a fresh kernel and
 /// returns its wall time.
 pub fn warm(lab: &Lab) -> Result<f64> {
-    let tmp = tempfile_dir("warm")?;
-    let nb = tmp.join("warm.ipynb");
     let cells = [
         crate::notebooks::SETUP_CELL,
         "let model = Model::load_default()?;\nlet logits = model.logits(\"The capital of France is\")?;\nprintln!(\"{:?}\", logits.top_k(3));",
     ];
-    std::fs::write(&nb, crate::notebooks::new_notebook(&cells).to_string())?;
-    // The notebook sits where lessons do, so its relative `:dep` path is the same.
-    let placed = lab.root.join("notebooks").join(".warm.ipynb");
+    // The notebook sits where lessons do, so its relative `:dep` path is the same; its file is
+    // removed however this ends.
     std::fs::create_dir_all(lab.root.join("notebooks"))?;
-    std::fs::copy(&nb, &placed)?;
+    let placed = tempfile::Builder::new()
+        .prefix(".warm-")
+        .suffix(".ipynb")
+        .tempfile_in(lab.root.join("notebooks"))?;
+    std::fs::write(
+        placed.path(),
+        crate::notebooks::new_notebook(&cells).to_string(),
+    )?;
     let t = Instant::now();
-    let r = crate::notebooks::execute(lab, &placed, &tmp.join("out.ipynb"));
-    let _ = std::fs::remove_file(&placed);
-    let executed = r?;
+    let run = crate::notebooks::execute(lab, placed.path(), Limits::SETUP)?;
     let secs = t.elapsed().as_secs_f64();
-    let text = crate::notebooks::all_output_text(&executed);
+    let text = crate::notebooks::all_output_text(&run.nb);
+    if let Some(stop) = &run.stop {
+        bail!("the warm-up notebook did not run to its end: {stop}\n{text}");
+    }
     if !text.contains("TokenProb") {
         bail!("the warm-up notebook ran but printed no logits:\n{text}");
     }
-    let _ = std::fs::remove_dir_all(&tmp);
     Ok(secs)
 }
 
-pub fn tempfile_dir(tag: &str) -> Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!(
-        "llm-lab-{tag}-{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos()
-    ));
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
+/// JupyterLab settings of this lab only, written into `.venv` (JupyterLab's application
+/// settings folder), never into the user's own `~/.jupyter`: no "get notified about official
+/// Jupyter news?" pop-up and no update check on a course machine.
+pub const SETTINGS_OVERRIDES: &str = r#"{
+  "@jupyterlab/apputils-extension:notification": {
+    "checkForUpdates": false,
+    "fetchNews": "false"
+  }
+}
+"#;
+
+impl Lab {
+    /// `overrides.json` in the lab's own JupyterLab, see [`SETTINGS_OVERRIDES`].
+    pub fn settings_overrides(&self) -> PathBuf {
+        self.venv
+            .join("share")
+            .join("jupyter")
+            .join("lab")
+            .join("settings")
+            .join("overrides.json")
+    }
+
+    fn write_settings(&self) -> Result<()> {
+        let path = self.settings_overrides();
+        let readable_by_all = |p: &Path| {
+            #[cfg(unix)]
+            return std::fs::metadata(p).is_ok_and(|m| {
+                std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o004 != 0
+            });
+            #[cfg(not(unix))]
+            true
+        };
+        if std::fs::read_to_string(&path).is_ok_and(|s| s == SETTINGS_OVERRIDES)
+            && readable_by_all(&path)
+        {
+            return Ok(());
+        }
+        let dir = path.parent().context("settings path has a folder")?;
+        std::fs::create_dir_all(dir)?;
+        // Written whole then renamed: JupyterLab never reads half a file.
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        std::io::Write::write_all(&mut tmp, SETTINGS_OVERRIDES.as_bytes())?;
+        // tempfile makes it private (0600); JupyterLab may run as another user of the lab.
+        #[cfg(unix)]
+        std::fs::set_permissions(
+            tmp.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )?;
+        tmp.persist(&path)?;
+        Ok(())
+    }
+
+    /// The page JupyterLab opens: the first lesson, else the README.
+    fn first_page(&self) -> String {
+        let lesson = crate::notebooks::list(&self.root.join("notebooks"))
+            .ok()
+            .and_then(|v| v.into_iter().next())
+            .and_then(|p| {
+                p.strip_prefix(&self.root)
+                    .ok()
+                    .map(|r| r.to_string_lossy().into_owned())
+            });
+        format!("/lab/tree/{}", lesson.unwrap_or_else(|| "README.md".into()))
+    }
 }
 
-/// `cargo xtask lab`: setup when needed, then JupyterLab on the repository.
-pub fn lab(args: &Args) -> Result<()> {
+/// Whether xtask runs as root (containers, cloud VMs, Codespaces).
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    #[cfg(unix)]
+    return unsafe { libc::geteuid() } == 0;
+    #[cfg(not(unix))]
+    false
+}
+
+/// `cargo xtask lab`: setup when needed, then JupyterLab on the repository, opened on the first
+/// lesson.
+pub fn lab(args: &LabArgs) -> Result<()> {
     let lab = Lab::new();
     if !lab.is_ready() {
-        setup(args)?;
+        setup()?;
     }
+    lab.write_settings()
+        .context("cannot write the lab's JupyterLab settings into .venv")?;
     let mut cmd = Command::new(lab.jupyter());
     cmd.arg("lab")
         .arg("--notebook-dir")
         .arg(&lab.root)
+        .arg(format!("--LabApp.default_url={}", lab.first_page()))
         .current_dir(&lab.root);
     cmd.env("EVCXR_CONFIG_DIR", &lab.evcxr_config);
-    if let Some(port) = args.get("port") {
+    if running_as_root() {
+        eprintln!("running as root: passing --allow-root to JupyterLab");
+        cmd.arg("--allow-root");
+    }
+    if let Some(port) = args.port {
         cmd.arg(format!("--port={port}"));
     }
-    if args.flag("no-browser") {
+    if args.no_browser {
         cmd.arg("--no-browser");
     }
     let status = cmd
@@ -305,4 +404,16 @@ pub fn lab(args: &Args) -> Result<()> {
         bail!("JupyterLab exited with {status}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_evcxr_version_from_cargo_record() {
+        let toml = "[v1]\n\"cargo-fuzz 0.12.0 (registry+https://github.com/rust-lang/crates.io-index)\" = [\"cargo-fuzz\"]\n\"evcxr_jupyter 0.22.0 (registry+https://github.com/rust-lang/crates.io-index)\" = [\"evcxr_jupyter\"]\n";
+        assert_eq!(evcxr_in_crates_toml(toml).as_deref(), Some("0.22.0"));
+        assert_eq!(evcxr_in_crates_toml("[v1]\n"), None);
+    }
 }

@@ -1,20 +1,14 @@
 //! `cargo xtask …`: the project's commands, in Rust so they run wherever cargo does.
 
 mod bench;
+mod check;
 mod cli;
+mod grade;
 mod lab;
 mod notebooks;
+mod process;
 mod test;
 
-use std::process::ExitCode;
-
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match cli::run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+fn main() -> std::process::ExitCode {
+    cli::main()
 }

@@ -3,12 +3,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::cli::Args;
-use crate::lab::{tempfile_dir, Lab};
+use crate::lab::Lab;
+use crate::process::{Ended, Supervised};
 
 /// The first cell of every notebook: the helper crate by a path that works from notebooks/,
 /// exercises/ and solutions/ alike, and everything a lesson needs in scope.
@@ -71,45 +72,230 @@ fn write(path: &Path, nb: &Value) -> Result<()> {
     Ok(())
 }
 
-/// Executes `nb` on a fresh kernel with its own evcxr work folder (two kernels sharing one break
-/// each other), writes the executed copy to `out` and returns it.
-pub fn execute(lab: &Lab, nb: &Path, out: &Path) -> Result<Value> {
-    let tmp = tempfile_dir("kernel")?;
-    let dir = nb.parent().unwrap_or(Path::new("."));
-    let mut cmd = Command::new(lab.jupyter());
-    cmd.args([
-        "nbconvert",
-        "--to",
-        "notebook",
-        "--execute",
-        "--ExecutePreprocessor.kernel_name=rust",
-        "--ExecutePreprocessor.timeout=1800",
-    ])
-    .arg("--ExecutePreprocessor.startup_timeout=120")
-    .arg("--output-dir")
-    .arg(out.parent().unwrap_or(Path::new(".")))
-    .arg("--output")
-    .arg(out.file_name().unwrap_or_default())
-    .arg(nb)
-    .current_dir(dir);
-    lab.kernel_env(&mut cmd, &tmp);
-    let output = cmd
-        .output()
-        .with_context(|| "cannot run jupyter nbconvert; run `cargo xtask setup`")?;
-    let _ = std::fs::remove_dir_all(&tmp);
-    if !output.status.success() {
-        let err = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = err
-            .lines()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        bail!("{} failed to execute:\n{}", nb.display(), tail.join("\n"));
+/// Time limits of a notebook run, in seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Each cell's.
+    pub cell: u64,
+    /// A `:dep` cell's: it compiles crates (candle, on a cold cache, for minutes), which is the
+    /// machine's time, not the code's.
+    pub dep: u64,
+    /// Stop at the first cell that fails (lessons, solutions), or run them all (a student's
+    /// notebook, so that one mistake does not hide the other exercises).
+    pub stop_on_error: bool,
+    /// Run without network (grading other people's code), see [`offline_command`].
+    pub offline: bool,
+}
+
+impl Limits {
+    /// Lessons, solutions and the warm-up: long limits, the first error ends the run.
+    pub const SETUP: Limits = Limits {
+        cell: 1800,
+        dep: 3600,
+        stop_on_error: true,
+        offline: false,
+    };
+
+    /// A student's notebook with `cell` seconds per cell.
+    pub fn student(cell: u64) -> Limits {
+        Limits {
+            cell,
+            dep: cell.max(1800),
+            stop_on_error: false,
+            offline: false,
+        }
     }
-    read(out)
+}
+
+/// Why a run ended before its last cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopKind {
+    /// A cell ran past its time limit.
+    Timeout,
+    /// The kernel died (a crash in a cell).
+    KernelDied,
+    /// A cell failed and the run stops at the first failure.
+    CellError,
+    /// The kernel could not start.
+    NoKernel,
+}
+
+/// Where and why a run stopped early.
+#[derive(Clone, Debug)]
+pub struct Stop {
+    pub kind: StopKind,
+    /// The index of the cell that was running, if one was.
+    pub cell: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.kind {
+            StopKind::Timeout => "timed out",
+            StopKind::KernelDied => "the kernel died",
+            StopKind::CellError => "error",
+            StopKind::NoKernel => "the kernel did not start",
+        };
+        match self.cell {
+            Some(i) => write!(f, "cell {i}: {what}: {}", self.message),
+            None => write!(f, "{what}: {}", self.message),
+        }
+    }
+}
+
+/// An executed notebook: every cell that ran has its outputs; `stop` says why it ended early.
+pub struct Run {
+    pub nb: Value,
+    pub stop: Option<Stop>,
+    /// Cells interrupted after their time limit, the run going on after them (students' runs).
+    pub timeouts: Vec<usize>,
+}
+
+/// `program` in a network namespace of its own where only loopback (which the kernel talks over)
+/// is up, when the system allows one (Linux with user namespaces, or root); otherwise plain, with
+/// cargo offline and the proxies of Python and curl pointing nowhere, which says so once.
+pub fn offline_command(program: &Path) -> Command {
+    static ISOLATED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    const WRAP: [&str; 6] = [
+        "--net",
+        "--map-root-user",
+        "--",
+        "sh",
+        "-c",
+        "ip link set lo up && exec \"$0\" \"$@\"",
+    ];
+    let isolated = *ISOLATED.get_or_init(|| {
+        let works = cfg!(target_os = "linux")
+            && Command::new("unshare")
+                .args(WRAP)
+                .arg("true")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        if !works {
+            eprintln!("warning: no network namespace here (unshare); the notebooks run with cargo offline and proxies closed, not isolated");
+        }
+        works
+    });
+    let mut cmd = if isolated {
+        let mut c = Command::new("unshare");
+        c.args(WRAP).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    let nowhere = "http://127.0.0.1:9";
+    cmd.env("CARGO_NET_OFFLINE", "true");
+    for var in [
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ] {
+        cmd.env(var, nowhere);
+    }
+    cmd.env_remove("no_proxy").env_remove("NO_PROXY");
+    cmd
+}
+
+/// The executor xtask runs in the lab's Python (see the file for why not `nbconvert --execute`).
+const RUNNER: &str = include_str!("run_notebook.py");
+
+/// Executes `nb` on a fresh kernel with its own evcxr work folder (two kernels sharing one break
+/// each other), within `limits`. The run is supervised: when it ends, times out or is
+/// interrupted, no process it started is left running and its temporary folder is gone.
+pub fn execute(lab: &Lab, nb: &Path, limits: Limits) -> Result<Run> {
+    let source = read(nb)?;
+    let tmp = tempfile::Builder::new().prefix("llm-lab-run-").tempdir()?;
+    let (runner, out, status) = (
+        tmp.path().join("run_notebook.py"),
+        tmp.path().join("out.ipynb"),
+        tmp.path().join("status.json"),
+    );
+    std::fs::write(&runner, RUNNER)?;
+    // evcxr's work folder, and everyone's temporary files (rustc's, Python's): a killed compiler
+    // cannot leave its files behind, they go with this folder.
+    let (evcxr_tmp, other_tmp) = (tmp.path().join("evcxr"), tmp.path().join("tmp"));
+    std::fs::create_dir(&evcxr_tmp)?;
+    std::fs::create_dir(&other_tmp)?;
+    let log_path = tmp.path().join("log.txt");
+    let log = std::fs::File::create(&log_path)?;
+    let dir = nb.parent().filter(|d| !d.as_os_str().is_empty());
+    let mut cmd = if limits.offline {
+        offline_command(&lab.python())
+    } else {
+        Command::new(lab.python())
+    };
+    cmd.arg(&runner)
+        .arg(nb)
+        .arg(&out)
+        .arg(&status)
+        .arg("rust")
+        .arg(limits.cell.to_string())
+        .arg(limits.dep.to_string())
+        .arg(if limits.stop_on_error { "1" } else { "0" })
+        .current_dir(dir.unwrap_or(Path::new(".")))
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    lab.kernel_env(&mut cmd, &evcxr_tmp);
+    cmd.env("TMPDIR", &other_tmp);
+    // A safety net above the executor's own limits: kernel start, every cell's limit, shutdown.
+    let cells = source["cells"].as_array().map_or(0, Vec::len) as u64;
+    let overall = 300u64
+        .saturating_add(limits.dep)
+        .saturating_add(limits.cell.saturating_mul(cells));
+    let mut child = Supervised::spawn(&mut cmd)
+        .context("cannot run the notebook executor; run `cargo xtask setup`")?;
+    let ended = child.wait(Duration::from_secs(overall))?;
+    drop(child);
+    let log_tail = || {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    };
+    match ended {
+        Ended::TimedOut => bail!(
+            "{} did not finish within {overall} s and was stopped",
+            nb.display()
+        ),
+        Ended::Exited(s) if !s.success() => bail!(
+            "the notebook executor failed on {} ({s}):\n{}",
+            nb.display(),
+            log_tail()
+        ),
+        Ended::Exited(_) => {}
+    }
+    let status: Value = serde_json::from_str(
+        &std::fs::read_to_string(&status).context("the notebook executor wrote no status")?,
+    )?;
+    let stop = status["stopped"].as_str().map(|kind| Stop {
+        kind: match kind {
+            "timeout" => StopKind::Timeout,
+            "dead" => StopKind::KernelDied,
+            "error" => StopKind::CellError,
+            _ => StopKind::NoKernel,
+        },
+        cell: status["cell"]
+            .as_u64()
+            .and_then(|i| usize::try_from(i).ok()),
+        message: status["message"].as_str().unwrap_or_default().to_string(),
+    });
+    let timeouts = status["timeouts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| usize::try_from(i.as_u64()?).ok())
+        .collect();
+    Ok(Run {
+        nb: read(&out)?,
+        stop,
+        timeouts,
+    })
 }
 
 /// Every output of every cell as text (streams, plain text, HTML, errors), each output on lines of
@@ -125,7 +311,7 @@ pub fn all_output_text(nb: &Value) -> String {
     s
 }
 
-fn output_text(o: &Value) -> String {
+pub fn output_text(o: &Value) -> String {
     let join = |v: &Value| match v {
         Value::Array(a) => a.iter().filter_map(Value::as_str).collect::<String>(),
         Value::String(s) => s.clone(),
@@ -153,12 +339,17 @@ pub fn check_reports(nb: &Value) -> Vec<(String, String)> {
 
 /// Every `PREFIX name = value` line a notebook printed, as (name, value).
 fn tagged_lines(nb: &Value, prefix: &str) -> Vec<(String, String)> {
+    tagged_lines_in(&all_output_text(nb), prefix)
+}
+
+/// Every `PREFIX name = value` line of `text`, as (name, value), parsed as the library writes it.
+pub fn tagged_lines_in(text: &str, prefix: &str) -> Vec<(String, String)> {
     let parse = if prefix == HINT_PREFIX {
         llm_lab::check::parse_hint_line
     } else {
         llm_lab::check::parse_report_line
     };
-    all_output_text(nb).lines().filter_map(parse).collect()
+    text.lines().filter_map(parse).collect()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -245,33 +436,37 @@ pub fn run_all(
             continue;
         }
         let t = std::time::Instant::now();
-        let out = tempfile_dir("nb")?.join("out.ipynb");
-        let result = execute(lab, &nb, &out);
         let rel = nb
             .strip_prefix(&lab.root)
             .unwrap_or(&nb)
             .display()
             .to_string();
-        match result {
-            Err(e) => all.push(format!("{rel}: {e:#}")),
-            Ok(executed) => {
-                let p = problems(kind, &executed);
-                eprintln!(
-                    "    {rel}: {} in {:.0} s{}",
-                    if p.is_empty() { "ok" } else { "FAILED" },
-                    t.elapsed().as_secs_f64(),
-                    check_reports(&executed)
-                        .iter()
-                        .map(|(n, s)| format!("\n      {n}: {s}"))
-                        .collect::<String>()
-                );
-                all.extend(p.iter().map(|x| format!("{rel}: {x}")));
-                if write_back && p.is_empty() {
-                    write(&nb, &tidy(executed))?;
-                }
+        let run = match execute(lab, &nb, Limits::SETUP) {
+            Err(e) if e.is::<crate::process::Interrupted>() => return Err(e),
+            Err(e) => {
+                all.push(format!("{rel}: {e:#}"));
+                continue;
             }
+            Ok(run) => run,
+        };
+        let mut p = problems(kind, &run.nb);
+        if let Some(stop) = &run.stop {
+            p.insert(0, format!("did not run to its end: {stop}"));
         }
-        let _ = std::fs::remove_dir_all(out.parent().unwrap());
+        p.extend(run.timeouts.iter().map(|i| format!("cell {i}: timed out")));
+        eprintln!(
+            "    {rel}: {} in {:.0} s{}",
+            if p.is_empty() { "ok" } else { "FAILED" },
+            t.elapsed().as_secs_f64(),
+            check_reports(&run.nb)
+                .iter()
+                .map(|(n, s)| format!("\n      {n}: {s}"))
+                .collect::<String>()
+        );
+        all.extend(p.iter().map(|x| format!("{rel}: {x}")));
+        if write_back && p.is_empty() {
+            write(&nb, &tidy(run.nb))?;
+        }
     }
     Ok(all)
 }
@@ -335,10 +530,10 @@ pub fn strip_solutions(src: &str) -> Result<String> {
 }
 
 /// `cargo xtask exercises [--check]`: (re)generate exercises/ from solutions/.
-pub fn exercises(args: &Args) -> Result<()> {
+pub fn exercises(check: bool) -> Result<()> {
     let lab = Lab::new();
-    let drift = sync_exercises(&lab, !args.flag("check"))?;
-    if args.flag("check") && !drift.is_empty() {
+    let drift = sync_exercises(&lab, !check)?;
+    if check && !drift.is_empty() {
         bail!(
             "exercises/ is out of date with solutions/ ({}); run `cargo xtask exercises`",
             drift.join(", ")
@@ -382,63 +577,19 @@ pub fn sync_exercises(lab: &Lab, write_files: bool) -> Result<Vec<String>> {
 
 /// `cargo xtask notebooks [NAME…]`: re-execute lessons and solutions (those whose file name
 /// contains one of the NAMEs, or all) and write their outputs back.
-pub fn notebooks(args: &Args) -> Result<()> {
+pub fn notebooks(names: &[String]) -> Result<()> {
     let lab = Lab::new();
     if !lab.is_ready() {
-        crate::lab::setup(&Args::parse(&[], &[])?)?;
+        crate::lab::setup()?;
     }
     let mut problems = vec![];
     for (dir, kind) in [("notebooks", Kind::Lesson), ("solutions", Kind::Solution)] {
-        problems.extend(run_all(&lab, &lab.root.join(dir), kind, true, &args.words)?);
+        problems.extend(run_all(&lab, &lab.root.join(dir), kind, true, names)?);
     }
     sync_exercises(&lab, true)?;
     if !problems.is_empty() {
         bail!("{} problem(s):\n{}", problems.len(), problems.join("\n"));
     }
-    Ok(())
-}
-
-/// `cargo xtask check [NOTEBOOK…]`: run a student's exercise notebooks and print one line per
-/// exercise, like rustlings.
-pub fn check(args: &Args) -> Result<()> {
-    let lab = Lab::new();
-    if !lab.is_ready() {
-        crate::lab::setup(&Args::parse(&[], &[])?)?;
-    }
-    let files: Vec<PathBuf> = if args.words.is_empty() {
-        list(&lab.root.join("exercises"))?
-    } else {
-        args.words.iter().map(PathBuf::from).collect()
-    };
-    let (mut passed, mut total) = (0, 0);
-    for f in files {
-        let f = std::fs::canonicalize(&f)
-            .with_context(|| format!("no such notebook: {}", f.display()))?;
-        let out = tempfile_dir("check")?.join("out.ipynb");
-        println!("{}", f.file_name().unwrap().to_string_lossy());
-        match execute(&lab, &f, &out) {
-            Err(e) => println!("  ❌ o notebook não executou até o fim: {e:#}"),
-            Ok(nb) => {
-                let hints = tagged_lines(&nb, HINT_PREFIX);
-                for (name, status) in check_reports(&nb) {
-                    total += 1;
-                    let mark = match status.as_str() {
-                        "passed" => {
-                            passed += 1;
-                            "✅"
-                        }
-                        "not done yet" => "⏳",
-                        _ => "❌",
-                    };
-                    println!("  {mark} {name}: {status}");
-                    if let Some((_, hint)) = hints.iter().find(|(n, _)| *n == name) {
-                        println!("     dica: {hint}");
-                    }
-                }
-            }
-        }
-    }
-    println!("{passed}/{total} exercícios concluídos");
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 
-use crate::cli::Args;
+use crate::cli::TestArgs;
 use crate::lab::Lab;
 use crate::notebooks::{self, Kind};
 
@@ -22,13 +22,35 @@ pub fn run_step(what: &str, cmd: &mut Command) -> Result<()> {
     })
 }
 
-pub fn test(args: &Args) -> Result<()> {
+pub fn test(args: &TestArgs) -> Result<()> {
     let total = Instant::now();
-    // Fetch first, so the tests' own parallel first uses do not race on the download.
+    // Formatting and lints first: they take seconds and fail the most often.
+    run_step(
+        "cargo fmt --all --check",
+        Command::new(env!("CARGO")).args(["fmt", "--all", "--check"]),
+    )?;
+    run_step(
+        "cargo clippy --workspace --all-targets -- -D warnings",
+        Command::new(env!("CARGO")).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    // Fetch before the tests, so the tests' own parallel first uses do not race on the download.
     run_step(
         "fetch the models",
         Command::new(env!("CARGO")).args(["xtask", "fetch"]),
     )?;
+    // The kernel before the tests: xtask's own tests run `check` and `grade` on it (without it
+    // they can only say they skipped).
+    let lab = Lab::new();
+    if !args.no_notebooks && !lab.is_ready() {
+        crate::lab::setup()?;
+    }
     run_step(
         "cargo test (library, doctests, xtask)",
         Command::new(env!("CARGO"))
@@ -44,13 +66,10 @@ pub fn test(args: &Args) -> Result<()> {
         );
     }
     eprintln!("exercises/ matches solutions/");
-    if args.flag("no-notebooks") {
+    if args.no_notebooks {
         return Ok(());
     }
     let mut problems = committed_notebook_problems(&lab)?;
-    if !lab.is_ready() {
-        crate::lab::setup(&Args::parse(&[], &[])?)?;
-    }
     for (dir, kind) in [
         ("notebooks", Kind::Lesson),
         ("solutions", Kind::Solution),
@@ -139,7 +158,8 @@ fn committed_notebook_problems(lab: &Lab) -> Result<Vec<String>> {
 /// Renders each committed lesson to HTML, as a reader sees it, and checks every plot survived.
 fn rendered_plot_problems(lab: &Lab) -> Result<Vec<String>> {
     let mut p = vec![];
-    let out = crate::lab::tempfile_dir("html")?;
+    let out_dir = tempfile::Builder::new().prefix("llm-lab-html-").tempdir()?;
+    let out = out_dir.path();
     for nb in notebooks::list(&lab.root.join("notebooks"))? {
         let v = notebooks::read(&nb)?;
         let plots = notebooks::all_output_text(&v).matches("<svg").count();
@@ -152,7 +172,7 @@ fn rendered_plot_problems(lab: &Lab) -> Result<Vec<String>> {
                 "WARN",
                 "--output-dir",
             ])
-            .arg(&out)
+            .arg(out)
             .arg(&nb)
             .status()?;
         let html = out.join(nb.with_extension("html").file_name().unwrap());
@@ -169,6 +189,5 @@ fn rendered_plot_problems(lab: &Lab) -> Result<Vec<String>> {
             eprintln!("    {name}: {plots} plot(s) rendered");
         }
     }
-    let _ = std::fs::remove_dir_all(&out);
     Ok(p)
 }

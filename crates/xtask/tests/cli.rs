@@ -3,6 +3,11 @@
 use std::process::Command;
 
 fn xtask(args: &[&str]) -> (String, String, bool) {
+    let (out, err, code) = xtask_code(args);
+    (out, err, code == Some(0))
+}
+
+fn xtask_code(args: &[&str]) -> (String, String, Option<i32>) {
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(args)
         .env("CANDLE_NUM_THREADS", "1")
@@ -11,8 +16,73 @@ fn xtask(args: &[&str]) -> (String, String, bool) {
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
-        out.status.success(),
+        out.status.code(),
     )
+}
+
+#[test]
+fn misspelt_options_fail_with_the_known_ones() {
+    for (args, wrong, known) in [
+        (
+            &["generate", "--prompt", "x", "--temprature", "5"][..],
+            "--temprature",
+            &["--temperature <T>", "--top-k <K>", "--model <NAME|PATH>"][..],
+        ),
+        (
+            &["generate", "--prompt", "x", "--top_k", "1"],
+            "--top_k",
+            &["--top-k <K>", "--seed <S>"],
+        ),
+        (
+            &["inspect", "--modle", "x"],
+            "--modle",
+            &["--model <NAME|PATH>"],
+        ),
+        (
+            &["check", "--timout", "5"],
+            "--timout",
+            &["--timeout <SECS>"],
+        ),
+        (
+            &["lab", "--no-browse"],
+            "--no-browse",
+            &["--port <N>", "--no-browser"],
+        ),
+    ] {
+        let (out, err, code) = xtask_code(args);
+        assert_eq!(code, Some(2), "{args:?}: {out}{err}");
+        assert!(err.contains(wrong), "{args:?}: {err}");
+        for k in known {
+            assert!(err.contains(k), "{args:?}: {k} missing in\n{err}");
+        }
+    }
+    let (_, err, code) = xtask_code(&["genrate"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("generate"), "{err}");
+    let (_, err, code) = xtask_code(&["generate", "--prompt", "x", "--top-k", "many"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--top-k"), "{err}");
+}
+
+#[test]
+fn check_refuses_what_is_not_a_notebook() {
+    let dir = tempfile::tempdir().unwrap();
+    let py = dir.path().join("exercise.py");
+    std::fs::write(&py, "print('hello')\n").unwrap();
+    let missing = dir.path().join("missing.ipynb");
+    for (path, says) in [
+        (missing.to_str().unwrap(), "não existe"),
+        (dir.path().to_str().unwrap(), "é uma pasta"),
+        (py.to_str().unwrap(), "não é um notebook"),
+    ] {
+        let (out, err, code) = xtask_code(&["check", path]);
+        assert_eq!(code, Some(1), "{path}: {out}{err}");
+        assert!(err.contains(says) && err.contains(path), "{path}: {err}");
+        assert!(
+            !err.contains("Traceback") && !out.contains("Traceback"),
+            "{err}"
+        );
+    }
 }
 
 #[test]
@@ -39,13 +109,24 @@ fn tokenize_prints_json_ids_last() {
         ids,
         [36134, 81, 1590, 106, 28, 1427, 10575, 101, 10168, 304, 17031, 1236, 542]
     );
-    let dir = std::env::temp_dir().join(format!("xtask-tok-{}", std::process::id()));
-    std::fs::write(&dir, "Certa vez").unwrap();
-    let (out, _, ok) = xtask(&["tokenize", "--file", dir.to_str().unwrap()]);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), "Certa vez").unwrap();
+    let (out, _, ok) = xtask(&["tokenize", "--file", file.path().to_str().unwrap()]);
     assert!(ok);
     assert_eq!(out.lines().last().unwrap(), "[36134,81,1590,106]");
     let (_, err, ok) = xtask(&["tokenize"]);
     assert!(!ok && err.contains("--text"), "{err}");
+    // The model by name or by path, as for inspect, generate and bench.
+    let (out, err, ok) = xtask(&["inspect", "--model", "smollm2-135m-instruct"]);
+    assert!(ok, "{err}");
+    let source = out
+        .lines()
+        .find_map(|l| l.strip_prefix("source: "))
+        .unwrap()
+        .to_string();
+    let (out, err, ok) = xtask(&["tokenize", "--model", &source, "--text", "Certa vez"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().last().unwrap(), "[36134,81,1590,106]");
 }
 
 #[test]

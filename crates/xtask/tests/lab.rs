@@ -1,0 +1,242 @@
+//! `cargo xtask lab --no-browser` starts JupyterLab and serves the course, as root and as a normal
+//! user; its own settings turn the news pop-up off. Needs the lab installed (`cargo xtask setup`);
+//! without it the tests say why and pass.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A JupyterLab started by `cargo xtask lab`, stopped (its whole process group) on drop.
+struct Served {
+    child: Child,
+    url: String,
+    log: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(pgid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: plain system call on the group this test created.
+            unsafe {
+                libc::killpg(pgid, libc::SIGTERM);
+            }
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `cmd` (which runs `xtask lab --no-browser --port N`) and waits for the URL it prints.
+fn serve(mut cmd: Command) -> Served {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn().unwrap();
+    let (tx, rx) = mpsc::channel();
+    for pipe in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    // Only the readers hold senders now: the channel ends when JupyterLab's output does.
+    drop(tx);
+    let mut seen = vec![];
+    let url = loop {
+        match rx.recv_timeout(Duration::from_secs(300)) {
+            Ok(line) => {
+                let url = line
+                    .split_whitespace()
+                    .find(|w| w.starts_with("http://127.0.0.1:") && w.contains("token="))
+                    .map(str::to_string);
+                seen.push(line);
+                if let Some(url) = url {
+                    break url;
+                }
+            }
+            Err(_) => panic!("JupyterLab printed no URL:\n{}", seen.join("\n")),
+        }
+    };
+    Served {
+        child,
+        url,
+        log: rx,
+        seen,
+    }
+}
+
+/// A plain HTTP/1.0 GET; returns the status code and the whole response (headers, body).
+fn get(url: &str) -> (u16, String) {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    // JupyterLab prints its URL a moment before it listens.
+    let mut tries = 0;
+    let mut s = loop {
+        match TcpStream::connect(host) {
+            Ok(s) => break s,
+            Err(e) if tries < 120 => {
+                tries += 1;
+                eprintln!("{url}: {e}, retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("{url}: {e}"),
+        }
+    };
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, response)
+}
+
+/// The lab answers on its URL, opens on the first lesson, and its settings hold no news.
+fn assert_serves(served: &mut Served) {
+    eprintln!("{}", served.seen.join("\n"));
+    let (code, body) = get(&served.url);
+    assert_eq!(code, 200, "{}: {body}", served.url);
+    let token = served.url.split("token=").nth(1).unwrap().to_string();
+    let base = served.url.split("/lab").next().unwrap().to_string();
+    let lesson = format!("{base}/lab/tree/notebooks/01_atencao_multicabecas.ipynb?token={token}");
+    assert_eq!(get(&lesson).0, 200, "{lesson}");
+    // The server's front page sends the browser to the first lesson.
+    let (code, front) = get(&format!("{base}/?token={token}"));
+    assert!(
+        (300..400).contains(&code)
+            && front
+                .lines()
+                .any(|l| l.to_ascii_lowercase().starts_with("location:")
+                    && l.contains("/lab/tree/notebooks/01_atencao_multicabecas.ipynb")),
+        "{front}"
+    );
+    let (code, response) = get(&format!(
+        "{base}/lab/api/settings/@jupyterlab/apputils-extension:notification?token={token}"
+    ));
+    assert_eq!(code, 200, "{response}");
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(
+        v["schema"]["properties"]["fetchNews"]["default"], "false",
+        "the news pop-up is still on: {body}"
+    );
+    served.seen.extend(served.log.try_iter());
+}
+
+fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn lab_serves_as_the_current_user() {
+    if let Some(why) = support::lab_missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let tag = support::tag("lab");
+    let mut cmd = support::xtask(&tag);
+    cmd.args(["lab", "--no-browser", "--port", &free_port().to_string()]);
+    let mut served = serve(cmd);
+    assert_serves(&mut served);
+    if is_root() {
+        assert!(
+            served
+                .seen
+                .iter()
+                .any(|l| l.contains("running as root: passing --allow-root")),
+            "{}",
+            served.seen.join("\n")
+        );
+    }
+}
+
+/// As root, the same as a normal user made with `useradd`, through `runuser`. That user must reach
+/// the repository, the lab's Python (its `.venv` links to the interpreter it was made from) and
+/// cargo's folders; when something on that path is closed to others, the test says which.
+#[test]
+fn lab_serves_as_a_normal_user() {
+    if let Some(why) = support::lab_missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    if !is_root() {
+        eprintln!("skipped: covered by lab_serves_as_the_current_user (not root)");
+        return;
+    }
+    const USER: &str = "llmlab-student";
+    let exists = Command::new("id")
+        .arg(USER)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !exists {
+        let made = Command::new("useradd")
+            .args(["--create-home", USER])
+            .status();
+        if !made.is_ok_and(|s| s.success()) {
+            eprintln!("skipped: cannot create the user {USER} with useradd");
+            return;
+        }
+    }
+    let root = support::root();
+    let python = std::fs::canonicalize(root.join(".venv/bin/python")).unwrap();
+    let cargo_home = std::env::var("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo")
+        });
+    for needed in [
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_xtask")),
+        python.clone(),
+        cargo_home.join("bin"),
+    ] {
+        let reachable = Command::new("runuser")
+            .args(["-u", USER, "--", "test", "-x"])
+            .arg(&needed)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !reachable {
+            eprintln!(
+                "skipped: the user {USER} cannot reach {} (a folder on its path is closed to \
+                 others; e.g. `chmod o+x /root` opens /root for traversal only)",
+                needed.display()
+            );
+            return;
+        }
+    }
+    let tag = support::tag("lab-user");
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", USER, "--", "env"])
+        .arg(format!("{}={}", tag.0, tag.1))
+        // The lab was installed by root: the same cargo and rustup, read-only.
+        .arg(format!("CARGO_HOME={}", cargo_home.display()))
+        .args(std::env::var("RUSTUP_HOME").map(|h| format!("RUSTUP_HOME={h}")))
+        .arg(env!("CARGO_BIN_EXE_xtask"))
+        .args(["lab", "--no-browser", "--port", &free_port().to_string()]);
+    let mut served = serve(cmd);
+    assert_serves(&mut served);
+    assert!(
+        !served.seen.iter().any(|l| l.contains("--allow-root")),
+        "{}",
+        served.seen.join("\n")
+    );
+}

@@ -1,0 +1,77 @@
+//! What the kernel and lab tests share: where the lab is, whether it is installed, and the
+//! processes a test started (found by a tag in their environment, which every child inherits).
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The repository (the worktree the tests were built from).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .and_then(|p| p.parent())
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Why the notebook stack cannot run here, if it cannot (`cargo xtask setup` installs it).
+pub fn lab_missing() -> Option<String> {
+    let root = root();
+    let python = root.join(".venv/bin/python");
+    let kernel = root.join(".venv/share/jupyter/kernels/rust/kernel.json");
+    if !python.exists() {
+        return Some(format!(
+            "{} is missing: run `cargo xtask setup`",
+            python.display()
+        ));
+    }
+    let spec = std::fs::read_to_string(&kernel).ok()?;
+    let spec: serde_json::Value = serde_json::from_str(&spec).ok()?;
+    let evcxr = spec["argv"][0].as_str().unwrap_or_default();
+    if !std::path::Path::new(evcxr).exists() {
+        return Some(format!(
+            "the evcxr kernel {evcxr} is not installed: run `cargo xtask setup`"
+        ));
+    }
+    None
+}
+
+/// A tag unique to one test run, to put in the environment of the processes it starts.
+pub fn tag(name: &str) -> (String, String) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    (
+        "LLM_LAB_TEST_TAG".to_string(),
+        format!("{name}-{}-{nanos}", std::process::id()),
+    )
+}
+
+/// Live processes whose environment holds `key=value`, with their command lines.
+pub fn tagged(key: &str, value: &str) -> Vec<(u32, String)> {
+    let entry = format!("{key}={value}");
+    let mut found = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if env.split(|&b| b == 0).any(|kv| kv == entry.as_bytes()) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+/// The xtask binary, with the test's tag in its environment.
+pub fn xtask(tag: &(String, String)) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.env(&tag.0, &tag.1).env("CANDLE_NUM_THREADS", "1");
+    cmd
+}
