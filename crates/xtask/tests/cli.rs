@@ -186,7 +186,7 @@ fn bench_reports_all_engines_as_json() {
         json.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
-    assert!(out.contains("glass-box / quantized_llama"), "{out}");
+    assert!(out.contains("glass-box / candle"), "{out}");
     assert!(out.contains("glass-box / llama.cpp"), "{out}");
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
