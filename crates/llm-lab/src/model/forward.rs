@@ -77,11 +77,24 @@ pub(crate) fn forward(
         }
         x = (x + mlp)?;
     }
+    finish(config, w, x, cache, trace, positions) // [seq or 1, V]
+}
+
+/// The end of every architecture's pass: the cache takes the new positions, the last stream is
+/// recorded, and the positions asked for are scored against the vocabulary.
+pub(crate) fn finish(
+    config: &Config,
+    w: &Weights,
+    x: Tensor, // [seq, D]
+    cache: &mut KvCache,
+    trace: Option<&mut Trace>,
+    positions: Positions,
+) -> Result<Tensor> {
+    let seq = x.dim(0)?;
     cache.advance(seq);
     if let Some(t) = trace {
         t.record(Hook::FinalResid, &x);
     }
-
     let x = match positions {
         Positions::All => x,
         Positions::Last => x.narrow(0, seq - 1, 1)?,

@@ -107,14 +107,5 @@ pub(crate) fn forward(
         }
         x = (x + mlp)?;
     }
-    cache.advance(seq);
-    if let Some(t) = trace {
-        t.record(Hook::FinalResid, &x);
-    }
-
-    let x = match positions {
-        Positions::All => x,
-        Positions::Last => x.narrow(0, seq - 1, 1)?,
-    }; // [seq or 1, D]
-    forward::unembed(config, w, &x) // [seq or 1, V]
+    forward::finish(config, w, x, cache, trace, positions) // [seq or 1, V]
 }
