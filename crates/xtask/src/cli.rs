@@ -56,6 +56,13 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Tokens/s and peak memory: glass-box (tracing off/on) vs candle's quantized_llama (and llama.cpp)
     Bench(BenchArgs),
+    /// Time the kernel: a new kernel and a restart to the first logits, a trivial cell
+    BenchNotebook {
+        /// How many times the trivial cell runs
+        #[arg(long, value_name = "N", default_value_t = 3,
+              value_parser = clap::value_parser!(u32).range(1..=100))]
+        trivial_runs: u32,
+    },
     /// Grade a class: run every student's exercise notebooks, write a gradebook (CSV, HTML)
     Grade(GradeArgs),
     /// The whole test suite (what CI runs): fmt, clippy, cargo tests, then every notebook on the kernel
@@ -274,6 +281,9 @@ pub fn run(command: Option<Command>) -> Result<()> {
         Command::Check(args) => crate::check::check(&args),
         Command::Bench(args) => crate::bench::bench(&args),
         Command::Grade(args) => crate::grade::grade(&args),
+        Command::BenchNotebook { trivial_runs } => {
+            crate::bench_notebook::bench_notebook(trivial_runs)
+        }
         Command::Test(args) => crate::test::test(&args),
     }
 }

@@ -19,8 +19,10 @@ pub const PYTHON_PACKAGES: &[&str] = &[
     "jupyter_client==8.10.0",
 ];
 pub const EVCXR_VERSION: &str = "0.22.0";
-/// evcxr's compiled-crate cache, in MiB: candle and friends need about 1 GiB.
-const EVCXR_CACHE_MIB: u32 = 4096;
+/// Starts each kernel in a build folder of its own that outlives it (see the file).
+const LAUNCHER: &str = include_str!("launch_kernel.py");
+/// Marks a build folder whose warm-up finished (the launcher copies only such a template).
+const READY: &str = ".llm-lab-ready";
 
 /// Paths of the lab inside the repository.
 pub struct Lab {
@@ -55,6 +57,40 @@ impl Lab {
         self.venv.join(".llm-lab-packages")
     }
 
+    /// The kernels' build folders: `slot-N` (one per kernel alive at once, kept between
+    /// kernels) and `template` (warmed by setup, copied into every new folder).
+    pub fn kernel_slots(&self) -> PathBuf {
+        self.root.join(".lab").join("kernels")
+    }
+
+    /// The warmed build folder new kernels start from.
+    pub fn template(&self) -> PathBuf {
+        self.kernel_slots().join("template")
+    }
+
+    fn launcher(&self) -> PathBuf {
+        self.root.join(".lab").join("launch_kernel.py")
+    }
+
+    /// Whether the template was warmed after the last change of the course crate or its
+    /// dependencies: else a kernel started from it compiles the course crate again.
+    pub fn template_is_current(&self) -> bool {
+        let Some(warmed) = modified(&self.template().join(READY)) else {
+            return false;
+        };
+        let krate = self.root.join("crates").join("llm-lab");
+        let newest = [
+            newest_modified(&krate.join("src")),
+            modified(&krate.join("Cargo.toml")),
+            modified(&self.root.join("Cargo.toml")),
+            modified(&self.root.join("Cargo.lock")),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        newest.is_none_or(|n| n <= warmed)
+    }
+
     fn kernel_dir(&self) -> PathBuf {
         self.venv
             .join("share")
@@ -72,6 +108,8 @@ impl Lab {
                 .is_some_and(|v| v == self.kernel_spec(evcxr))
         };
         std::fs::read_to_string(self.stamp()).is_ok_and(|s| s == PYTHON_PACKAGES.join("\n"))
+            && std::fs::read_to_string(self.launcher()).is_ok_and(|s| s == LAUNCHER)
+            && self.template().join(READY).exists()
             && evcxr_binary().is_some_and(|b| {
                 evcxr_version(&b).as_deref() == Some(EVCXR_VERSION) && spec_is_current(&b)
             })
@@ -83,9 +121,12 @@ impl Lab {
     /// checks on; in candle's and this crate's numeric loops they cost about 3× the run time of a
     /// forward pass. The kernel turns them off (students' own code loses overflow panics too:
     /// cargo's environment settings apply to the whole build).
+    ///
+    /// The kernel starts through the lab's launcher, which gives it a build folder of its own
+    /// that the next kernel reuses (see `launch_kernel.py`).
     pub fn kernel_spec(&self, evcxr: &Path) -> serde_json::Value {
         serde_json::json!({
-            "argv": [evcxr, "--control_file", "{connection_file}"],
+            "argv": [self.python(), self.launcher(), self.kernel_slots(), evcxr, "{connection_file}"],
             "display_name": "Rust (llm-lab)",
             "language": "rust",
             "interrupt_mode": "message",
@@ -97,11 +138,31 @@ impl Lab {
         })
     }
 
-    /// Environment for a kernel that must not share evcxr's work folder with another one.
-    pub fn kernel_env(&self, cmd: &mut Command, tmp: &Path) {
+    /// Environment for a kernel that builds in `folder` (a new folder starts as a copy of the
+    /// warmed template) instead of a slot of the pool.
+    pub fn kernel_env(&self, cmd: &mut Command, folder: &Path) {
         cmd.env("EVCXR_CONFIG_DIR", &self.evcxr_config)
-            .env("EVCXR_TMPDIR", tmp);
+            .env("LLM_LAB_KERNEL_DIR", folder);
     }
+}
+
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The newest modification time of the files under `dir`.
+fn newest_modified(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = modified(dir);
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest_modified(&path)
+        } else {
+            modified(&path)
+        };
+        newest = newest.max(t);
+    }
+    newest
 }
 
 fn cargo_bin_dir() -> PathBuf {
@@ -216,8 +277,8 @@ pub fn setup() -> Result<()> {
             eprintln!("    already installed: {}", b.display());
             return Ok(b);
         }
-        eprintln!("    building it from crates.io (about 20 minutes on 2 cores, once)");
-        run_step(
+        eprintln!("    building it from crates.io (about 11 minutes on 2 cores, once)");
+        run_with_progress(
             "cargo install evcxr_jupyter",
             Command::new(env!("CARGO")).args([
                 "install",
@@ -229,20 +290,24 @@ pub fn setup() -> Result<()> {
         )?;
         evcxr_binary().context("evcxr_jupyter was installed but cannot be found in ~/.cargo/bin")
     })?;
+    timed("a fast linker for the kernel (mold)", fast_linker)?;
     timed(
-        "Rust kernel registered in .venv, evcxr cache configured",
+        "Rust kernel registered in .venv, with its launcher (a build folder per kernel)",
         || {
             std::fs::create_dir_all(lab.kernel_dir())?;
+            std::fs::create_dir_all(lab.kernel_slots())?;
+            std::fs::write(lab.launcher(), LAUNCHER)?;
             std::fs::write(
                 lab.kernel_dir().join("kernel.json"),
                 serde_json::to_string_pretty(&lab.kernel_spec(&evcxr))?,
             )?;
             std::fs::create_dir_all(&lab.evcxr_config)?;
-            std::fs::write(
-                lab.evcxr_config.join("init.evcxr"),
-                format!(":cache {EVCXR_CACHE_MIB}\n"),
-            )?;
-            Ok(())
+            // evcxr's shared compiled-crate cache (`:cache`) breaks when two kernels compile at
+            // once; each kernel's own build folder replaces it.
+            match std::fs::remove_file(lab.evcxr_config.join("init.evcxr")) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e)?,
+                _ => Ok(()),
+            }
         },
     )?;
     timed("JupyterLab settings of the lab (no news pop-up)", || {
@@ -255,18 +320,145 @@ pub fn setup() -> Result<()> {
         Ok(())
     })?;
     let secs = timed(
-        "warm evcxr's cache (a fresh kernel reaches the first logits)",
+        "warm the kernels' template build folder (a kernel reaches its first logits)",
         || warm(&lab),
     )?;
     eprintln!(
-        "setup done in {:.0} s; a fresh kernel printed its first logits after {secs:.1} s",
+        "setup done in {:.0} s; the warm-up kernel printed its first logits after {secs:.1} s",
         total.elapsed().as_secs_f64()
     );
+    eprintln!("(`cargo xtask bench-notebook` times a new kernel, a restart and a trivial cell)");
     Ok(())
 }
 
-/// Runs a one-cell notebook — the lessons' first cell and a forward pass — on a fresh kernel and
-/// returns its wall time.
+/// Runs `cmd`, showing each crate cargo compiles with a counter and the time so far instead of
+/// a silent wait; on failure, the end of its output.
+pub fn run_with_progress(what: &str, cmd: &mut Command) -> Result<()> {
+    use std::io::BufRead;
+    let t = Instant::now();
+    let mut child = cmd
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot start {what}: {e}"))?;
+    let stderr = child.stderr.take().context("piped stderr")?;
+    let (mut compiled, mut tail) = (0usize, std::collections::VecDeque::new());
+    for line in std::io::BufReader::new(stderr).lines() {
+        let line = line?;
+        let trimmed = line.trim_start();
+        if let Some(krate) = trimmed.strip_prefix("Compiling ") {
+            compiled += 1;
+            eprintln!(
+                "    [{compiled:>3} crates, {:>4.0} s] {krate}",
+                t.elapsed().as_secs_f64()
+            );
+        } else if trimmed.starts_with("error") || trimmed.starts_with("Installed") {
+            eprintln!("    {trimmed}");
+        }
+        if tail.len() == 40 {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        let tail: Vec<String> = tail.into();
+        bail!("{what} failed ({status}):\n{}", tail.join("\n"));
+    }
+    Ok(())
+}
+
+/// mold links each cell's library several times faster than the system linker, and evcxr uses
+/// it by itself when it is on the PATH. Installed with apt when setup runs as root on Debian or
+/// Ubuntu (containers, CI); elsewhere it says how, and the kernel works without it.
+fn fast_linker() -> Result<()> {
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+    };
+    if !cfg!(target_os = "linux") {
+        eprintln!("    not on Linux: the kernel links with the system linker");
+        return Ok(());
+    }
+    if on_path("mold") {
+        eprintln!("    already installed");
+        return Ok(());
+    }
+    if !running_as_root() || !on_path("apt-get") {
+        eprintln!(
+            "    mold is not installed: the kernel links each cell more slowly. Install it with your \
+             package manager (Debian/Ubuntu: `sudo apt-get install mold`) and run setup again"
+        );
+        return Ok(());
+    }
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends", "mold"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // A fresh container has no package lists yet: update them only when the install needs it.
+    if !install() {
+        run_step(
+            "apt-get update",
+            Command::new("apt-get").args(["update", "-q"]),
+        )?;
+        if !install() {
+            eprintln!(
+                "    apt-get could not install mold: the kernel links with the system linker"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Counts the crates compiled so far in a kernel's build folder, every few seconds, until
+/// `done`: the warm-up compiles candle for minutes on a new machine.
+fn show_build_progress(folder: &Path, done: &std::sync::atomic::AtomicBool) {
+    let started = Instant::now();
+    let mut last = 0usize;
+    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        if started.elapsed().as_secs() % 5 != 0 {
+            continue;
+        }
+        let mut newest: Option<(std::time::SystemTime, String)> = None;
+        let mut count = 0usize;
+        let target = folder.join("target");
+        let deps_dirs = std::fs::read_dir(&target)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("debug").join("deps"));
+        for entry in deps_dirs.flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name
+                .strip_suffix(".rlib")
+                .or_else(|| name.strip_suffix(".so"))
+                .and_then(|n| n.strip_prefix("lib"))
+            else {
+                continue;
+            };
+            count += 1;
+            let t = entry.metadata().and_then(|m| m.modified()).ok();
+            if let Some(t) = t.filter(|t| newest.as_ref().is_none_or(|(n, _)| t > n)) {
+                let krate = stem.rsplit_once('-').map_or(stem, |(k, _)| k).to_string();
+                newest = Some((t, krate));
+            }
+        }
+        if count != last {
+            last = count;
+            eprintln!(
+                "    [{count:>3} crates compiled, {:>4.0} s] latest: {}",
+                started.elapsed().as_secs_f64(),
+                newest.map(|(_, k)| k).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// Runs a one-cell notebook — the lessons' first cell and a forward pass — on a fresh kernel in
+/// the template build folder, which new kernels then start from, and returns its wall time.
 pub fn warm(lab: &Lab) -> Result<f64> {
     let cells = [
         crate::notebooks::SETUP_CELL,
@@ -283,8 +475,15 @@ pub fn warm(lab: &Lab) -> Result<f64> {
         placed.path(),
         crate::notebooks::new_notebook(&cells).to_string(),
     )?;
+    let template = lab.template();
+    let done = std::sync::atomic::AtomicBool::new(false);
     let t = Instant::now();
-    let run = crate::notebooks::execute(lab, placed.path(), Limits::SETUP)?;
+    let run = std::thread::scope(|s| {
+        s.spawn(|| show_build_progress(&template, &done));
+        let run = crate::notebooks::execute_in(lab, placed.path(), Limits::SETUP, Some(&template));
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        run
+    })?;
     let secs = t.elapsed().as_secs_f64();
     let text = crate::notebooks::all_output_text(&run.nb);
     if let Some(stop) = &run.stop {
@@ -293,6 +492,7 @@ pub fn warm(lab: &Lab) -> Result<f64> {
     if !text.contains("TokenProb") {
         bail!("the warm-up notebook ran but printed no logits:\n{text}");
     }
+    std::fs::write(template.join(READY), format!("{secs:.1}\n"))?;
     Ok(secs)
 }
 

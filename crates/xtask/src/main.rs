@@ -1,6 +1,7 @@
 //! `cargo xtask …`: the project's commands, in Rust so they run wherever cargo does.
 
 mod bench;
+mod bench_notebook;
 mod check;
 mod cli;
 mod grade;

@@ -205,10 +205,29 @@ pub fn offline_command(program: &Path) -> Command {
 /// The executor xtask runs in the lab's Python (see the file for why not `nbconvert --execute`).
 const RUNNER: &str = include_str!("run_notebook.py");
 
-/// Executes `nb` on a fresh kernel with its own evcxr work folder (two kernels sharing one break
-/// each other), within `limits`. The run is supervised: when it ends, times out or is
+/// Executes `nb` on a fresh kernel with its own evcxr build folder (two kernels sharing one break
+/// each other), within `limits`. The folder starts as a copy of the lab's warmed template, so the
+/// course crate is not compiled again, and goes with the run: a student's code cannot leave
+/// anything in a folder another kernel uses. The run is supervised: when it ends, times out or is
 /// interrupted, no process it started is left running and its temporary folder is gone.
 pub fn execute(lab: &Lab, nb: &Path, limits: Limits) -> Result<Run> {
+    // The template is warmed again once per command when the course crate changed since.
+    static CURRENT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if CURRENT.get().is_none() {
+        if !lab.template_is_current() {
+            crate::lab::timed(
+                "the course crate changed: warm the kernels' template build folder again",
+                || crate::lab::warm(lab),
+            )?;
+        }
+        let _ = CURRENT.set(());
+    }
+    execute_in(lab, nb, limits, None)
+}
+
+/// [`execute`] with the kernel's build folder: `None` for a copy of the template in the run's
+/// temporary folder, or a folder that outlives the run (the template itself, when warming it).
+pub fn execute_in(lab: &Lab, nb: &Path, limits: Limits, folder: Option<&Path>) -> Result<Run> {
     let source = read(nb)?;
     let tmp = tempfile::Builder::new().prefix("llm-lab-run-").tempdir()?;
     let (runner, out, status) = (
@@ -219,9 +238,9 @@ pub fn execute(lab: &Lab, nb: &Path, limits: Limits) -> Result<Run> {
     std::fs::write(&runner, RUNNER)?;
     // evcxr's work folder, and everyone's temporary files (rustc's, Python's): a killed compiler
     // cannot leave its files behind, they go with this folder.
-    let (evcxr_tmp, other_tmp) = (tmp.path().join("evcxr"), tmp.path().join("tmp"));
-    std::fs::create_dir(&evcxr_tmp)?;
+    let other_tmp = tmp.path().join("tmp");
     std::fs::create_dir(&other_tmp)?;
+    let evcxr_tmp = folder.map_or_else(|| tmp.path().join("evcxr"), Path::to_path_buf);
     let log_path = tmp.path().join("log.txt");
     let log = std::fs::File::create(&log_path)?;
     let dir = nb.parent().filter(|d| !d.as_os_str().is_empty());

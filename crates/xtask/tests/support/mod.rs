@@ -28,13 +28,16 @@ pub fn lab_missing() -> Option<String> {
     }
     let spec = std::fs::read_to_string(&kernel).ok()?;
     let spec: serde_json::Value = serde_json::from_str(&spec).ok()?;
-    let evcxr = spec["argv"][0].as_str().unwrap_or_default();
-    if !std::path::Path::new(evcxr).exists() {
-        return Some(format!(
-            "the evcxr kernel {evcxr} is not installed: run `cargo xtask setup`"
-        ));
-    }
-    None
+    // The kernel's command line: the launcher's Python and script, the evcxr binary.
+    let argv = spec["argv"].as_array()?;
+    let missing = argv
+        .iter()
+        .filter_map(|a| a.as_str())
+        .filter(|a| a.starts_with('/') && !a.ends_with("kernels"))
+        .find(|a| !std::path::Path::new(a).exists())?;
+    Some(format!(
+        "{missing} of the kernel is not installed: run `cargo xtask setup`"
+    ))
 }
 
 /// A tag unique to one test run, to put in the environment of the processes it starts.

@@ -1,0 +1,136 @@
+"""Starts the course's evcxr kernel in a build folder of its own that outlives it.
+
+evcxr compiles every cell as a crate in a work folder (EVCXR_TMPDIR). By default that folder is
+new for every kernel, so each kernel compiles the course crate again (half a minute), and the
+compiled-crate cache that would spare the dependencies is shared by all kernels and breaks when
+two compile at once. Here each kernel takes the first free folder of a pool (`slot-N`, a lock held
+for the kernel's whole life, so two kernels never share one) and keeps it for the next kernel: a
+restart finds everything compiled. A slot that does not exist yet starts as a copy of the
+template that `cargo xtask setup` warmed, so even the first kernel of a notebook starts warm.
+
+usage: python launch_kernel.py SLOTS_DIR EVCXR_JUPYTER CONNECTION_FILE
+LLM_LAB_KERNEL_DIR=PATH uses that folder (waiting for it to be free) instead of a pool slot: the
+warm-up builds the template so, and a benchmark measures a folder seeded from it.
+"""
+
+import fcntl
+import os
+import shutil
+import sys
+import time
+
+TEMPLATE = "template"
+# Slots beyond this are not worth keeping: the kernel falls back to a folder of its own.
+MAX_SLOTS = 32
+# Written into a folder only once it is complete: a copy interrupted half-way is not used.
+READY = ".llm-lab-ready"
+
+
+def lock(path, exclusive=True, wait=0.0):
+    """An open file holding an flock on `path`, or None if it is taken past `wait` seconds."""
+    try:
+        f = open(path, "a")
+    except PermissionError:
+        # Another user's lab: a shared lock works on a file one can only read.
+        f = open(path, "r")
+    deadline = time.monotonic() + wait
+    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    while True:
+        try:
+            fcntl.flock(f, mode | fcntl.LOCK_NB)
+            return f
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                f.close()
+                return None
+            time.sleep(0.1)
+
+
+def seed(slots, folder):
+    """Fills a new `folder` with a copy of the warmed template, if there is one."""
+    if os.path.exists(os.path.join(folder, READY)):
+        return
+    template = os.path.join(slots, TEMPLATE)
+    # Shared: several kernels may copy at once, but not while setup rebuilds the template.
+    held = lock(os.path.join(slots, TEMPLATE + ".lock"), exclusive=False, wait=30)
+    try:
+        if held is None or not os.path.exists(os.path.join(template, READY)):
+            os.makedirs(folder, exist_ok=True)
+            return
+        started = time.monotonic()
+        partial = folder + ".partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        # copy2 keeps modification times, which cargo compares to decide what is fresh.
+        shutil.copytree(template, partial, symlinks=True)
+        os.rename(partial, folder)
+        print(
+            f"llm-lab: build folder {folder} copied from the warmed template in "
+            f"{time.monotonic() - started:.1f} s",
+            file=sys.stderr,
+        )
+    finally:
+        if held is not None:
+            held.close()
+
+
+def user_slots(slots):
+    """The pool of a user who cannot write the lab's (a lab set up by another user)."""
+    import hashlib
+
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    digest = hashlib.sha256(os.path.abspath(slots).encode()).hexdigest()[:16]
+    return os.path.join(cache, "llm-lab", "kernels", digest)
+
+
+def take_folder(slots):
+    """(folder, held lock) for this kernel, or (None, None) when every slot is busy."""
+    forced = os.environ.get("LLM_LAB_KERNEL_DIR")
+    if forced:
+        folder = os.path.abspath(forced)
+        os.makedirs(os.path.dirname(folder), exist_ok=True)
+        # A restart: the kernel before may take a moment to release the folder.
+        held = lock(folder.rstrip("/") + ".lock", wait=120)
+        if held is None:
+            sys.exit(f"llm-lab: the build folder {folder} stays in use by another kernel")
+        if folder != os.path.join(os.path.abspath(slots), TEMPLATE):
+            seed(slots, folder)
+        else:
+            os.makedirs(folder, exist_ok=True)
+        return folder, held
+    pool = slots
+    if not os.access(slots, os.W_OK):
+        pool = user_slots(slots)
+        os.makedirs(pool, exist_ok=True)
+    for n in range(MAX_SLOTS):
+        candidate = os.path.join(pool, f"slot-{n}")
+        held = lock(candidate + ".lock")
+        if held is not None:
+            seed(slots, candidate)
+            return candidate, held
+    return None, None
+
+
+def main():
+    slots, evcxr, connection = sys.argv[1:4]
+    env = dict(os.environ)
+    try:
+        os.makedirs(slots, exist_ok=True)
+    except OSError:
+        pass
+    try:
+        folder, held = take_folder(slots)
+    except OSError as e:
+        print(f"llm-lab: no build folder of its own for this kernel ({e}); it compiles in a "
+              "temporary one", file=sys.stderr)
+        folder = held = None
+    if folder is not None:
+        env["EVCXR_TMPDIR"] = folder
+        # The lock is held as long as the kernel (and whatever inherits it) lives.
+        os.set_inheritable(held.fileno(), True)
+    # else: evcxr makes a temporary folder of its own (cold, but safe).
+    os.execve(evcxr, [evcxr, "--control_file", connection], env)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+//! `cargo xtask bench-notebook` runs a new kernel and a restarted one to their first logits and a
+//! trivial cell, and reports every step with its time; nothing it started is left running. Needs
+//! the lab installed (`cargo xtask setup`); without it the test says why and passes. Times are
+//! printed, never asserted.
+
+mod support;
+
+#[test]
+fn bench_notebook_reports_every_step() {
+    if let Some(why) = support::lab_missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let tag = support::tag("bench-notebook");
+    let out = support::xtask(&tag)
+        .args(["bench-notebook", "--trivial-runs", "2"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    eprintln!("{stderr}\n{stdout}");
+    assert!(out.status.success(), "{stderr}");
+    let rows: Vec<(String, f64)> = stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let (name, secs) = l.trim_end().rsplit_once(' ')?;
+            Some((
+                name.split_whitespace().collect::<Vec<_>>().join(" "),
+                secs.parse().ok()?,
+            ))
+        })
+        .collect();
+    let mut expected = vec![];
+    for phase in ["fresh kernel", "kernel restart"] {
+        for step in [
+            "kernel ready",
+            "`:dep` cell",
+            "model load",
+            "first logits",
+            "total to first logits",
+        ] {
+            expected.push(format!("{phase} {step}"));
+        }
+    }
+    expected.extend(["trivial cell run 1".into(), "trivial cell run 2".into()]);
+    let names: Vec<&str> = rows.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, expected, "{stdout}");
+    assert!(
+        rows.iter().all(|(_, s)| s.is_finite() && *s >= 0.0),
+        "{stdout}"
+    );
+    // A phase's total covers its steps.
+    for phase in ["fresh kernel", "kernel restart"] {
+        let of = |step: &str| {
+            rows.iter()
+                .find(|(n, _)| n == &format!("{phase} {step}"))
+                .unwrap()
+                .1
+        };
+        let parts = of("`:dep` cell") + of("model load") + of("first logits");
+        assert!(of("total to first logits") >= parts, "{stdout}");
+    }
+    assert!(
+        support::tagged(&tag.0, &tag.1).is_empty(),
+        "the benchmark left processes running"
+    );
+}
