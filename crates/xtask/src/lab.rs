@@ -416,12 +416,13 @@ fn fast_linker() -> Result<()> {
 /// `done`: the warm-up compiles candle for minutes on a new machine.
 fn show_build_progress(folder: &Path, done: &std::sync::atomic::AtomicBool) {
     let started = Instant::now();
-    let mut last = 0usize;
+    let (mut last, mut next) = (0usize, started);
     while !done.load(std::sync::atomic::Ordering::Relaxed) {
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        if started.elapsed().as_secs() % 5 != 0 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        if Instant::now() < next {
             continue;
         }
+        next = Instant::now() + std::time::Duration::from_secs(5);
         let mut newest: Option<(std::time::SystemTime, String)> = None;
         let mut count = 0usize;
         let target = folder.join("target");
