@@ -113,6 +113,7 @@ def take_folder(slots):
 
 def main():
     slots, evcxr, connection = sys.argv[1:4]
+    slots = os.path.abspath(slots)
     env = dict(os.environ)
     try:
         os.makedirs(slots, exist_ok=True)
