@@ -447,7 +447,8 @@ fn show_build_progress(folder: &Path, done: &std::sync::atomic::AtomicBool) {
                 newest = Some((t, krate));
             }
         }
-        if count != last {
+        // The cell's own library comes and goes (evcxr renames it): only growth is progress.
+        if count > last {
             last = count;
             eprintln!(
                 "    [{count:>3} crates compiled, {:>4.0} s] latest: {}",
