@@ -290,7 +290,6 @@ pub fn setup() -> Result<()> {
         )?;
         evcxr_binary().context("evcxr_jupyter was installed but cannot be found in ~/.cargo/bin")
     })?;
-    timed("a fast linker for the kernel (mold)", fast_linker)?;
     timed(
         "Rust kernel registered in .venv, with its launcher (a build folder per kernel)",
         || {
@@ -363,51 +362,6 @@ pub fn run_with_progress(what: &str, cmd: &mut Command) -> Result<()> {
     if !status.success() {
         let tail: Vec<String> = tail.into();
         bail!("{what} failed ({status}):\n{}", tail.join("\n"));
-    }
-    Ok(())
-}
-
-/// mold links each cell's library several times faster than the system linker, and evcxr uses
-/// it by itself when it is on the PATH. Installed with apt when setup runs as root on Debian or
-/// Ubuntu (containers, CI); elsewhere it says how, and the kernel works without it.
-fn fast_linker() -> Result<()> {
-    let on_path = |name: &str| {
-        std::env::var_os("PATH")
-            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
-    };
-    if !cfg!(target_os = "linux") {
-        eprintln!("    not on Linux: the kernel links with the system linker");
-        return Ok(());
-    }
-    if on_path("mold") {
-        eprintln!("    already installed");
-        return Ok(());
-    }
-    if !running_as_root() || !on_path("apt-get") {
-        eprintln!(
-            "    mold is not installed: the kernel links each cell more slowly. Install it with your \
-             package manager (Debian/Ubuntu: `sudo apt-get install mold`) and run setup again"
-        );
-        return Ok(());
-    }
-    let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends", "mold"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    // A fresh container has no package lists yet: update them only when the install needs it.
-    if !install() {
-        run_step(
-            "apt-get update",
-            Command::new("apt-get").args(["update", "-q"]),
-        )?;
-        if !install() {
-            eprintln!(
-                "    apt-get could not install mold: the kernel links with the system linker"
-            );
-        }
     }
     Ok(())
 }
