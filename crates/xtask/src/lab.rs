@@ -295,7 +295,10 @@ pub fn setup() -> Result<()> {
         || {
             std::fs::create_dir_all(lab.kernel_dir())?;
             std::fs::create_dir_all(lab.kernel_slots())?;
-            std::fs::write(lab.launcher(), LAUNCHER)?;
+            // Whole or not at all: a kernel may start while setup runs.
+            let launcher = lab.launcher().with_extension("py.tmp");
+            std::fs::write(&launcher, LAUNCHER)?;
+            std::fs::rename(&launcher, lab.launcher())?;
             std::fs::write(
                 lab.kernel_dir().join("kernel.json"),
                 serde_json::to_string_pretty(&lab.kernel_spec(&evcxr))?,
@@ -318,14 +321,19 @@ pub fn setup() -> Result<()> {
         }
         Ok(())
     })?;
-    let secs = timed(
+    timed(
         "warm the kernels' template build folder (a kernel reaches its first logits)",
-        || warm(&lab),
+        || {
+            if lab.template_is_current() {
+                eprintln!("    already warm for this version of the course crate");
+                return Ok(());
+            }
+            let secs = warm(&lab)?;
+            eprintln!("    the warm-up kernel printed its first logits after {secs:.1} s");
+            Ok(())
+        },
     )?;
-    eprintln!(
-        "setup done in {:.0} s; the warm-up kernel printed its first logits after {secs:.1} s",
-        total.elapsed().as_secs_f64()
-    );
+    eprintln!("setup done in {:.0} s", total.elapsed().as_secs_f64());
     eprintln!("(`cargo xtask bench-notebook` times a new kernel, a restart and a trivial cell)");
     Ok(())
 }
