@@ -133,15 +133,18 @@ fn count_layers_from_names() {
     assert_rejected(
         check::count_layers(&c, |s| {
             let max = s.names().filter(|n| n.starts_with("blk.")).max().unwrap();
-            max[4..].split('.').next().unwrap().parse::<usize>().unwrap() + 1
+            max[4..]
+                .split('.')
+                .next()
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+                + 1
         }),
         "como texto",
     );
     assert_rejected(check::count_layers(&c, |_| 30), "Não fixe");
-    assert_rejected(
-        check::count_layers(&c, |s| s.rows(Q) / 64),
-        "conta cabeças",
-    );
+    assert_rejected(check::count_layers(&c, |s| s.rows(Q) / 64), "conta cabeças");
 }
 
 #[test]
@@ -457,9 +460,7 @@ fn multi_head_check_names_each_mistake() {
         "transposto",
     );
     assert_rejected(
-        check::multi_head(|x, h, w_o| {
-            Ok(Tensor::cat(&heads_out(x, h, true)?, 1)?.matmul(w_o)?)
-        }),
+        check::multi_head(|x, h, w_o| Ok(Tensor::cat(&heads_out(x, h, true)?, 1)?.matmul(w_o)?)),
         "máscara causal",
     );
 }
@@ -500,9 +501,7 @@ fn layer_norm_check_names_each_mistake() {
         "faltou o ε",
     );
     assert_rejected(
-        check::layer_norm(|x, eps| {
-            Ok(centered(x)?.broadcast_div(&(variance(x)?.sqrt()? + eps)?)?)
-        }),
+        check::layer_norm(|x, eps| Ok(centered(x)?.broadcast_div(&(variance(x)?.sqrt()? + eps)?)?)),
         "dentro da raiz",
     );
     assert_rejected(
@@ -567,12 +566,48 @@ fn positional_encoding_check_names_each_mistake() {
     }));
     let wrong = [
         (Pe { swap: true, ..base }, "trocados"),
-        (Pe { no_pair: true, ..base }, "índice do par"),
-        (Pe { from_one: true, ..base }, "começam em 0"),
-        (Pe { multiply: true, ..base }, "multiplicou a posição"),
-        (Pe { no_cos: true, ..base }, "só seno"),
-        (Pe { halves: true, ..base }, "metade"),
-        (Pe { missing_two: true, ..base }, "não i/d"),
+        (
+            Pe {
+                no_pair: true,
+                ..base
+            },
+            "índice do par",
+        ),
+        (
+            Pe {
+                from_one: true,
+                ..base
+            },
+            "começam em 0",
+        ),
+        (
+            Pe {
+                multiply: true,
+                ..base
+            },
+            "multiplicou a posição",
+        ),
+        (
+            Pe {
+                no_cos: true,
+                ..base
+            },
+            "só seno",
+        ),
+        (
+            Pe {
+                halves: true,
+                ..base
+            },
+            "metade",
+        ),
+        (
+            Pe {
+                missing_two: true,
+                ..base
+            },
+            "não i/d",
+        ),
     ];
     for (w, words) in wrong {
         assert_rejected(check::positional_encoding(move |n, d| pe(n, d, w)), words);

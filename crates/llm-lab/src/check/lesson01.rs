@@ -52,7 +52,8 @@ pub mod hints {
     pub const MASK_DIAGONAL: &str = "você mascarou também a diagonal: a consulta i pode ver a \
         chave i (ela mesma) e todas antes dela, j ≤ i; só o futuro, j > i, é bloqueado. Com a \
         diagonal mascarada o primeiro token não vê nada (linha toda −∞ vira NaN).";
-    pub const MASK_TRANSPOSED: &str = "a máscara está transposta: você bloqueou o passado e deixou \
+    pub const MASK_TRANSPOSED: &str =
+        "a máscara está transposta: você bloqueou o passado e deixou \
         o futuro. A linha i (consulta) pode ver as colunas j ≤ i (chaves anteriores).";
     pub const MASK_AFTER_SOFTMAX: &str = "você zerou o futuro depois do softmax: as linhas não \
         somam mais 1. Aplique a máscara nos escores, antes do softmax, somando −∞ no futuro.";
@@ -144,7 +145,11 @@ pub(crate) fn counting_check(
             .or_else(|| (got == 0).then_some(hints::MISSING_TENSOR))
             .or_else(|| (constant && answers[0] == truth(models[0].1)).then_some(hints::HARD_CODED))
             .or_else(|| mistakes.iter().find(|m| gives(m, i)).map(|m| m.1))
-            .unwrap_or(if constant { hints::HARD_CODED } else { fallback });
+            .unwrap_or(if constant {
+                hints::HARD_CODED
+            } else {
+                fallback
+            });
         Outcome::Wrong(format!(
             "para {name} sua resposta foi {got}, mas são {want}. {hint}"
         ))
@@ -165,7 +170,10 @@ fn kv_rows(c: &Config) -> usize {
 /// The query-head count's typical mistakes.
 const HEAD_MISTAKES: [Miscount; 6] = [
     (|_, c| c.d_model / c.d_head.max(1), hints::COLUMNS_NOT_ROWS),
-    (|_, c| q_rows(c) / c.d_model.max(1), hints::DIVIDED_BY_D_MODEL),
+    (
+        |_, c| q_rows(c) / c.d_model.max(1),
+        hints::DIVIDED_BY_D_MODEL,
+    ),
     (|_, c| c.n_kv_heads, hints::KV_NOT_QUERY),
     (|_, c| q_rows(c), hints::NOT_DIVIDED),
     (|_, c| c.n_layers, hints::LAYERS_NOT_HEADS),
@@ -176,7 +184,10 @@ const HEAD_MISTAKES: [Miscount; 6] = [
 const KV_MISTAKES: [Miscount; 7] = [
     (|_, c| c.n_heads, hints::QUERY_NOT_KV),
     (|_, c| c.d_model / c.d_head.max(1), hints::COLUMNS_NOT_ROWS),
-    (|_, c| kv_rows(c) / c.d_model.max(1), hints::DIVIDED_BY_D_MODEL),
+    (
+        |_, c| kv_rows(c) / c.d_model.max(1),
+        hints::DIVIDED_BY_D_MODEL,
+    ),
     (|_, c| c.n_heads / c.n_kv_heads.max(1), hints::GROUP_SIZE),
     (|_, c| kv_rows(c), hints::NOT_DIVIDED),
     (|_, c| c.n_layers, hints::LAYERS_NOT_HEADS),
@@ -280,7 +291,10 @@ fn attention_case(
         ),
     ];
     if dv != d {
-        mistakes.push((weighted((&scores / (dv as f64).sqrt())?)?, hints::SCALE_BY_DV));
+        mistakes.push((
+            weighted((&scores / (dv as f64).sqrt())?)?,
+            hints::SCALE_BY_DV,
+        ));
     }
     let hint = diagnose_tensor(&got, &mistakes, hints::ATTENTION_FORMULA);
     Ok(Outcome::Wrong(format!("com {shape}: {hint}")))
@@ -301,12 +315,17 @@ pub(crate) fn internal(e: crate::Error) -> Outcome {
 pub fn causal_mask(f: impl Fn(&Tensor) -> crate::Result<Tensor>) -> Report {
     let f = &f;
     // The last case has large scores, where a finite mask such as −100 still leaks.
-    let cases = [(4usize, 3.0f64, 1u64), (6, 3.0, 2), (1, 1.0, 3), (8, 300.0, 4)]
-        .into_iter()
-        .map(|(n, scale, seed)| -> Case<'_> {
-            Box::new(move || causal_case(f, n, scale, seed).unwrap_or_else(internal))
-        })
-        .collect();
+    let cases = [
+        (4usize, 3.0f64, 1u64),
+        (6, 3.0, 2),
+        (1, 1.0, 3),
+        (8, 300.0, 4),
+    ]
+    .into_iter()
+    .map(|(n, scale, seed)| -> Case<'_> {
+        Box::new(move || causal_case(f, n, scale, seed).unwrap_or_else(internal))
+    })
+    .collect();
     report("máscara causal", cases)
 }
 
@@ -395,13 +414,18 @@ fn causal_case(
         (masked_softmax(&s, |i, j| j >= i), hints::MASK_TRANSPOSED),
         (after, hints::MASK_AFTER_SOFTMAX),
         (full, hints::MASK_NO_EFFECT),
-        (masked_softmax(&zeroed, |_, _| true), hints::MASK_ZEROED_SCORES),
+        (
+            masked_softmax(&zeroed, |_, _| true),
+            hints::MASK_ZEROED_SCORES,
+        ),
         (by_column, hints::SOFTMAX_AXIS),
     ];
     if let Some((_, hint)) = mistakes.iter().find(|(m, _)| rows_close(&g, m)) {
         return wrong(hint);
     }
-    let rows_sum_to_one = g.iter().all(|r| (r.iter().sum::<f32>() - 1.0).abs() <= 1e-3);
+    let rows_sum_to_one = g
+        .iter()
+        .all(|r| (r.iter().sum::<f32>() - 1.0).abs() <= 1e-3);
     let future = g
         .iter()
         .enumerate()

@@ -15,7 +15,8 @@ pub mod hints {
         "Isso conta cabeças; as camadas são os blocos empilhados (atenção + MLP), `blk.N`.";
     pub const MAX_INDEX: &str = "Esse é o maior índice de bloco: os blocos são numerados a partir \
         de 0 (`blk.0` … `blk.N−1`), então há índice máximo + 1 camadas.";
-    pub const TENSORS_NOT_BLOCKS: &str = "Você contou tensores, não blocos: cada bloco `blk.N` tem \
+    pub const TENSORS_NOT_BLOCKS: &str =
+        "Você contou tensores, não blocos: cada bloco `blk.N` tem \
         vários tensores (W_Q, W_K, W_V, W_O, MLP, normas). Conte os índices N distintos, ou só \
         um tipo de tensor (por exemplo `attn_q`).";
     pub const TEXT_NOT_NUMBER: &str = "Compare os índices como números, não como texto: como \
@@ -168,9 +169,7 @@ pub fn block(
     ]
     .into_iter()
     .map(|(n, d_model, h, d, ff, seed, eps)| -> Case<'_> {
-        Box::new(move || {
-            block_case(f, (n, d_model, h, d, ff), seed, eps).unwrap_or_else(internal)
-        })
+        Box::new(move || block_case(f, (n, d_model, h, d, ff), seed, eps).unwrap_or_else(internal))
     })
     .collect();
     report("bloco transformer", cases)

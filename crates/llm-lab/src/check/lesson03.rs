@@ -95,7 +95,11 @@ fn positions_case(
     let pair = |j: usize| 2.0 * (j / 2) as f64 / d as f64;
     let half = d.div_ceil(2);
     let halves = variant(&|p, j| {
-        let (i, sine) = if j < half { (j, true) } else { (j - half, false) };
+        let (i, sine) = if j < half {
+            (j, true)
+        } else {
+            (j - half, false)
+        };
         let a = angle(p, 2.0 * i as f64 / d as f64);
         if sine {
             a.sin()

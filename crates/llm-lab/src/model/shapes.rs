@@ -92,9 +92,8 @@ impl WeightShapes {
         let mut v = vec![("token_embd.weight".to_string(), lin(&w.embed))];
         for (l, b) in w.blocks.iter().enumerate() {
             let n = |s: &str| format!("blk.{l}.{s}.weight");
-            let gain = |s: &str, t: Option<&candle_core::Tensor>| {
-                t.map(|t| (n(s), t.dims().to_vec()))
-            };
+            let gain =
+                |s: &str, t: Option<&candle_core::Tensor>| t.map(|t| (n(s), t.dims().to_vec()));
             v.extend(gain("attn_norm", Some(&b.attn_norm)));
             v.extend([
                 (n("attn_q"), lin(&b.w_q)),
@@ -167,9 +166,7 @@ impl WeightShapes {
 
     /// Every `(name, shape)`, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[usize])> {
-        self.entries
-            .iter()
-            .map(|(n, s)| (n.as_str(), s.as_slice()))
+        self.entries.iter().map(|(n, s)| (n.as_str(), s.as_slice()))
     }
 
     /// How many tensors.
