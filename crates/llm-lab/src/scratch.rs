@@ -120,6 +120,46 @@ pub fn residual_pre_norm(
     Ok((x + sublayer(&norm(x)?)?)?)
 }
 
+/// The lecture's MLP: two layers with a ReLU between, `max(0, X W₁) W₂`, which keeps the width:
+/// `W₁: [D, F]`, `W₂: [F, D]`, `[N, D] → [N, D]`. (Llama and Gemma use a gated MLP instead.)
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub w_1: Tensor,
+    pub w_2: Tensor,
+}
+
+impl Mlp {
+    /// `max(0, X W₁) W₂`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.matmul(&self.w_1)?.relu()?.matmul(&self.w_2)?)
+    }
+}
+
+/// The lecture's transformer block, post-norm as it writes it: `Z = LN(MHA(X) + X)`, then
+/// `X̃ = LN(MLP(Z) + Z)`, with LayerNorm without gain or bias and attention without a mask.
+/// Llama and Gemma normalise before each sublayer instead (pre-norm, with RMSNorm).
+///
+/// ```
+/// use llm_lab::scratch::{self, HeadWeights, Mlp};
+/// let m = |r, c, s| scratch::random_matrix(r, c, s);
+/// let x = m(3, 4, 1)?;
+/// let heads = vec![HeadWeights { w_q: m(4, 2, 2)?, w_k: m(4, 2, 3)?, w_v: m(4, 2, 4)? }];
+/// let mlp = Mlp { w_1: m(4, 8, 5)?, w_2: m(8, 4, 6)? };
+/// let out = scratch::transformer_block(&x, &heads, &m(2, 4, 7)?, &mlp, 1e-5)?;
+/// assert_eq!(out.dims(), &[3, 4]); // the width is kept, so blocks stack
+/// # Ok::<(), llm_lab::Error>(())
+/// ```
+pub fn transformer_block(
+    x: &Tensor,
+    heads: &[HeadWeights],
+    w_o: &Tensor,
+    mlp: &Mlp,
+    eps: f64,
+) -> Result<Tensor> {
+    let z = residual_post_norm(x, |x| multi_head_attention(x, heads, w_o, false), eps)?;
+    residual_post_norm(&z, |z| mlp.forward(z), eps)
+}
+
 /// Sinusoidal positional encoding `[n, d]`: `PE[p, 2i] = sin(p / 10000^(2i/d))`,
 /// `PE[p, 2i+1] = cos(p / 10000^(2i/d))`.
 ///

@@ -5,7 +5,6 @@ use candle_core::{Tensor, D};
 use llm_lab::check::{self, Report, Status};
 use llm_lab::generate::LanguageModel;
 use llm_lab::logits::softmax;
-use llm_lab::model::Config;
 use llm_lab::sampling::{Sampler, SamplerConfig};
 use llm_lab::scratch::{self, HeadWeights};
 use llm_lab::Result;
@@ -40,44 +39,7 @@ fn reports_have_a_plain_line_and_html() {
     assert!(hint(&r).contains("pânico"), "{r}");
 }
 
-// ---- counting -------------------------------------------------------------------------------
-
-#[test]
-fn counting_checks() {
-    let smol = {
-        let mut c = Config::llama_3_2_1b();
-        c.name = "SmolLM2".into();
-        c.n_layers = 30;
-        c.n_heads = 9;
-        c.n_kv_heads = 3;
-        c.d_head = 64;
-        c.d_model = 576;
-        c
-    };
-    assert!(check::count_heads(&smol, |c| c.n_heads).passed());
-    assert!(check::count_kv_heads(&smol, |c| c.n_kv_heads).passed());
-    assert!(check::count_layers(&smol, |c| c.n_layers).passed());
-    assert_eq!(
-        check::count_heads(&smol, |_| todo!()).status,
-        Status::NotDone
-    );
-
-    assert_rejected(check::count_heads(&smol, |c| c.n_kv_heads), "chave/valor");
-    assert_rejected(check::count_heads(&smol, |_| 9), "Não fixe");
-    assert_rejected(check::count_heads(&smol, |c| c.n_layers), "camadas");
-    assert_rejected(check::count_heads(&smol, |c| c.d_head), "largura");
-
-    assert_rejected(check::count_kv_heads(&smol, |c| c.n_heads), "consulta");
-    assert_rejected(check::count_kv_heads(&smol, |_| 3), "Não fixe");
-    assert_rejected(check::count_kv_heads(&smol, |c| c.n_layers), "camadas");
-
-    assert_rejected(check::count_layers(&smol, |c| c.n_heads), "cabeças");
-    assert_rejected(
-        check::count_layers(&smol, |c| c.n_layers - 1),
-        "a mais ou a menos",
-    );
-    assert_rejected(check::count_layers(&smol, |_| 30), "Não fixe");
-}
+// Counting heads, KV heads and layers: tests/checks_early.rs.
 
 // ---- temperature ----------------------------------------------------------------------------
 

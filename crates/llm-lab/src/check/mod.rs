@@ -19,8 +19,8 @@ pub mod lesson04;
 pub mod lesson05;
 pub mod runner;
 
-pub use lesson01::{attention, count_heads, count_kv_heads, multi_head};
-pub use lesson02::{count_layers, layer_norm};
+pub use lesson01::{attention, causal_mask, count_heads, count_kv_heads, multi_head};
+pub use lesson02::{block, count_layers, layer_norm};
 pub use lesson03::positional_encoding;
 pub use lesson04::{temperature, top_p, SAMPLE_LOGITS};
 pub use lesson05::{generation_loop, temperature_loop};

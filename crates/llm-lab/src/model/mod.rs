@@ -6,6 +6,7 @@ pub(crate) mod forward;
 mod gemma3;
 mod q4_1;
 mod q5_0;
+pub mod shapes;
 
 /// The Q4_1 product kernel this process uses (`Scalar`, `Avx2`, `AvxVnni`, `Avx512Vnni`): the
 /// fastest the CPU runs, or the one `LLM_LAB_KERNEL` names.
@@ -40,6 +41,7 @@ use candle_core::{Device, Tensor};
 
 pub use cache::KvCache;
 pub use config::{Activation, Architecture, Config, RopeScaling};
+pub use shapes::WeightShapes;
 pub use trace::{AsHook, Hook, Trace, TraceOptions};
 pub use weights::{BlockWeights, Linear, RopeStyle, WeightFormat, Weights};
 
