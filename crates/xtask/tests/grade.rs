@@ -74,8 +74,8 @@ fn a_class_of_five_gets_the_right_gradebook() {
         "caio-wrong",
         &with_function(
             sol.clone(),
-            "count_heads",
-            "fn count_heads(config: &Config) -> usize {\n    config.n_kv_heads\n}",
+            "n_heads",
+            "fn n_heads(shapes: &WeightShapes, d_head: usize) -> usize {\n    shapes.rows(\"blk.0.attn_k.weight\") / d_head\n}",
         ),
     );
     write(
@@ -128,15 +128,17 @@ fn a_class_of_five_gets_the_right_gradebook() {
         "check::count_heads",
         "check::count_kv_heads",
         "check::attention",
+        "check::causal_mask",
         "check::multi_head",
     ];
-    let expected: [(&str, [&str; 4]); 5] = [
-        ("ana-complete", ["passed", "passed", "passed", "passed"]),
-        ("bia-partial", ["passed", "passed", "passed", "not done"]),
-        ("caio-wrong", ["failed", "passed", "passed", "passed"]),
-        // multi_head calls the student's own attention: it fails (or hangs) with it.
-        ("davi-panics", ["passed", "passed", "failed", "failed"]),
-        ("eva-loops", ["passed", "passed", "timed out", "timed out"]),
+    let expected: [(&str, [&str; 5]); 5] = [
+        ("ana-complete", ["passed", "passed", "passed", "passed", "passed"]),
+        ("bia-partial", ["passed", "passed", "passed", "passed", "not done"]),
+        ("caio-wrong", ["failed", "passed", "passed", "passed", "passed"]),
+        // multi_head calls the student's own attention: it fails (or hangs) with it; the causal
+        // mask does not.
+        ("davi-panics", ["passed", "passed", "failed", "passed", "failed"]),
+        ("eva-loops", ["passed", "passed", "timed out", "passed", "timed out"]),
     ];
     for (student, outcomes) in expected {
         for (ex, want) in exercises.iter().zip(outcomes) {
