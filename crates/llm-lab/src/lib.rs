@@ -59,8 +59,8 @@ pub mod prelude {
         CachedModel, GenerateOptions, Generated, Generation, LanguageModel, StopReason,
     };
     pub use crate::logits::{next_token_losses, softmax, softmax_with_temperature, Logits};
-    pub use crate::model::{Interventions, WeightFormat};
     pub use crate::model::{Config, Hook, KvCache, Model, Trace, TraceOptions};
+    pub use crate::model::{Interventions, WeightFormat};
     pub use crate::models;
     pub use crate::plot::{self, Figure};
     pub use crate::sampling::{Sampler, SamplerConfig};

@@ -46,7 +46,11 @@ fn no_intervention_is_the_plain_forward_pass() {
         assert_eq!(max_abs_diff(&plain, &traced), 0.0);
         assert_eq!(trace.names(), clean_trace.names());
         for hook in trace.hooks() {
-            assert_eq!(max_abs_diff(&trace[hook], &clean_trace[hook]), 0.0, "{hook}");
+            assert_eq!(
+                max_abs_diff(&trace[hook], &clean_trace[hook]),
+                0.0,
+                "{hook}"
+            );
         }
     }
 }
@@ -84,7 +88,10 @@ fn ablating_a_head_equals_zeroing_its_z_by_hand() {
             assert_eq!(max_abs_diff(&logits, &untraced), 0.0);
             // Nothing before layer l moves.
             for before in 0..=l {
-                let (a, b) = (&ablated[Hook::ResidPre(before)], &clean[Hook::ResidPre(before)]);
+                let (a, b) = (
+                    &ablated[Hook::ResidPre(before)],
+                    &clean[Hook::ResidPre(before)],
+                );
                 assert_eq!(max_abs_diff(a, b), 0.0, "resid_pre {before}");
             }
             // z: head h is zeros, every other head is the clean one.
@@ -105,7 +112,11 @@ fn ablating_a_head_equals_zeroing_its_z_by_hand() {
                 Architecture::Gemma3 => &ablated[Hook::AttnBeforePostNorm(l)],
             };
             let diff = max_abs_diff(model_out, &by_hand);
-            assert!(diff < 1e-5, "{:?} layer {l} head {h}: {diff}", spec.architecture);
+            assert!(
+                diff < 1e-5,
+                "{:?} layer {l} head {h}: {diff}",
+                spec.architecture
+            );
             // And the head mattered.
             assert!(max_abs_diff(&logits, &clean_logits) > 1e-4);
         }
@@ -116,8 +127,8 @@ fn ablating_a_head_equals_zeroing_its_z_by_hand() {
 fn ablating_every_head_of_a_layer_is_ablating_its_attention() {
     for spec in specs() {
         let (_dir, model) = tiny_model(&spec).unwrap();
-        let every_head = (0..model.config.n_heads)
-            .fold(Interventions::new(), |iv, h| iv.ablate_head(1, h));
+        let every_head =
+            (0..model.config.n_heads).fold(Interventions::new(), |iv, h| iv.ablate_head(1, h));
         let by_heads = model.run_with(&tokens(), &every_head).unwrap();
         let whole = Interventions::new().ablate_attention(1);
         let (by_layer, trace) = model
@@ -126,7 +137,10 @@ fn ablating_every_head_of_a_layer_is_ablating_its_attention() {
         let diff = max_abs_diff(&by_heads, &by_layer);
         assert!(diff < 1e-4, "{:?}: {diff}", spec.architecture);
         // The stream skips the attention: resid_mid = resid_pre.
-        assert_eq!(max_abs_diff(&trace[Hook::ResidMid(1)], &trace[Hook::ResidPre(1)]), 0.0);
+        assert_eq!(
+            max_abs_diff(&trace[Hook::ResidMid(1)], &trace[Hook::ResidPre(1)]),
+            0.0
+        );
     }
 }
 
@@ -139,8 +153,17 @@ fn ablating_an_mlp_makes_the_stream_skip_it() {
         let (logits, trace) = model
             .run_with_trace_and(&tokens(), TraceOptions::default(), &iv)
             .unwrap();
-        assert_eq!(max_abs_diff(&trace[Hook::ResidPre(1)], &trace[Hook::ResidMid(0)]), 0.0);
-        assert_eq!(max_abs_diff(&trace[Hook::MlpOut(0)], &trace[Hook::MlpOut(0)].zeros_like().unwrap()), 0.0);
+        assert_eq!(
+            max_abs_diff(&trace[Hook::ResidPre(1)], &trace[Hook::ResidMid(0)]),
+            0.0
+        );
+        assert_eq!(
+            max_abs_diff(
+                &trace[Hook::MlpOut(0)],
+                &trace[Hook::MlpOut(0)].zeros_like().unwrap()
+            ),
+            0.0
+        );
         assert!(max_abs_diff(&logits, &clean_logits) > 1e-4);
     }
 }
@@ -151,10 +174,22 @@ fn layers_and_heads_the_model_lacks_are_clear_errors() {
         let (_dir, model) = tiny_model(&spec).unwrap();
         let (n_layers, n_heads) = (model.config.n_layers, model.config.n_heads);
         let cases = [
-            (Interventions::new().ablate_head(n_layers, 0), format!("layers 0..{n_layers}")),
-            (Interventions::new().ablate_head(0, n_heads), format!("heads 0..{n_heads}")),
-            (Interventions::new().ablate_attention(n_layers + 5), format!("layers 0..{n_layers}")),
-            (Interventions::new().ablate_mlp(usize::MAX), format!("layers 0..{n_layers}")),
+            (
+                Interventions::new().ablate_head(n_layers, 0),
+                format!("layers 0..{n_layers}"),
+            ),
+            (
+                Interventions::new().ablate_head(0, n_heads),
+                format!("heads 0..{n_heads}"),
+            ),
+            (
+                Interventions::new().ablate_attention(n_layers + 5),
+                format!("layers 0..{n_layers}"),
+            ),
+            (
+                Interventions::new().ablate_mlp(usize::MAX),
+                format!("layers 0..{n_layers}"),
+            ),
         ];
         for (iv, want) in cases {
             let err = model.run_with(&tokens(), &iv).unwrap_err().to_string();
@@ -180,7 +215,10 @@ fn token_losses_are_minus_log_softmax_of_the_next_token() {
         for (i, &loss) in losses.iter().enumerate() {
             let p = softmax(&logits.i(i).unwrap().to_vec1::<f32>().unwrap());
             let by_hand = -(p[t[i + 1] as usize] as f64).ln() as f32;
-            assert!((loss - by_hand).abs() < 1e-4, "position {i}: {loss} vs {by_hand}");
+            assert!(
+                (loss - by_hand).abs() < 1e-4,
+                "position {i}: {loss} vs {by_hand}"
+            );
         }
         // The logits of all `t` score the same first positions (the last row has no target).
         let from_all = next_token_losses(&logits, &t).unwrap();
@@ -192,7 +230,10 @@ fn token_losses_are_minus_log_softmax_of_the_next_token() {
         let ablated = model
             .token_losses(&t, &Interventions::new().ablate_attention(0))
             .unwrap();
-        assert!(losses.iter().zip(&ablated).any(|(a, b)| (a - b).abs() > 1e-4));
+        assert!(losses
+            .iter()
+            .zip(&ablated)
+            .any(|(a, b)| (a - b).abs() > 1e-4));
         assert!(model.token_losses(&t[..1], &Interventions::new()).is_err());
         assert!(next_token_losses(&logits, &t[..3]).is_err());
         assert!(next_token_losses(&logits.i(..2).unwrap(), &[1, 2, 100_000]).is_err());
