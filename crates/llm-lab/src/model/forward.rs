@@ -176,7 +176,8 @@ pub(crate) fn attention(
     let keep_pattern = trace.as_deref().is_some();
     let window = config.window(layer);
     let (heads, pattern) = attend(&q, &k, &v, mask, window, keep_pattern)?; // [H, seq, d], [H, seq, ctx]
-                                                                            // Ablated heads (see `intervene`) give zeros here, so W_O mixes nothing of them in.
+
+    // Ablated heads (see `intervene`) give zeros here, so W_O mixes nothing of them in.
     let heads = iv.apply_to_heads(layer, heads)?; // [H, seq, d]
 
     // Concatenate the heads and mix them with W_O.
