@@ -58,9 +58,9 @@ pub mod prelude {
     pub use crate::generate::{
         CachedModel, GenerateOptions, Generated, Generation, LanguageModel, StopReason,
     };
-    pub use crate::logits::{softmax, softmax_with_temperature, Logits};
-    pub use crate::model::WeightFormat;
+    pub use crate::logits::{next_token_losses, softmax, softmax_with_temperature, Logits};
     pub use crate::model::{Config, Hook, KvCache, Model, Trace, TraceOptions};
+    pub use crate::model::{Interventions, WeightFormat};
     pub use crate::models;
     pub use crate::plot::{self, Figure};
     pub use crate::sampling::{Sampler, SamplerConfig};

@@ -6,7 +6,7 @@
 use candle_core::Tensor;
 
 use crate::error::{Error, Result};
-use crate::model::{KvCache, Model, ModelInput};
+use crate::model::{Interventions, KvCache, Model, ModelInput};
 use crate::tokenizer::Tokenizer;
 
 /// `softmax(z)_i = exp(z_i) / Σ_j exp(z_j)`, computed as `exp(z_i − max z)` so that logits in the
@@ -120,6 +120,53 @@ pub fn argmax(z: &[f32]) -> Option<usize> {
         }
     }
     best
+}
+
+/// The training loss at every position: `losses[i] = −ln p(tokens[i + 1] | tokens[..=i])`, the
+/// cross-entropy (natural log, in nats) of each next token under `logits: [seq, V]` (row `i`
+/// predicting token `i + 1`, as [`Model::run`] returns them). `seq − 1` values: nothing
+/// predicts the first token. Its mean is the loss training minimises; `e^loss` is the
+/// perplexity.
+///
+/// ```
+/// use llm_lab::candle_core::{Device, Tensor};
+/// // Two positions over a vocabulary of 3; the text is [0, 2, 1].
+/// let logits = Tensor::new(&[[0.0f32, 0.0, 0.0], [0.0, 10.0, 0.0]], &Device::Cpu)?;
+/// let losses = llm_lab::logits::next_token_losses(&logits, &[0, 2, 1])?;
+/// assert!((losses[0] - 3f32.ln()).abs() < 1e-6); // uniform: ln 3
+/// assert!(losses[1] < 1e-3); // "1" was almost certain
+/// assert!(llm_lab::logits::next_token_losses(&logits, &[0]).is_err()); // one token for two rows
+/// # Ok::<(), llm_lab::Error>(())
+/// ```
+pub fn next_token_losses(logits: &Tensor, tokens: &[u32]) -> Result<Vec<f32>> {
+    let (seq, vocab) = logits.dims2()?;
+    if tokens.len() != seq + 1 && tokens.len() != seq {
+        return Err(Error::invalid(format!(
+            "{} tokens for {seq} rows of logits: give the tokens the logits were computed on \
+             ({seq}, the last one is not scored) or those plus the token that follows ({})",
+            tokens.len(),
+            seq + 1
+        )));
+    }
+    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+        return Err(Error::invalid(format!(
+            "token id {bad} is outside the logits' vocabulary (0..{vocab})"
+        )));
+    }
+    let rows = logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+    // With `seq` tokens the last row predicts a token we do not have.
+    let scored = tokens.len() - 1;
+    rows.iter()
+        .take(scored)
+        .zip(&tokens[1..])
+        .map(|(z, &next)| {
+            check_logits(z)?;
+            // −log softmax(z)[next] = log Σ exp(z − max) − (z[next] − max), in f64.
+            let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let log_sum = z.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+            Ok((log_sum - (z[next as usize] as f64 - max)) as f32)
+        })
+        .collect()
 }
 
 /// One candidate token with its score.
@@ -272,6 +319,29 @@ impl Model {
     /// model's tokenizer.
     pub fn to_logits(&self, row: &Tensor) -> Result<Logits> {
         Ok(Logits::new(row.to_vec1::<f32>()?)?.with_tokenizer(&self.tokenizer))
+    }
+
+    /// The loss at every position of `tokens` (see [`next_token_losses`]) from one forward pass
+    /// with `interventions` (an empty [`Interventions`] for the model as it is): `tokens.len() − 1`
+    /// values, natural log.
+    ///
+    /// ```
+    /// use llm_lab::prelude::*;
+    /// use llm_lab::testing::{tiny_model, TinySpec};
+    /// let (_dir, model) = tiny_model(&TinySpec::default())?;
+    /// let clean = model.token_losses(&[1, 2, 3, 4], &Interventions::new())?;
+    /// let ablated = model.token_losses(&[1, 2, 3, 4], &Interventions::new().ablate_attention(0))?;
+    /// assert_eq!((clean.len(), ablated.len()), (3, 3));
+    /// # Ok::<(), llm_lab::Error>(())
+    /// ```
+    pub fn token_losses(&self, tokens: &[u32], interventions: &Interventions) -> Result<Vec<f32>> {
+        if tokens.len() < 2 {
+            return Err(Error::invalid(
+                "a loss needs at least two tokens: one to read and the next one to predict",
+            ));
+        }
+        let logits = self.run_with(&tokens[..tokens.len() - 1], interventions)?;
+        next_token_losses(&logits, tokens)
     }
 
     /// The last step of the forward pass on its own (the "logit lens"): what the model would

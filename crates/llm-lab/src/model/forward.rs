@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::cache::KvCache;
 use super::config::{Activation, Config};
+use super::intervene::Interventions;
 use super::trace::{Hook, Trace};
 use super::weights::{BlockWeights, Linear, RopeStyle, Weights};
 use crate::error::Result;
@@ -33,6 +34,7 @@ pub(crate) fn forward(
     cache: &mut KvCache,
     mut trace: Option<&mut Trace>,
     positions: Positions,
+    iv: &Interventions,
 ) -> Result<Tensor> {
     let device = w.final_norm.device();
     let seq = tokens.len();
@@ -65,11 +67,14 @@ pub(crate) fn forward(
             cache,
             l,
             trace.as_deref_mut(),
+            iv,
         )?; // [seq, D]
+        let attn = iv.attention_out(l, attn)?; // zeros if this layer's attention is ablated
         x = (x + &attn)?;
         // MLP sub-layer, pre-norm: x + MLP(RMSNorm(x)).
         let h = rms_norm(&x, &block.mlp_norm, config.rms_norm_eps)?; // [seq, D]
         let mlp = gated_mlp(block, &h, config.mlp_activation)?; // [seq, D]
+        let mlp = iv.mlp_out(l, mlp)?;
         if let Some(t) = trace.as_deref_mut() {
             t.record(Hook::AttnOut(l), &attn);
             t.record(Hook::ResidMid(l), &x);
@@ -135,6 +140,7 @@ pub(crate) fn attention(
     cache: &mut KvCache,
     layer: usize,
     mut trace: Option<&mut Trace>,
+    iv: &Interventions,
 ) -> Result<Tensor> {
     let (seq, _) = h.dims2()?;
     let (n_h, n_kv, d) = (config.n_heads, config.n_kv_heads, config.d_head);
@@ -170,6 +176,9 @@ pub(crate) fn attention(
     let keep_pattern = trace.as_deref().is_some();
     let window = config.window(layer);
     let (heads, pattern) = attend(&q, &k, &v, mask, window, keep_pattern)?; // [H, seq, d], [H, seq, ctx]
+
+    // Ablated heads (see `intervene`) give zeros here, so W_O mixes nothing of them in.
+    let heads = iv.apply_to_heads(layer, heads)?; // [H, seq, d]
 
     // Concatenate the heads and mix them with W_O.
     let concat = heads.transpose(0, 1)?.reshape((seq, n_h * d))?; // [seq, H·d]

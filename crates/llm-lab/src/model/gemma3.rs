@@ -27,6 +27,7 @@ use candle_core::Tensor;
 use super::cache::KvCache;
 use super::config::Config;
 use super::forward::{self, rms_norm, Positions};
+use super::intervene::Interventions;
 use super::trace::{Hook, Trace};
 use super::weights::Weights;
 use crate::error::{Error, Result};
@@ -39,6 +40,7 @@ pub(crate) fn forward(
     cache: &mut KvCache,
     mut trace: Option<&mut Trace>,
     positions: Positions,
+    iv: &Interventions,
 ) -> Result<Tensor> {
     let device = w.final_norm.device();
     let seq = tokens.len();
@@ -90,14 +92,15 @@ pub(crate) fn forward(
             cache,
             l,
             trace.as_deref_mut(),
+            iv,
         )?; // [seq, D]
-        let attn = rms_norm(&raw, attn_post_norm, eps)?; // [seq, D]
+        let attn = iv.attention_out(l, rms_norm(&raw, attn_post_norm, eps)?)?; // [seq, D]
         x = (x + &attn)?;
 
         // MLP sub-layer, wrapped the same way. Gemma: GELU instead of SiLU in the gate.
         let h = rms_norm(&x, &block.mlp_norm, eps)?; // [seq, D]
         let raw_mlp = forward::gated_mlp(block, &h, config.mlp_activation)?; // [seq, D]
-        let mlp = rms_norm(&raw_mlp, mlp_post_norm, eps)?; // [seq, D]
+        let mlp = iv.mlp_out(l, rms_norm(&raw_mlp, mlp_post_norm, eps)?)?; // [seq, D]
         if let Some(t) = trace.as_deref_mut() {
             t.record(Hook::AttnBeforePostNorm(l), &raw);
             t.record(Hook::AttnOut(l), &attn);

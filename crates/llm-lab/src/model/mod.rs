@@ -4,6 +4,7 @@ pub mod cache;
 pub mod config;
 pub(crate) mod forward;
 mod gemma3;
+pub mod intervene;
 mod q4_1;
 mod q5_0;
 pub mod shapes;
@@ -41,6 +42,7 @@ use candle_core::{Device, Tensor};
 
 pub use cache::KvCache;
 pub use config::{Activation, Architecture, Config, RopeScaling};
+pub use intervene::Interventions;
 pub use shapes::WeightShapes;
 pub use trace::{AsHook, Hook, Trace, TraceOptions};
 pub use weights::{BlockWeights, Linear, RopeStyle, WeightFormat, Weights};
@@ -259,7 +261,7 @@ impl Model {
         let mut cache = KvCache::new();
         self.check_tokens(tokens, &cache)?;
         let all = forward::Positions::All;
-        self.pass(tokens, &mut cache, None, all)
+        self.pass(tokens, &mut cache, None, all, &intervene::NONE)
     }
 
     /// Like [`Model::run`], also recording the internals named in [`trace`] (attention
@@ -270,7 +272,47 @@ impl Model {
         self.check_trace_size(tokens.len(), 0)?;
         let mut trace = Trace::new(options, tokens, self.token_strings(tokens));
         let all = forward::Positions::All;
-        let logits = self.pass(tokens, &mut cache, Some(&mut trace), all)?;
+        let logits = self.pass(tokens, &mut cache, Some(&mut trace), all, &intervene::NONE)?;
+        Ok((logits, trace))
+    }
+
+    /// Like [`Model::run`], with parts of the model switched off (see [`intervene`]): logits
+    /// `[seq, d_vocab]` of the forward pass where the heads and sub-layers `interventions` names
+    /// add nothing. An empty set gives exactly [`Model::run`]'s logits; a layer or head the
+    /// model does not have is an error.
+    ///
+    /// ```
+    /// use llm_lab::prelude::*;
+    /// use llm_lab::testing::{tiny_model, TinySpec};
+    /// let (_dir, model) = tiny_model(&TinySpec::default())?;
+    /// let without_mlp_0 = model.run_with(&[1, 2, 3], &Interventions::new().ablate_mlp(0))?;
+    /// assert_eq!(without_mlp_0.dims(), &[3, model.config.d_vocab]);
+    /// # Ok::<(), llm_lab::Error>(())
+    /// ```
+    pub fn run_with(&self, tokens: &[u32], interventions: &Interventions) -> Result<Tensor> {
+        let mut cache = KvCache::new();
+        self.check_tokens(tokens, &cache)?;
+        interventions.check(&self.config)?;
+        let all = forward::Positions::All;
+        self.pass(tokens, &mut cache, None, all, interventions)
+    }
+
+    /// Like [`Model::run_with`], also recording a trace of the intervened pass: an ablated
+    /// head's `attn.z` is recorded as the zeros W_O received, an ablated sub-layer's
+    /// `attn_out`/`mlp_out` as zeros.
+    pub fn run_with_trace_and(
+        &self,
+        tokens: &[u32],
+        options: TraceOptions,
+        interventions: &Interventions,
+    ) -> Result<(Tensor, Trace)> {
+        let mut cache = KvCache::new();
+        self.check_tokens(tokens, &cache)?;
+        interventions.check(&self.config)?;
+        self.check_trace_size(tokens.len(), 0)?;
+        let mut trace = Trace::new(options, tokens, self.token_strings(tokens));
+        let all = forward::Positions::All;
+        let logits = self.pass(tokens, &mut cache, Some(&mut trace), all, interventions)?;
         Ok((logits, trace))
     }
 
@@ -292,7 +334,7 @@ impl Model {
     pub fn step(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
         self.check_tokens(tokens, cache)?;
         let last = forward::Positions::Last;
-        let logits = self.pass(tokens, cache, None, last)?;
+        let logits = self.pass(tokens, cache, None, last, &intervene::NONE)?;
         Ok(logits.squeeze(0)?) // [V]
     }
 
@@ -307,7 +349,7 @@ impl Model {
         self.check_trace_size(tokens.len(), cache.len())?;
         let mut trace = Trace::new(options, tokens, self.token_strings(tokens));
         let last = forward::Positions::Last;
-        let logits = self.pass(tokens, cache, Some(&mut trace), last)?;
+        let logits = self.pass(tokens, cache, Some(&mut trace), last, &intervene::NONE)?;
         Ok((logits.squeeze(0)?, trace)) // [V]
     }
 
@@ -318,11 +360,12 @@ impl Model {
         cache: &mut KvCache,
         trace: Option<&mut Trace>,
         positions: forward::Positions,
+        iv: &Interventions,
     ) -> Result<Tensor> {
         let (c, w) = (&self.config, &self.weights);
         match c.architecture {
-            Architecture::Llama => forward::forward(c, w, tokens, cache, trace, positions),
-            Architecture::Gemma3 => gemma3::forward(c, w, tokens, cache, trace, positions),
+            Architecture::Llama => forward::forward(c, w, tokens, cache, trace, positions, iv),
+            Architecture::Gemma3 => gemma3::forward(c, w, tokens, cache, trace, positions, iv),
         }
     }
 
