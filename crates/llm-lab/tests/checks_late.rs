@@ -20,7 +20,11 @@ fn hint(r: &Report) -> String {
 #[track_caller]
 fn rejected(r: Report, want: &str) {
     let h = hint(&r);
-    assert!(h.contains(want), "{}: hint {h:?}\nshould hold {want:?}", r.exercise);
+    assert!(
+        h.contains(want),
+        "{}: hint {h:?}\nshould hold {want:?}",
+        r.exercise
+    );
 }
 
 #[track_caller]
@@ -43,7 +47,9 @@ fn scaled(z: &[f32], k: f32) -> Vec<f32> {
 
 #[test]
 fn temperature_mutants() {
-    passed(check::temperature(|z, t| stable_softmax(&scaled(z, 1.0 / t))));
+    passed(check::temperature(|z, t| {
+        stable_softmax(&scaled(z, 1.0 / t))
+    }));
     rejected(
         check::temperature(|z, t| stable_softmax(&scaled(z, t))),
         h4::MULTIPLIED,
@@ -277,10 +283,12 @@ fn window_loop_right_answers_pass() {
 
 #[test]
 fn window_loop_names_what_the_model_was_fed() {
-    let feed = |feed| window(Loop {
-        feed,
-        ..Loop::default()
-    });
+    let feed = |feed| {
+        window(Loop {
+            feed,
+            ..Loop::default()
+        })
+    };
     rejected(feed(1), h5::LAST_ONLY);
     rejected(feed(2), h5::FORGOT_PROMPT);
     rejected(feed(3), h5::FIRST_L);
@@ -299,17 +307,21 @@ fn window_loop_names_what_the_model_was_fed() {
 
 #[test]
 fn window_loop_names_stops_and_budget() {
-    let stop = |stop| window(Loop {
-        stop,
-        ..Loop::default()
-    });
+    let stop = |stop| {
+        window(Loop {
+            stop,
+            ..Loop::default()
+        })
+    };
     rejected(stop(1), h5::PAST_END);
     rejected(stop(2), h5::INCLUDES_STOP);
     rejected(stop(3), h5::ONLY_FIRST_STOP);
-    let extra = |extra| window(Loop {
-        extra,
-        ..Loop::default()
-    });
+    let extra = |extra| {
+        window(Loop {
+            extra,
+            ..Loop::default()
+        })
+    };
     rejected(extra(1), h5::ONE_TOO_MANY);
     rejected(extra(-1), h5::ONE_TOO_FEW);
     rejected(
@@ -330,7 +342,9 @@ fn window_loop_names_stops_and_budget() {
 
 #[test]
 fn generation_loop_mutants() {
-    let run = |l: Loop| check::generation_loop(move |m, p, n| l.run(m, p, n, &m.stop_tokens(), usize::MAX));
+    let run = |l: Loop| {
+        check::generation_loop(move |m, p, n| l.run(m, p, n, &m.stop_tokens(), usize::MAX))
+    };
     passed(run(Loop::default()));
     rejected(
         run(Loop {
@@ -397,10 +411,7 @@ fn right_draw(p: &[f32], u: f64) -> usize {
 fn inverse_cdf_mutants() {
     passed(check::inverse_cdf(right_draw));
     passed(check::inverse_cdf(|p, u| draw_from(p, u) as usize));
-    assert_eq!(
-        check::inverse_cdf(|_, _| todo!()).status,
-        Status::NotDone
-    );
+    assert_eq!(check::inverse_cdf(|_, _| todo!()).status, Status::NotDone);
     // u against each probability, not the running sum.
     rejected(
         check::inverse_cdf(|p, u| p.iter().position(|&x| u < x as f64).unwrap_or(p.len() - 1)),
@@ -433,11 +444,7 @@ fn inverse_cdf_mutants() {
         h5::ONE_PAST,
     );
     rejected(
-        check::inverse_cdf(|p, _| {
-            (0..p.len())
-                .max_by(|&a, &b| p[a].total_cmp(&p[b]))
-                .unwrap()
-        }),
+        check::inverse_cdf(|p, _| (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap()),
         h5::IGNORES_U,
     );
     // Sorted from the most likely first: the right distribution, not the asked order.
@@ -687,7 +694,9 @@ fn temperature_loop_names_the_formula_mistakes() {
     rejected(
         sampled(Sampling::new(|z, _| {
             let best = llm_lab::logits::argmax(z).unwrap_or(0);
-            (0..z.len()).map(|i| if i == best { 1.0 } else { 0.0 }).collect()
+            (0..z.len())
+                .map(|i| if i == best { 1.0 } else { 0.0 })
+                .collect()
         })),
         h5::ARGMAX,
     );
@@ -703,10 +712,12 @@ fn temperature_loop_names_the_formula_mistakes() {
 
 #[test]
 fn temperature_loop_names_the_generator_mistakes() {
-    let rng = |rng| sampled(Sampling {
-        rng,
-        ..Sampling::new(right_weights)
-    });
+    let rng = |rng| {
+        sampled(Sampling {
+            rng,
+            ..Sampling::new(right_weights)
+        })
+    };
     rejected(rng(1), h5::NEW_SAMPLER_EACH_STEP);
     rejected(rng(2), h5::SEED_IGNORED);
     rejected(rng(3), h5::SEED);

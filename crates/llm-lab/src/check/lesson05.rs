@@ -21,32 +21,37 @@ pub mod hints {
         max_new_tokens tokens novos.";
     pub const PAST_END: &str = "passou do token de fim de texto: pare assim que o modelo escolher \
         um deles (e não o inclua).";
-    pub const INCLUDES_STOP: &str = "parou no lugar certo, mas incluiu o token de fim de texto: ele \
+    pub const INCLUDES_STOP: &str =
+        "parou no lugar certo, mas incluiu o token de fim de texto: ele \
         marca o fim, não é texto; pare sem acrescentá-lo.";
-    pub const ONLY_FIRST_STOP: &str = "passou por um token de fim de texto que não era o primeiro da \
+    pub const ONLY_FIRST_STOP: &str =
+        "passou por um token de fim de texto que não era o primeiro da \
         lista: pare em qualquer um deles (stop.contains(&next)).";
-    pub const IGNORES_BUDGET: &str = "o laço não parou no limite de tokens: conte os tokens novos e \
+    pub const IGNORES_BUDGET: &str =
+        "o laço não parou no limite de tokens: conte os tokens novos e \
         pare quando chegar a max_new_tokens (com max_new_tokens = 0, nenhum).";
     pub const NOT_APPENDED: &str = "o modelo viu a mesma sequência duas vezes: acrescente cada \
         token escolhido à sequência antes de pedir o próximo.";
     pub const PROMPT_RETURNED: &str = "devolva só os tokens novos, sem o prompt.";
     pub const ONE_TOO_FEW: &str =
         "parou um token cedo: o laço deve rodar até max_new_tokens tokens novos.";
-    pub const LOOP_RULE: &str =
-        "a cada passo: logits = model.next_token_logits(janela)?, escolha \
+    pub const LOOP_RULE: &str = "a cada passo: logits = model.next_token_logits(janela)?, escolha \
         o argmax, pare se for fim de texto, senão acrescente e repita.";
     pub const WHOLE_SEQUENCE: &str = "os tokens saíram certos, mas o modelo não viu a sequência \
         inteira a cada passo: passe o prompt e todos os tokens já gerados (o modelo só conhece o \
         que recebe).";
-    pub const LAST_ONLY: &str = "você passou ao modelo só o último token: ele precisa da sequência \
+    pub const LAST_ONLY: &str =
+        "você passou ao modelo só o último token: ele precisa da sequência \
         inteira (até L tokens) para prever o próximo — o prompt e tudo o que já foi gerado.";
     pub const FORGOT_PROMPT: &str = "o modelo não viu o prompt: a sequência começa com os tokens \
         do prompt e cresce com os tokens gerados.";
     pub const FIRST_L: &str = "você guardou os *primeiros* L tokens; a janela desliza: o modelo \
         vê os *últimos* L (tokens[tokens.len() - L..]).";
-    pub const WINDOW_OFF_BY_ONE: &str = "a janela tem um token a mais ou a menos: o modelo deve ver \
+    pub const WINDOW_OFF_BY_ONE: &str =
+        "a janela tem um token a mais ou a menos: o modelo deve ver \
         exatamente os últimos L tokens (ou todos, enquanto houver menos de L).";
-    pub const IGNORES_WINDOW: &str = "a sequência passou de L tokens e o modelo viu todos: passe só \
+    pub const IGNORES_WINDOW: &str =
+        "a sequência passou de L tokens e o modelo viu todos: passe só \
         os últimos L.";
     pub const WINDOW_UNDERFLOW: &str = "pânico ao cortar a janela enquanto a sequência ainda tem \
         menos de L tokens: comece em tokens.len().saturating_sub(L), que dá 0 nesse caso.";
@@ -63,15 +68,18 @@ pub mod hints {
     pub const SORTED_WALK: &str = "você ordenou os tokens antes de acumular: a distribuição é a \
         mesma, mas o exercício pede a ordem dos índices (0, 1, 2, …) para que a mesma semente dê o \
         mesmo token que a verificação.";
-    pub const ROUNDING: &str = "a soma das probabilidades em f32 pode ficar um pouco abaixo de 1 e \
+    pub const ROUNDING: &str =
+        "a soma das probabilidades em f32 pode ficar um pouco abaixo de 1 e \
         u acima dela: nesse caso devolva o último token de probabilidade maior que 0 (nunca um \
         índice fora do vetor).";
     pub const ZERO_PROBABILITY: &str = "escolheu um token de probabilidade 0: ele nunca pode sair.";
     pub const DRAW_RULE: &str = "acumule p_0, p_0 + p_1, … na ordem dos índices e devolva o \
         primeiro i em que u < soma.";
-    pub const NOT_RENORMALISED: &str = "depois do corte top-p, as probabilidades que ficaram somam \
+    pub const NOT_RENORMALISED: &str =
+        "depois do corte top-p, as probabilidades que ficaram somam \
         menos que 1: divida cada uma pela soma delas antes de sortear.";
-    pub const IGNORES_TOP_P: &str = "sorteou entre todos os tokens: primeiro fique só com o núcleo \
+    pub const IGNORES_TOP_P: &str =
+        "sorteou entre todos os tokens: primeiro fique só com o núcleo \
         top-p (o menor conjunto dos mais prováveis que soma pelo menos p).";
     pub const TOP_P_SAMPLE_RULE: &str = "núcleo top-p → renormalize → sorteio por inversão da \
         acumulada, na ordem dos índices, só entre os tokens do núcleo.";
@@ -84,7 +92,8 @@ pub mod hints {
     pub const MULTIPLIED: &str = "você multiplicou pela temperatura; divida os logits por T.";
     pub const NO_EFFECT: &str =
         "a temperatura não teve efeito: divida os logits por T antes de sortear.";
-    pub const PROBS_DIVIDED: &str = "você dividiu as probabilidades por T (e elas não somam mais 1): \
+    pub const PROBS_DIVIDED: &str =
+        "você dividiu as probabilidades por T (e elas não somam mais 1): \
         a temperatura divide os *logits*, antes do softmax.";
     pub const PROBS_POWER: &str = "você elevou as probabilidades a T sem renormalizar: a \
         temperatura divide os logits antes do softmax, softmax(z / T).";
@@ -338,7 +347,8 @@ fn call_mistake(
 
 /// Names the mistake behind wrong output tokens (the model saw the right sequences).
 fn output_mistake(c: &LoopCase, want: &[u32], got: &[u32]) -> &'static str {
-    let simulate = |stop: &[u32], budget: usize| reference_run(c, stop, budget, c.window).map(|r| r.0);
+    let simulate =
+        |stop: &[u32], budget: usize| reference_run(c, stop, budget, c.window).map(|r| r.0);
     let mut mistakes: Vec<(Vec<u32>, &'static str)> = vec![];
     // The token the reference stopped at, if any.
     let next = reference_run(c, &[], c.budget.saturating_add(1), c.window)
@@ -403,7 +413,10 @@ pub fn inverse_cdf(f: impl Fn(&[f32], f64) -> usize) -> Report {
 
 fn inverse_cdf_cases(f: DrawFn<'_>) -> Outcome {
     let cases = draw_cases();
-    let want: Vec<usize> = cases.iter().map(|(p, u)| draw_from(p, *u) as usize).collect();
+    let want: Vec<usize> = cases
+        .iter()
+        .map(|(p, u)| draw_from(p, *u) as usize)
+        .collect();
     // A panic in the last case (u above a total that rounding left below 1) is one mistake among
     // others: keep going, and name it only if nothing else explains the answers.
     let mut got: Vec<Option<usize>> = vec![];
@@ -417,7 +430,9 @@ fn inverse_cdf_cases(f: DrawFn<'_>) -> Outcome {
     if got.iter().zip(&want).all(|(g, w)| *g == Some(*w)) {
         return Outcome::Ok;
     }
-    let k = (0..got.len()).find(|&k| got[k] != Some(want[k])).unwrap_or(0);
+    let k = (0..got.len())
+        .find(|&k| got[k] != Some(want[k]))
+        .unwrap_or(0);
     let (p, u) = &cases[k];
     let shown = match got[k] {
         Some(g) => format!(
@@ -448,7 +463,9 @@ fn inverse_cdf_cases(f: DrawFn<'_>) -> Outcome {
         .collect();
     // The same probabilities with different u and always the same answer: u is not used.
     let ignores_u = (0..cases.len()).all(|a| {
-        (0..cases.len()).all(|b| cases[a].0 != cases[b].0 || got[a].is_none() || got[b].is_none() || got[a] == got[b])
+        (0..cases.len()).all(|b| {
+            cases[a].0 != cases[b].0 || got[a].is_none() || got[b].is_none() || got[a] == got[b]
+        })
     });
     let hint = if let Some((_, h)) = mistakes.iter().find(|(w, _)| explains(w)) {
         h
@@ -535,7 +552,13 @@ fn valid_nuclei(probs: &[f32], p: f32) -> Vec<Vec<usize>> {
 fn renormalised(probs: &[f32], ids: &[usize]) -> Vec<f32> {
     let total: f32 = ids.iter().map(|&i| probs[i]).sum();
     (0..probs.len())
-        .map(|i| if ids.contains(&i) { probs[i] / total } else { 0.0 })
+        .map(|i| {
+            if ids.contains(&i) {
+                probs[i] / total
+            } else {
+                0.0
+            }
+        })
         .collect()
 }
 
@@ -563,7 +586,12 @@ pub fn top_p_sample(f: impl Fn(&[f32], f32, f64) -> usize) -> Report {
     report("top-p no sorteio", cases)
 }
 
-fn top_p_draw_case(f: &dyn Fn(&[f32], f32, f64) -> usize, probs: &[f32], p: f32, u: f64) -> Outcome {
+fn top_p_draw_case(
+    f: &dyn Fn(&[f32], f32, f64) -> usize,
+    probs: &[f32],
+    p: f32,
+    u: f64,
+) -> Outcome {
     let got = f(probs, p, u);
     let nuclei = valid_nuclei(probs, p);
     let right: Vec<usize> = nuclei.iter().map(|n| draw_in(probs, n, u, true)).collect();
@@ -581,7 +609,11 @@ fn top_p_draw_case(f: &dyn Fn(&[f32], f32, f64) -> usize, probs: &[f32], p: f32,
         .iter()
         .copied()
         .min_by(|&a, &b| probs[a].total_cmp(&probs[b]).then(b.cmp(&a)));
-    let missing_crossing: Vec<usize> = nucleus.iter().copied().filter(|&i| Some(i) != crossing).collect();
+    let missing_crossing: Vec<usize> = nucleus
+        .iter()
+        .copied()
+        .filter(|&i| Some(i) != crossing)
+        .collect();
     let hint = if got >= probs.len() {
         hints::ROUNDING
     } else if nuclei.iter().any(|n| draw_in(probs, n, u, false) == got) {
@@ -674,7 +706,11 @@ fn bad_input_case(f: SamplingLoop<'_>) -> Outcome {
 /// freedom); a count where nothing was expected gives ∞.
 fn chi_square(obs: &[f64], p: &[f32]) -> (f64, usize) {
     let n: f64 = obs.iter().sum();
-    let mut bins: Vec<(f64, f64)> = obs.iter().zip(p).map(|(&o, &p)| (o, n * p as f64)).collect();
+    let mut bins: Vec<(f64, f64)> = obs
+        .iter()
+        .zip(p)
+        .map(|(&o, &p)| (o, n * p as f64))
+        .collect();
     bins.sort_by(|a, b| b.1.total_cmp(&a.1));
     while bins.len() > 1 && bins[bins.len() - 1].1 < 5.0 {
         let (o, e) = bins.pop().unwrap_or_default();
@@ -755,9 +791,13 @@ fn frequencies_case(f: SamplingLoop<'_>) -> Outcome {
             }
         }
         let exact = (0..SEEDS).all(|seed| {
-            Generation::new(fixed_model(), &[0], GenerateOptions::sampled(STEPS, t, seed))
-                .and_then(|g| g.finish())
-                .is_ok_and(|g| g.tokens() == runs[seed as usize])
+            Generation::new(
+                fixed_model(),
+                &[0],
+                GenerateOptions::sampled(STEPS, t, seed),
+            )
+            .and_then(|g| g.finish())
+            .is_ok_and(|g| g.tokens() == runs[seed as usize])
         });
         if exact {
             continue;
