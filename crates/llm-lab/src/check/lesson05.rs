@@ -173,7 +173,8 @@ pub fn generation_loop(
 /// ```
 /// use llm_lab::check;
 /// use llm_lab::generate::LanguageModel;
-/// let right = |m: &dyn LanguageModel, prompt: &[u32], n: usize, stop: &[u32], l: usize| {
+/// let right = |m: &dyn LanguageModel, prompt: &[u32], n: usize, stop: &[u32], l: usize|
+///  -> llm_lab::Result<Vec<u32>> {
 ///     let mut tokens = prompt.to_vec();
 ///     let mut new = vec![];
 ///     while new.len() < n {
