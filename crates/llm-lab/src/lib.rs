@@ -63,6 +63,7 @@ pub mod prelude {
     pub use crate::model::{Interventions, WeightFormat};
     pub use crate::models;
     pub use crate::plot::{self, Figure};
+    pub use crate::rng::Rng;
     pub use crate::sampling::{Sampler, SamplerConfig};
     pub use crate::scratch::{self, HeadWeights};
     pub use crate::tokenizer::Tokenizer;

@@ -2,7 +2,16 @@
 //! weights of test models.
 
 /// A small portable random generator (SplitMix64): the same seed gives the same draws on every
-/// machine and every version of this crate.
+/// machine and every version of this crate. Create one per generation and draw from it at every
+/// step: a new generator with the same seed would repeat the same number.
+///
+/// ```
+/// use llm_lab::rng::Rng;
+/// let mut rng = Rng::new(42);
+/// let (a, b) = (rng.next_f64(), rng.next_f64());
+/// assert!((0.0..1.0).contains(&a) && a != b);
+/// assert_eq!(Rng::new(42).next_f64(), a); // same seed, same draws
+/// ```
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 

@@ -291,8 +291,20 @@ fn keep_min_p(scores: &[f32], t: f64, min_p: f32, kept: &mut [bool]) {
     }
 }
 
-/// The token where the cumulative probability first exceeds `u` (inverse-CDF sampling).
-fn draw_from(probs: &[f32], u: f64) -> u32 {
+/// The token where the cumulative probability first exceeds `u` (inverse-CDF sampling): walk the
+/// tokens in id order, summing their probabilities, and stop at the first whose running sum is
+/// above `u`. Tokens of probability 0 are never chosen; when rounding leaves the total a hair
+/// below `u`, the last token of positive probability is chosen.
+///
+/// ```
+/// use llm_lab::sampling::draw_from;
+/// let p = [0.1, 0.2, 0.3, 0.4];
+/// assert_eq!(draw_from(&p, 0.05), 0);
+/// assert_eq!(draw_from(&p, 0.25), 1); // 0.1 ≤ 0.25 < 0.1 + 0.2
+/// assert_eq!(draw_from(&[0.0, 1.0], 0.0), 1); // never a token of probability 0
+/// assert_eq!(draw_from(&[0.5, 0.4999, 0.0], 0.99995), 1);
+/// ```
+pub fn draw_from(probs: &[f32], u: f64) -> u32 {
     let mut cumulative = 0.0f64;
     let mut last = 0;
     for (i, &p) in probs.iter().enumerate() {

@@ -22,6 +22,9 @@ pub struct ScriptedModel {
     pub context_length: usize,
     /// Every sequence the model was shown, in order.
     pub calls: std::cell::RefCell<Vec<Vec<u32>>>,
+    /// Refuse (with an error) any call beyond this many: a loop that never stops ends instead
+    /// of hanging the check.
+    pub max_calls: Option<usize>,
 }
 
 impl ScriptedModel {
@@ -33,6 +36,7 @@ impl ScriptedModel {
             stop_tokens: vec![],
             context_length: 1024,
             calls: Default::default(),
+            max_calls: None,
         }
     }
 
@@ -56,6 +60,14 @@ impl LanguageModel for ScriptedModel {
                 tokens.len(),
                 self.context_length
             )));
+        }
+        if let Some(max) = self.max_calls {
+            if self.calls.borrow().len() >= max {
+                return Err(Error::invalid(format!(
+                    "the model was asked {max} times already: the loop does not stop at its token \
+                     budget"
+                )));
+            }
         }
         self.calls.borrow_mut().push(tokens.to_vec());
         Logits::new((self.script)(tokens))

@@ -12,6 +12,10 @@ pub mod hints {
         maior logit antes da exponencial (o resultado não muda).";
     pub const PROBS_DIVIDED: &str = "você dividiu as probabilidades por T; a temperatura divide \
         os logits, antes do softmax: exp(z_i / T) / Σ_j exp(z_j / T).";
+    pub const PROBS_POWER: &str = "você elevou as probabilidades a T (e elas não somam 1): a \
+        temperatura divide os logits, antes do softmax: exp(z_i / T) / Σ_j exp(z_j / T).";
+    pub const POWER_NOT_RENORMALISED: &str = "p_i^(1/T) tem a forma certa, mas falta \
+        renormalizar: divida pela soma — ou, mais simples, calcule softmax(z / T).";
     pub const NOT_NORMALISED: &str =
         "as probabilidades não somam 1: divida cada exponencial pela soma de todas.";
     pub const MULTIPLIED: &str =
@@ -73,8 +77,14 @@ fn temperature_case(f: &dyn Fn(&[f32], f32) -> Vec<f32>, z: &[f32], t: f32) -> O
             hints::PROBS_DIVIDED,
         )];
         if t != 1.0 {
+            let p = softmax(z);
             mistakes.push((scaled(t), hints::MULTIPLIED));
-            mistakes.push((softmax(z), hints::NO_EFFECT));
+            mistakes.push((p.clone(), hints::NO_EFFECT));
+            mistakes.push((p.iter().map(|x| x.powf(t)).collect(), hints::PROBS_POWER));
+            mistakes.push((
+                p.iter().map(|x| x.powf(1.0 / t)).collect(),
+                hints::POWER_NOT_RENORMALISED,
+            ));
         }
         let same = |a: &Vec<f32>, b: &Vec<f32>| close(a, b, 1e-4);
         let fallback = if (got.iter().sum::<f32>() - 1.0).abs() > 1e-3 {

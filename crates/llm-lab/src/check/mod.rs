@@ -23,7 +23,7 @@ pub use lesson01::{attention, causal_mask, count_heads, count_kv_heads, multi_he
 pub use lesson02::{block, count_layers, layer_norm};
 pub use lesson03::positional_encoding;
 pub use lesson04::{temperature, top_p, SAMPLE_LOGITS};
-pub use lesson05::{generation_loop, temperature_loop};
+pub use lesson05::{generation_loop, inverse_cdf, temperature_loop, top_p_sample, window_loop};
 
 /// The start of the line a report prints for tooling.
 pub const REPORT_PREFIX: &str = "llm-lab check: ";
