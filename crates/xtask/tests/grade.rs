@@ -132,13 +132,28 @@ fn a_class_of_five_gets_the_right_gradebook() {
         "check::multi_head",
     ];
     let expected: [(&str, [&str; 5]); 5] = [
-        ("ana-complete", ["passed", "passed", "passed", "passed", "passed"]),
-        ("bia-partial", ["passed", "passed", "passed", "passed", "not done"]),
-        ("caio-wrong", ["failed", "passed", "passed", "passed", "passed"]),
+        (
+            "ana-complete",
+            ["passed", "passed", "passed", "passed", "passed"],
+        ),
+        (
+            "bia-partial",
+            ["passed", "passed", "passed", "passed", "not done"],
+        ),
+        (
+            "caio-wrong",
+            ["failed", "passed", "passed", "passed", "passed"],
+        ),
         // multi_head calls the student's own attention: it fails (or hangs) with it; the causal
         // mask does not.
-        ("davi-panics", ["passed", "passed", "failed", "passed", "failed"]),
-        ("eva-loops", ["passed", "passed", "timed out", "passed", "timed out"]),
+        (
+            "davi-panics",
+            ["passed", "passed", "failed", "passed", "failed"],
+        ),
+        (
+            "eva-loops",
+            ["passed", "passed", "timed out", "passed", "timed out"],
+        ),
     ];
     for (student, outcomes) in expected {
         for (ex, want) in exercises.iter().zip(outcomes) {
