@@ -169,9 +169,7 @@ impl Gguf {
         let mut left = bytes;
         while left > 0 {
             let n = left.min(buf.len());
-            self.reader
-                .read_exact(&mut buf[..n])
-                .map_err(unreadable)?;
+            self.reader.read_exact(&mut buf[..n]).map_err(unreadable)?;
             sink(&buf[..n]);
             left -= n;
         }

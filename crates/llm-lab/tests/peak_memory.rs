@@ -44,7 +44,10 @@ fn child_load_and_generate() {
             .unwrap();
         logits = model.step(&[next], &mut cache).unwrap();
     }
-    println!("VmHWM_KB={}", vm_hwm_kb().expect("/proc/self/status has VmHWM"));
+    println!(
+        "VmHWM_KB={}",
+        vm_hwm_kb().expect("/proc/self/status has VmHWM")
+    );
 }
 
 /// Runs the child on `path`; returns its peak in bytes.

@@ -182,7 +182,11 @@ fn tile_scalar<const R: usize, const T: usize>(
             let dw = f16_to_f32(w.d[r * nb + b]);
             for (j, &t) in tokens.iter().enumerate() {
                 let xq = &x.qs[(t * nb + b) * BLOCK..][..BLOCK];
-                let sum: i32 = codes.iter().zip(xq).map(|(&a, &b)| a as i32 * b as i32).sum();
+                let sum: i32 = codes
+                    .iter()
+                    .zip(xq)
+                    .map(|(&a, &b)| a as i32 * b as i32)
+                    .sum();
                 out[i][j] += sum as f32 * (dw * x.d[t * nb + b]);
             }
         }
@@ -212,9 +216,15 @@ mod x86 {
             0,
         );
         let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-        let spread = _mm256_shuffle_epi8(_mm256_set1_epi32(*m.qh.get_unchecked(wb) as i32), which_byte);
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(*m.qh.get_unchecked(wb) as i32),
+            which_byte,
+        );
         let fifth = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
-        _mm256_or_si256(nibbles, _mm256_andnot_si256(fifth, _mm256_set1_epi8(0xF0u8 as i8)))
+        _mm256_or_si256(
+            nibbles,
+            _mm256_andnot_si256(fifth, _mm256_set1_epi8(0xF0u8 as i8)),
+        )
     });
 }
 
@@ -264,48 +274,54 @@ mod tests {
     /// several, a row count that leaves a partial work item.
     #[test]
     fn products_equal_the_definition_and_candles() {
-        for (rows, cols, m) in [(37, 64, 1), (20, 128, 5), (3, 32, 2), (6, 640, 4), (5, 96, 9)] {
+        for (rows, cols, m) in [
+            (37, 64, 1),
+            (20, 128, 5),
+            (3, 32, 2),
+            (6, 640, 4),
+            (5, 96, 9),
+        ] {
             let (w, q) = matrix(rows, cols, rows as u64);
             let x = random(m, cols, 99);
             for kernel in Kernel::available() {
-            let mut y = vec![0f32; m * rows];
-            matmul(kernel, &w, &x, m, &mut y);
-            let xq = quantize_activations(&x, cols);
-            let xt = Tensor::from_vec(x.clone(), (m, cols), &Device::Cpu).unwrap();
-            let theirs = candle_core::Module::forward(
-                &candle_core::quantized::QMatMul::from_qtensor(q).unwrap(),
-                &xt,
-            )
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-            for t in 0..m {
-                for r in 0..rows {
-                    let mut wr = vec![0f32; cols];
-                    w.dequantize_row(r, &mut wr);
-                    let mut want = 0f64;
-                    for b in 0..cols / BLOCK {
-                        let d = xq.d[t * xq.blocks + b] as f64;
-                        for j in 0..BLOCK {
-                            let xv = xq.qs[(t * xq.blocks + b) * BLOCK + j] as f64 * d;
-                            want += wr[b * BLOCK + j] as f64 * xv;
+                let mut y = vec![0f32; m * rows];
+                matmul(kernel, &w, &x, m, &mut y);
+                let xq = quantize_activations(&x, cols);
+                let xt = Tensor::from_vec(x.clone(), (m, cols), &Device::Cpu).unwrap();
+                let theirs = candle_core::Module::forward(
+                    &candle_core::quantized::QMatMul::from_qtensor(q).unwrap(),
+                    &xt,
+                )
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+                for t in 0..m {
+                    for r in 0..rows {
+                        let mut wr = vec![0f32; cols];
+                        w.dequantize_row(r, &mut wr);
+                        let mut want = 0f64;
+                        for b in 0..cols / BLOCK {
+                            let d = xq.d[t * xq.blocks + b] as f64;
+                            for j in 0..BLOCK {
+                                let xv = xq.qs[(t * xq.blocks + b) * BLOCK + j] as f64 * d;
+                                want += wr[b * BLOCK + j] as f64 * xv;
+                            }
                         }
+                        let got = y[t * rows + r] as f64;
+                        let scale = want.abs().max(1.0);
+                        assert!(
+                            (got - want).abs() / scale < 1e-5,
+                            "{kernel:?} ({t}, {r}): {got} vs {want}"
+                        );
+                        let c = theirs[t * rows + r] as f64;
+                        assert!(
+                            (got - c).abs() / scale < 1e-5,
+                            "{kernel:?} ({t}, {r}): {got} vs candle {c}"
+                        );
                     }
-                    let got = y[t * rows + r] as f64;
-                    let scale = want.abs().max(1.0);
-                    assert!(
-                        (got - want).abs() / scale < 1e-5,
-                        "{kernel:?} ({t}, {r}): {got} vs {want}"
-                    );
-                    let c = theirs[t * rows + r] as f64;
-                    assert!(
-                        (got - c).abs() / scale < 1e-5,
-                        "{kernel:?} ({t}, {r}): {got} vs candle {c}"
-                    );
                 }
-            }
             }
         }
     }

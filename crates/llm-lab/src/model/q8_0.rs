@@ -227,8 +227,8 @@ mod tests {
 
     /// The file's bytes, as candle's quantizer writes them.
     fn matrix(rows: usize, cols: usize, seed: u64) -> (Q8_0Matrix, QTensor) {
-        let t = Tensor::from_vec(random(rows * cols, seed, 0.5), (rows, cols), &Device::Cpu)
-            .unwrap();
+        let t =
+            Tensor::from_vec(random(rows * cols, seed, 0.5), (rows, cols), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&t, GgmlDType::Q8_0).unwrap();
         let m = Q8_0Matrix::from_bytes(&q.data().unwrap(), rows, cols).unwrap();
         (m, q)
@@ -259,7 +259,9 @@ mod tests {
         let mut bytes = vec![];
         for _ in 0..rows * cols / BLOCK {
             bytes.extend_from_slice(&one);
-            bytes.extend((0..BLOCK).map(|_| [0x80u8, 0x81, 0x7F, 0, 1, 0xFF][(rng.next_u64() % 6) as usize]));
+            bytes.extend(
+                (0..BLOCK).map(|_| [0x80u8, 0x81, 0x7F, 0, 1, 0xFF][(rng.next_u64() % 6) as usize]),
+            );
         }
         let w = Q8_0Matrix::from_bytes(&bytes, rows, cols).unwrap();
         // Activations that round to ±127 and small codes, with a scale of exactly 1.

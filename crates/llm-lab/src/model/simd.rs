@@ -125,7 +125,8 @@ pub(super) fn matmul_many<M: Tiled>(
                         let v = w.tile::<4, 1>(kernel, [r, r + 1, r + 2, r + 3], x, [t]);
                         (0..4).for_each(|i| put(t, r + i, v[i][0]));
                     } else {
-                        (r..rows).for_each(|r| put(t, r, w.tile::<1, 1>(kernel, [r], x, [t])[0][0]));
+                        (r..rows)
+                            .for_each(|r| put(t, r, w.tile::<1, 1>(kernel, [r], x, [t])[0][0]));
                     }
                 }
             } else {

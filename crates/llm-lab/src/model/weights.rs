@@ -8,9 +8,9 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::{Architecture, Config};
 use super::q4_1::Q4_1Matrix;
-use super::simd::Kernel;
 use super::q5_0::Q5_0Matrix;
 use super::q8_0::Q8_0Matrix;
+use super::simd::Kernel;
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 
@@ -121,7 +121,11 @@ impl Linear {
         let rows = x.elem_count() / self.in_features;
         let mut y = vec![0f32; rows * self.out_features];
         super::with_cpu_f32(&x, |data, layout| {
-            f(&data[layout.start_offset()..][..x.elem_count()], rows, &mut y)
+            f(
+                &data[layout.start_offset()..][..x.elem_count()],
+                rows,
+                &mut y,
+            )
         })?;
         let mut dims = x.dims().to_vec();
         if let Some(last) = dims.last_mut() {
@@ -183,7 +187,11 @@ impl Linear {
             .collect();
         let mut outs: Vec<&mut [f32]> = ys.iter_mut().map(|y| y.as_mut_slice()).collect();
         super::with_cpu_f32(&x, |data, layout| {
-            run(&data[layout.start_offset()..][..x.elem_count()], rows, &mut outs)
+            run(
+                &data[layout.start_offset()..][..x.elem_count()],
+                rows,
+                &mut outs,
+            )
         })?;
         let mut ys = ys.into_iter();
         all_ok(linears.map(|l| {
