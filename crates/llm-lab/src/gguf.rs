@@ -136,6 +136,46 @@ impl Gguf {
             })
     }
 
+    /// The stored bytes of tensor `name`, read in pieces of at most `chunk` bytes (whole blocks),
+    /// each handed to `sink`: a large quantized matrix goes straight into its final layout,
+    /// without the whole tensor being held twice. The extent was checked at open.
+    pub fn read_raw(
+        &mut self,
+        name: &str,
+        chunk: usize,
+        mut sink: impl FnMut(&[u8]),
+    ) -> Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let info = self.content.tensor_infos.get(name).ok_or_else(|| {
+            Error::model_file(
+                &self.path,
+                format!("lacks the tensor `{name}`: it is not a complete Llama model; download it again or pick another file"),
+            )
+        })?;
+        let (dtype, elems) = (info.ggml_dtype, info.shape.elem_count());
+        let bytes = elems / dtype.block_size() * dtype.type_size();
+        let start = self.content.tensor_data_offset + info.offset;
+        let piece = (chunk / dtype.type_size()).max(1) * dtype.type_size();
+        let unreadable = |e: std::io::Error| {
+            Error::model_file(
+                &self.path,
+                format!("has an unreadable tensor `{name}` ({e}); run `cargo xtask fetch` again or download the file again"),
+            )
+        };
+        self.reader
+            .seek(SeekFrom::Start(start))
+            .map_err(unreadable)?;
+        let mut buf = vec![0u8; piece.min(bytes)];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(buf.len());
+            self.reader.read_exact(&mut buf[..n]).map_err(unreadable)?;
+            sink(&buf[..n]);
+            left -= n;
+        }
+        Ok(())
+    }
+
     /// The metadata value `key`, if present.
     pub fn meta(&self, key: &str) -> Option<&Value> {
         self.content.metadata.get(key)

@@ -116,6 +116,15 @@ fn quantized_llama(path: &std::path::Path) -> Result<Run> {
     }))
 }
 
+/// The machine's load averages over 1, 5 and 15 minutes (`/proc/loadavg`), as `uptime` prints
+/// them: on a shared machine they say how much the numbers beside them can be trusted.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// Peak resident memory of this process so far, in MB (Linux).
 fn own_peak_rss_mb() -> Option<f64> {
     peak_rss_mb(&std::fs::read_to_string("/proc/self/status").ok()?)
@@ -278,8 +287,21 @@ fn measure_llama_cpp(
                 )
             })
     };
+    let info = v
+        .as_array()
+        .and_then(|a| a.first())
+        .filter(|t| t.get("cpu_info").is_some())
+        .map(|t| {
+            format!(
+                " on {} ({}, build {})",
+                t["cpu_info"].as_str().unwrap_or("?"),
+                t["backends"].as_str().unwrap_or("?"),
+                t["build_commit"].as_str().unwrap_or("?")
+            )
+        })
+        .unwrap_or_default();
     Ok(Row {
-        name: "llama.cpp (llama-bench)".into(),
+        name: format!("llama.cpp (llama-bench){info}"),
         prompt_tok_s: rate(true)?,
         gen_tok_s: rate(false)?,
         peak_rss_mb: peak,
@@ -315,10 +337,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     prompt.truncate(n_prompt);
 
     println!(
-        "model: {} ({file_mb:.1} MB), {threads} threads, Q4_1 kernel {}, {n_prompt}-token prompt, {n_gen} generated tokens, best of {rounds}×{repeats}",
+        "model: {} ({file_mb:.1} MB), {threads} threads, kernel {} (Q4_1, Q5_0, Q8_0), {n_prompt}-token prompt, {n_gen} generated tokens, best of {rounds}×{repeats}",
         path.display(),
         llm_lab::model::q4_1_kernel()
     );
+    let load_before = load_average();
+    println!("load average before: {load_before}");
     println!(
         "{:<40} {:>13} {:>10} {:>14}",
         "engine", "prompt tok/s", "gen tok/s", "peak RSS MB"
@@ -347,6 +371,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     for row in rows.iter().chain(&llama_cpp) {
         print_row(row);
     }
+    let load_after = load_average();
+    println!("load average after: {load_after}");
 
     let (reference, glass, traced) = (&rows[0], &rows[1], &rows[2]);
     println!();
@@ -370,17 +396,20 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         (glass.prompt_tok_s / traced.prompt_tok_s - 1.0) * 100.0,
         (glass.gen_tok_s / traced.gen_tok_s - 1.0) * 100.0
     );
-    if let Some(mb) = glass.peak_rss_mb {
-        println!(
-            "glass-box peak memory: {mb:.0} MB = {:.2} × the model file",
-            mb / file_mb
-        );
+    for row in [Some(glass), llama_cpp.as_ref()].into_iter().flatten() {
+        if let Some(mb) = row.peak_rss_mb {
+            println!(
+                "{} peak memory: {mb:.0} MB = {:.2} × the model file",
+                row.name,
+                mb / file_mb
+            );
+        }
     }
 
     if let Some(out) = &args.json {
         let row_json = |r: &Row| serde_json::json!({"name": r.name, "prompt_tok_s": r.prompt_tok_s, "gen_tok_s": r.gen_tok_s, "peak_rss_mb": r.peak_rss_mb});
         let mut json = serde_json::json!({
-            "model": path.display().to_string(), "file_mb": file_mb, "threads": threads, "q4_1_kernel": llm_lab::model::q4_1_kernel(), "prompt_tokens": n_prompt, "gen_tokens": n_gen,
+            "model": path.display().to_string(), "file_mb": file_mb, "load_average": [load_before, load_after], "threads": threads, "kernel": llm_lab::model::q4_1_kernel(), "prompt_tokens": n_prompt, "gen_tokens": n_gen,
             "engines": rows.iter().chain(&llama_cpp).map(row_json).collect::<Vec<_>>(),
             "ratios": {
                 "prompt": glass.prompt_tok_s / reference.prompt_tok_s, "generation": glass.gen_tok_s / reference.gen_tok_s,

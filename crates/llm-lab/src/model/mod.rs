@@ -7,16 +7,18 @@ mod gemma3;
 pub mod intervene;
 mod q4_1;
 mod q5_0;
+mod q8_0;
 pub mod shapes;
+mod simd;
 
-/// The Q4_1 product kernel this process uses (`Scalar`, `Avx2`, `AvxVnni`, `Avx512Vnni`): the
-/// fastest the CPU runs, or the one `LLM_LAB_KERNEL` names.
+/// The product kernel this process uses for its own formats (Q4_1, Q5_0, Q8_0): `Scalar`, `Avx2`,
+/// `AvxVnni` or `Avx512Vnni`, the fastest the CPU runs, or the one `LLM_LAB_KERNEL` names.
 ///
 /// ```
 /// assert!(!llm_lab::model::q4_1_kernel().is_empty());
 /// ```
 pub fn q4_1_kernel() -> String {
-    format!("{:?}", q4_1::Kernel::best())
+    format!("{:?}", simd::Kernel::best())
 }
 
 /// Runs `f` on the `f32` storage of a CPU tensor and its layout, without copying: this crate's

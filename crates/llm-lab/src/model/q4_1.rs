@@ -15,6 +15,9 @@
 
 use half::f16;
 
+pub use super::simd::Kernel;
+use super::simd::{self, f16_to_f32, Tiled};
+
 /// Weights per block.
 pub const BLOCK: usize = 32;
 /// Bytes per stored block: two f16 and 16 bytes of packed codes.
@@ -36,7 +39,7 @@ pub struct Q4_1Matrix {
 }
 
 /// Activations rounded to Q8_1, per token row, padded with zero blocks to whole groups.
-struct Q8_1Rows {
+pub(super) struct Q8_1Rows {
     /// Blocks per row, padded to a multiple of [`GROUP`].
     stride: usize,
     /// Per block: `d` and `s = d·Σq`, widened from the f16 the format rounds them to.
@@ -126,97 +129,12 @@ impl Q4_1Matrix {
 pub fn matmul_many(kernel: Kernel, ws: &[&Q4_1Matrix], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
     let cols = ws[0].cols;
     assert_eq!(x.len(), m * cols, "x must be [m, cols]");
-    assert_eq!(ws.len(), ys.len(), "one output per matrix");
-    for (w, y) in ws.iter().zip(ys.iter()) {
-        assert!(
-            w.cols == cols && y.len() == m * w.rows,
-            "matrices must share the input width; y must be [m, rows]"
-        );
-    }
+    assert!(
+        ws.iter().all(|w| w.cols == cols),
+        "matrices must share the input width"
+    );
     let xq = quantize_activations(x, cols);
-    // Work items: tiles of four rows while generating (one token against four rows), single
-    // rows on a prompt (four tokens at a time against one row). Each worker takes whole rows and
-    // runs them against every token, so each row is read from memory once per call.
-    let rows_per_item = if m < 4 { 4 } else { 1 };
-    let items: Vec<usize> = ws.iter().map(|w| w.rows.div_ceil(rows_per_item)).collect();
-    let starts: Vec<usize> = items
-        .iter()
-        .scan(0, |acc, &n| {
-            let s = *acc;
-            *acc += n;
-            Some(s)
-        })
-        .collect();
-    let outputs: Vec<SharedRows> = ys
-        .iter_mut()
-        .zip(ws)
-        .map(|(y, w)| SharedRows::new(y, w.rows))
-        .collect();
-    candle_core::utils::barrier_pool().execute_chunked(items.iter().sum(), |range| {
-        for item in range {
-            let k = starts.partition_point(|&s| s <= item) - 1;
-            let (w, rows) = (ws[k], ws[k].rows);
-            let r = (item - starts[k]) * rows_per_item;
-            // SAFETY: this work item owns rows r..r + rows_per_item of output k: no other
-            // worker writes them (items are disjoint row ranges), and `put` writes no other row.
-            let put = |t: usize, row: usize, v: f32| unsafe { outputs[k].put(t, row, v) };
-            if m < 4 {
-                for t in 0..m {
-                    if r + 4 <= rows {
-                        let v = kernel.tile::<4, 1>(w, [r, r + 1, r + 2, r + 3], &xq, [t]);
-                        (0..4).for_each(|i| put(t, r + i, v[i][0]));
-                    } else {
-                        (r..rows)
-                            .for_each(|r| put(t, r, kernel.tile::<1, 1>(w, [r], &xq, [t])[0][0]));
-                    }
-                }
-            } else {
-                let mut t = 0;
-                while t + 4 <= m {
-                    let v = kernel.tile::<1, 4>(w, [r], &xq, [t, t + 1, t + 2, t + 3]);
-                    (0..4).for_each(|i| put(t + i, r, v[0][i]));
-                    t += 4;
-                }
-                (t..m).for_each(|t| put(t, r, kernel.tile::<1, 1>(w, [r], &xq, [t])[0][0]));
-            }
-        }
-    });
-}
-
-/// An output matrix `[m, rows]` that the workers fill together. Work is shared out by whole
-/// rows: the worker that owns row `r` writes `(t, r)` for every token `t`, and nobody else
-/// touches that row until every worker is done (`execute_chunked` returns only then).
-pub(super) struct SharedRows {
-    ptr: *mut f32,
-    rows: usize,
-    len: usize,
-}
-
-// SAFETY: workers write disjoint rows through `put` (whose contract says so) and nothing reads
-// the buffer while they run; the borrow it came from outlives the parallel section.
-unsafe impl Sync for SharedRows {}
-// SAFETY: as for Sync: a pointer to a buffer that outlives every worker.
-unsafe impl Send for SharedRows {}
-
-impl SharedRows {
-    pub(super) fn new(y: &mut [f32], rows: usize) -> Self {
-        SharedRows {
-            ptr: y.as_mut_ptr(),
-            rows,
-            len: y.len(),
-        }
-    }
-
-    /// Writes element `(t, r)`.
-    ///
-    /// # Safety
-    /// Only the worker that owns row `r` may call this for row `r`.
-    pub(super) unsafe fn put(&self, t: usize, r: usize, v: f32) {
-        let i = t * self.rows + r;
-        assert!(r < self.rows && i < self.len, "output element out of range");
-        // SAFETY: in bounds (checked above); no other thread writes row r (the caller's contract).
-        unsafe { *self.ptr.add(i) = v }
-    }
+    simd::matmul_many(kernel, ws, &xq, m, ys);
 }
 
 /// Rounds each row of `x` to Q8_1 blocks: `q = round(x / d)`, `d = max|x| / 127`, `s = d·Σq`,
@@ -259,67 +177,22 @@ fn quantize_activations(x: &[f32], cols: usize) -> Q8_1Rows {
     out
 }
 
-/// Which dot-product implementation runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kernel {
-    Scalar,
-    /// maddubs/madd: any x86-64 CPU of the last decade.
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    /// VNNI's `dpbusd` does the u8 × i8 products and their sums in one instruction: recent
-    /// laptops (AVX-VNNI) and servers (AVX-512 VNNI).
-    #[cfg(target_arch = "x86_64")]
-    AvxVnni,
-    #[cfg(target_arch = "x86_64")]
-    Avx512Vnni,
-}
+impl Tiled for Q4_1Matrix {
+    type Activations = Q8_1Rows;
 
-impl Kernel {
-    /// Every kernel this CPU can run, slowest first.
-    fn available() -> Vec<Kernel> {
-        #[allow(unused_mut)]
-        let mut kernels = vec![Kernel::Scalar];
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-        {
-            kernels.push(Kernel::Avx2);
-            if is_x86_feature_detected!("avxvnni") {
-                kernels.push(Kernel::AvxVnni);
-            }
-            if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
-                kernels.push(Kernel::Avx512Vnni);
-            }
-        }
-        kernels
-    }
-
-    /// The fastest kernel this CPU runs, detected once; `LLM_LAB_KERNEL=scalar|avx2|avxvnni|avx512vnni`
-    /// picks a slower one instead (to compare them, or as a laptop without VNNI would run).
-    pub fn best() -> Kernel {
-        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
-        *BEST.get_or_init(|| {
-            let available = Kernel::available();
-            let fastest = *available.last().expect("the scalar kernel always runs");
-            match std::env::var("LLM_LAB_KERNEL") {
-                Ok(name) => available.into_iter().find(|k| format!("{k:?}").eq_ignore_ascii_case(&name)).unwrap_or_else(|| {
-                    eprintln!("llm-lab: LLM_LAB_KERNEL={name} is not one this CPU runs; using {fastest:?}");
-                    fastest
-                }),
-                Err(_) => fastest,
-            }
-        })
+    fn rows(&self) -> usize {
+        self.rows
     }
 
     /// Dot products of weight rows `rows` with token rows `tokens`: `R × T` results.
     fn tile<const R: usize, const T: usize>(
-        self,
-        w: &Q4_1Matrix,
+        &self,
+        kernel: Kernel,
         rows: [usize; R],
         x: &Q8_1Rows,
         tokens: [usize; T],
     ) -> [[f32; T]; R] {
+        let w = self;
         // The kernels read `w.cols / BLOCK` blocks per row and token, unchecked: the rows must
         // exist and each token's activations must be at least that wide.
         assert!(
@@ -329,7 +202,7 @@ impl Kernel {
                 && tokens.iter().all(|&t| (t + 1) * x.stride <= x.d.len()),
             "Q4_1 tile out of range: the activations are narrower than the matrix"
         );
-        match self {
+        match kernel {
             Kernel::Scalar => rows.map(|r| tokens.map(|t| dot_scalar(w, r, x, t))),
             #[cfg(target_arch = "x86_64")]
             // SAFETY: available() saw the features; the indices were checked above.
@@ -365,22 +238,6 @@ fn dot_scalar(w: &Q4_1Matrix, r: usize, x: &Q8_1Rows, t: usize) -> f32 {
         sum += qq as f32 * f16_to_f32(w.d[b]) * x.d[xb] + f16_to_f32(w.m[b]) * x.s[xb];
     }
     sum
-}
-
-/// f16 bits → f32, exactly, in a few inlined operations (a library call per block would cost more
-/// than the block's arithmetic): move exponent and mantissa into f32's fields, then rescale the
-/// exponent bias by 2¹¹²; subnormals come out right from the same multiplication.
-#[inline]
-pub(super) fn f16_to_f32(bits: u16) -> f32 {
-    let sign = ((bits & 0x8000) as u32) << 16;
-    let magnitude = if bits & 0x7C00 == 0x7C00 {
-        // Infinity or NaN: keep the payload, saturate the exponent.
-        f32::from_bits(0x7F80_0000 | (((bits & 0x03FF) as u32) << 13))
-    } else {
-        f32::from_bits(((bits & 0x7FFF) as u32) << 13) * f32::from_bits(0x7780_0000)
-        // 2^112
-    };
-    f32::from_bits(magnitude.to_bits() | sign)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -566,17 +423,6 @@ mod tests {
             .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
             .collect();
         (m, x)
-    }
-
-    #[test]
-    fn f16_conversion_is_exact_for_every_bit_pattern() {
-        for bits in 0..=u16::MAX {
-            let (ours, theirs) = (f16_to_f32(bits), f16::from_bits(bits).to_f32());
-            assert!(
-                ours.to_bits() == theirs.to_bits() || (ours.is_nan() && theirs.is_nan()),
-                "{bits:#06x}: {ours} vs {theirs}"
-            );
-        }
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Q5_0 weight matrices with a vectorised CPU product (most of Gemma 3's layer weights).
+//! Q5_0 weight matrices with SIMD CPU products (most of Gemma 3's layer weights).
 //!
 //! Q5_0 (llama.cpp's 5-bit format) stores each run of 32 weights as a scale `d` (f16), the fifth
 //! bits of the 32 codes (`qh`, 32 bits) and their low four bits (16 bytes): `w = d·(q − 16)`.
@@ -8,12 +8,15 @@
 //!
 //! `Σ w·x ≈ Σ_blocks d_w·d_x·Σ (q_w − 16)·q_x`.
 //!
-//! A block's fifth bits are spread into bytes with a 256-entry table (eight at a time), so the
-//! 32 codes come out of a few 64-bit operations and the integer dot product vectorises; with AVX2
-//! the same code is compiled a second time for it and picked at run time. Rows are shared out
-//! among candle's worker threads. Results equal the definition up to the order of float additions.
+//! On x86 a block unpacks into 32 signed bytes in a few instructions (the fifth bits spread into
+//! bytes by a shuffle and a compare) and then multiplies exactly as a Q8_0 block does, with the
+//! same tile kernels (`simd::signed_tile_kernel`); elsewhere the definition, written for the
+//! compiler to vectorise (the fifth bits spread with a 256-entry table). Rows are shared out among
+//! candle's worker threads as for every format ([`simd::matmul_many`]). Results equal the
+//! definition up to the order of float additions.
 
-use super::q4_1::{f16_to_f32, SharedRows};
+use super::q8_0::{quantize_activations, Q8_0Rows};
+use super::simd::{self, f16_to_f32, Kernel, Tiled};
 
 /// Weights per block.
 pub const BLOCK: usize = 32;
@@ -31,15 +34,6 @@ pub struct Q5_0Matrix {
     qh: Vec<u32>,
     /// Per block, 16 bytes: code `j` in the low nibble of byte `j`, code `j + 16` in its high one.
     qs: Vec<u8>,
-}
-
-/// Activations rounded to Q8_0, per token row.
-struct Q8_0Rows {
-    blocks: usize,
-    /// Per block: the scale, widened from the f16 the format rounds it to.
-    d: Vec<f32>,
-    /// Per block, 32 codes.
-    qs: Vec<i8>,
 }
 
 /// `SPREAD[b]`: byte `i` is 16 when bit `i` of `b` is set, else 0.
@@ -121,106 +115,122 @@ impl Q5_0Matrix {
     }
 }
 
-/// Rounds each row of `x` to Q8_0 blocks as llama.cpp does: `d = max|x| / 127` (stored as f16),
-/// `q = round(x / d)`.
-fn quantize_activations(x: &[f32], cols: usize) -> Q8_0Rows {
-    let blocks = cols / BLOCK;
-    let n = x.len() / BLOCK;
-    let mut out = Q8_0Rows {
-        blocks,
-        d: Vec::with_capacity(n),
-        qs: Vec::with_capacity(n * BLOCK),
-    };
-    for block in x.chunks_exact(BLOCK) {
-        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        out.d.push(half::f16::from_f32(d).to_f32());
-        out.qs.extend(block.iter().map(|v| (v * id).round() as i8));
+/// `ys[k] = x · Wₖᵀ` for `x: [m, cols]` that every matrix reads (W_Q, W_K, W_V; gate and up): the
+/// input is rounded to Q8_0 once and all their rows are shared out among the workers in one go.
+pub fn matmul_many(kernel: Kernel, ws: &[&Q5_0Matrix], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
+    let cols = ws[0].cols;
+    assert_eq!(x.len(), m * cols, "x must be [m, cols]");
+    assert!(
+        ws.iter().all(|w| w.cols == cols),
+        "matrices must share the input width"
+    );
+    let xq = quantize_activations(x, cols);
+    simd::matmul_many(kernel, ws, &xq, m, ys);
+}
+
+impl Tiled for Q5_0Matrix {
+    type Activations = Q8_0Rows;
+
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn tile<const R: usize, const T: usize>(
+        &self,
+        kernel: Kernel,
+        rows: [usize; R],
+        x: &Q8_0Rows,
+        tokens: [usize; T],
+    ) -> [[f32; T]; R] {
+        // The kernels read `cols / BLOCK` blocks per row and token, unchecked.
+        assert!(
+            rows.iter().all(|&r| r < self.rows)
+                && x.blocks == self.cols / BLOCK
+                && x.qs.len() == x.d.len() * BLOCK
+                && tokens.iter().all(|&t| (t + 1) * x.blocks <= x.d.len()),
+            "Q5_0 tile out of range: the activations do not match the matrix"
+        );
+        match kernel {
+            Kernel::Scalar => tile_scalar(self, rows, x, tokens),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Kernel::available() saw the features; the indices were checked above.
+            Kernel::Avx2 => unsafe { x86::tile_avx2::<R, T>(self, rows, x, tokens) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Kernel::AvxVnni => unsafe { x86::tile_avxvnni::<R, T>(self, rows, x, tokens) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Kernel::Avx512Vnni => unsafe { x86::tile_avx512vnni::<R, T>(self, rows, x, tokens) },
+        }
+    }
+}
+
+/// The definition, block by block: each block's codes unpacked once for the tile's tokens,
+/// exact integer sums, then one scaled float addition per block. The reference of the SIMD
+/// kernels, and the kernel of CPUs without them (the compiler vectorises the sums).
+fn tile_scalar<const R: usize, const T: usize>(
+    w: &Q5_0Matrix,
+    rows: [usize; R],
+    x: &Q8_0Rows,
+    tokens: [usize; T],
+) -> [[f32; T]; R] {
+    let nb = x.blocks;
+    let mut out = [[0f32; T]; R];
+    for (i, &r) in rows.iter().enumerate() {
+        for b in 0..nb {
+            let codes = w.codes(r * nb + b);
+            let dw = f16_to_f32(w.d[r * nb + b]);
+            for (j, &t) in tokens.iter().enumerate() {
+                let xq = &x.qs[(t * nb + b) * BLOCK..][..BLOCK];
+                let sum: i32 = codes
+                    .iter()
+                    .zip(xq)
+                    .map(|(&a, &b)| a as i32 * b as i32)
+                    .sum();
+                out[i][j] += sum as f32 * (dw * x.d[t * nb + b]);
+            }
+        }
     }
     out
 }
 
-/// Row `r` of `w` against every token of `x` (`out[t]`, `t < m`): the row's codes are unpacked
-/// once into `codes` (`cols` bytes), then read once per token.
-#[inline(always)]
-fn row_generic(w: &Q5_0Matrix, r: usize, x: &Q8_0Rows, codes: &mut [i8], out: &mut [f32]) {
-    let nb = x.blocks;
-    for (b, c) in codes.chunks_exact_mut(BLOCK).enumerate().take(nb) {
-        c.copy_from_slice(&w.codes(r * nb + b));
-    }
-    for (t, o) in out.iter_mut().enumerate() {
-        let mut acc = 0f32;
-        for (b, q) in codes.chunks_exact(BLOCK).enumerate().take(nb) {
-            let xq = &x.qs[(t * nb + b) * BLOCK..][..BLOCK];
-            let mut sum = 0i32;
-            for j in 0..BLOCK {
-                sum += q[j] as i32 * xq[j] as i32;
-            }
-            acc += sum as f32 * (f16_to_f32(w.d[r * nb + b]) * x.d[t * nb + b]);
-        }
-        *o = acc;
-    }
-}
-
-/// The same loops compiled for AVX2.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn row_avx2(w: &Q5_0Matrix, r: usize, x: &Q8_0Rows, codes: &mut [i8], out: &mut [f32]) {
-    row_generic(w, r, x, codes, out)
-}
+mod x86 {
+    use super::Q5_0Matrix;
+    use crate::model::simd::signed_tile_kernel;
+    use std::arch::x86_64::*;
 
-fn row(avx2: bool, w: &Q5_0Matrix, r: usize, x: &Q8_0Rows, codes: &mut [i8], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` is true only when the CPU reports AVX2 and FMA.
-        return unsafe { row_avx2(w, r, x, codes, out) };
-    }
-    let _ = avx2;
-    row_generic(w, r, x, codes, out)
+    // The 32 codes q − 16 of a block: low nibbles (codes 0..16) and high ones (16..32) side by
+    // side, then the fifth bits spread into bytes (byte j tests bit j of qh): where a fifth bit
+    // is clear, 0xF0 turns the nibble n into the signed byte n − 16; where set, n is n + 16 − 16.
+    signed_tile_kernel!(Q5_0Matrix, |m, wb| {
+        let q = _mm_loadu_si128(m.qs.as_ptr().add(wb * 16) as *const __m128i);
+        let nibbles = _mm256_and_si256(
+            _mm256_set_m128i(_mm_srli_epi16(q, 4), q),
+            _mm256_set1_epi8(0x0F),
+        );
+        let which_byte = _mm256_set_epi64x(
+            0x0303_0303_0303_0303,
+            0x0202_0202_0202_0202,
+            0x0101_0101_0101_0101,
+            0,
+        );
+        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(*m.qh.get_unchecked(wb) as i32),
+            which_byte,
+        );
+        let fifth = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+        _mm256_or_si256(
+            nibbles,
+            _mm256_andnot_si256(fifth, _mm256_set1_epi8(0xF0u8 as i8)),
+        )
+    });
 }
-
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Rows per work item: enough to amortise the hand-out, few enough to balance two workers.
-const ROWS_PER_ITEM: usize = 16;
 
 /// `y = x · Wᵀ` for `x: [m, cols]`, `y: [m, rows]`.
-pub fn matmul(w: &Q5_0Matrix, x: &[f32], m: usize, y: &mut [f32]) {
-    assert!(
-        x.len() == m * w.cols && y.len() == m * w.rows,
-        "x must be [m, cols] and y [m, rows]"
-    );
-    let xq = quantize_activations(x, w.cols);
-    let avx2 = has_avx2();
-    let rows = w.rows;
-    let out = SharedRows::new(y, rows);
-    candle_core::utils::barrier_pool().execute_chunked(rows.div_ceil(ROWS_PER_ITEM), |range| {
-        let mut codes = vec![0i8; w.cols];
-        let mut sums = vec![0f32; m];
-        for item in range {
-            for r in item * ROWS_PER_ITEM..rows.min((item + 1) * ROWS_PER_ITEM) {
-                row(avx2, w, r, &xq, &mut codes, &mut sums);
-                for (t, &v) in sums.iter().enumerate() {
-                    // SAFETY: this item owns rows item·16 .. item·16 + 16: no other worker
-                    // writes them.
-                    unsafe { out.put(t, r, v) };
-                }
-            }
-        }
-    });
+pub fn matmul(kernel: Kernel, w: &Q5_0Matrix, x: &[f32], m: usize, y: &mut [f32]) {
+    matmul_many(kernel, &[w], x, m, &mut [y])
 }
 
 #[cfg(test)]
@@ -264,45 +274,53 @@ mod tests {
     /// several, a row count that leaves a partial work item.
     #[test]
     fn products_equal_the_definition_and_candles() {
-        for (rows, cols, m) in [(37, 64, 1), (20, 128, 5), (3, 32, 2)] {
+        for (rows, cols, m) in [
+            (37, 64, 1),
+            (20, 128, 5),
+            (3, 32, 2),
+            (6, 640, 4),
+            (5, 96, 9),
+        ] {
             let (w, q) = matrix(rows, cols, rows as u64);
             let x = random(m, cols, 99);
-            let mut y = vec![0f32; m * rows];
-            matmul(&w, &x, m, &mut y);
-            let xq = quantize_activations(&x, cols);
-            let xt = Tensor::from_vec(x.clone(), (m, cols), &Device::Cpu).unwrap();
-            let theirs = candle_core::Module::forward(
-                &candle_core::quantized::QMatMul::from_qtensor(q).unwrap(),
-                &xt,
-            )
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-            for t in 0..m {
-                for r in 0..rows {
-                    let mut wr = vec![0f32; cols];
-                    w.dequantize_row(r, &mut wr);
-                    let mut want = 0f64;
-                    for b in 0..cols / BLOCK {
-                        let d = xq.d[t * xq.blocks + b] as f64;
-                        for j in 0..BLOCK {
-                            let xv = xq.qs[(t * xq.blocks + b) * BLOCK + j] as f64 * d;
-                            want += wr[b * BLOCK + j] as f64 * xv;
+            for kernel in Kernel::available() {
+                let mut y = vec![0f32; m * rows];
+                matmul(kernel, &w, &x, m, &mut y);
+                let xq = quantize_activations(&x, cols);
+                let xt = Tensor::from_vec(x.clone(), (m, cols), &Device::Cpu).unwrap();
+                let theirs = candle_core::Module::forward(
+                    &candle_core::quantized::QMatMul::from_qtensor(q).unwrap(),
+                    &xt,
+                )
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+                for t in 0..m {
+                    for r in 0..rows {
+                        let mut wr = vec![0f32; cols];
+                        w.dequantize_row(r, &mut wr);
+                        let mut want = 0f64;
+                        for b in 0..cols / BLOCK {
+                            let d = xq.d[t * xq.blocks + b] as f64;
+                            for j in 0..BLOCK {
+                                let xv = xq.qs[(t * xq.blocks + b) * BLOCK + j] as f64 * d;
+                                want += wr[b * BLOCK + j] as f64 * xv;
+                            }
                         }
+                        let got = y[t * rows + r] as f64;
+                        let scale = want.abs().max(1.0);
+                        assert!(
+                            (got - want).abs() / scale < 1e-5,
+                            "{kernel:?} ({t}, {r}): {got} vs {want}"
+                        );
+                        let c = theirs[t * rows + r] as f64;
+                        assert!(
+                            (got - c).abs() / scale < 1e-5,
+                            "{kernel:?} ({t}, {r}): {got} vs candle {c}"
+                        );
                     }
-                    let got = y[t * rows + r] as f64;
-                    let scale = want.abs().max(1.0);
-                    assert!(
-                        (got - want).abs() / scale < 1e-5,
-                        "({t}, {r}): {got} vs {want}"
-                    );
-                    let c = theirs[t * rows + r] as f64;
-                    assert!(
-                        (got - c).abs() / scale < 1e-5,
-                        "({t}, {r}): {got} vs candle {c}"
-                    );
                 }
             }
         }

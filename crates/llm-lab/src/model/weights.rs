@@ -7,8 +7,10 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use super::config::{Architecture, Config};
-use super::q4_1::{Kernel, Q4_1Matrix};
+use super::q4_1::Q4_1Matrix;
 use super::q5_0::Q5_0Matrix;
+use super::q8_0::Q8_0Matrix;
+use super::simd::Kernel;
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 
@@ -33,6 +35,8 @@ pub(crate) enum Matrix {
     Q4_1(Arc<Q4_1Matrix>),
     /// Q5_0 blocks as stored, multiplied by this crate's vectorised kernel (candle's is scalar).
     Q5_0(Arc<Q5_0Matrix>),
+    /// Q8_0 blocks read straight from the file, multiplied by this crate's SIMD kernel.
+    Q8_0(Arc<Q8_0Matrix>),
 }
 
 impl Matrix {
@@ -41,6 +45,7 @@ impl Matrix {
         match self {
             Matrix::Q4_1(m) => m.dequantize_row(r, out),
             Matrix::Q5_0(m) => m.dequantize_row(r, out),
+            Matrix::Q8_0(m) => m.dequantize_row(r, out),
             Matrix::Candle(_) => candle_core::bail!("candle's matrices dequantize themselves"),
         }
         Ok(())
@@ -97,25 +102,40 @@ impl Linear {
                 let [y] = Self::forward_many([self], x)?;
                 Ok(y)
             }
-            Matrix::Q5_0(m) => {
-                let x = x.to_dtype(DType::F32)?.contiguous()?;
-                let rows = x.elem_count() / self.in_features;
-                let mut y = vec![0f32; rows * self.out_features];
-                super::with_cpu_f32(&x, |data, layout| {
-                    let xs = &data[layout.start_offset()..][..x.elem_count()];
-                    super::q5_0::matmul(m, xs, rows, &mut y)
-                })?;
-                let mut dims = x.dims().to_vec();
-                if let Some(last) = dims.last_mut() {
-                    *last = self.out_features;
-                }
-                Tensor::from_vec(y, dims, x.device())
-            }
+            Matrix::Q5_0(m) => self.apply(x, |xs, rows, y| {
+                super::q5_0::matmul(Kernel::best(), m, xs, rows, y)
+            }),
+            Matrix::Q8_0(m) => self.apply(x, |xs, rows, y| {
+                super::q8_0::matmul_many(Kernel::best(), &[m.as_ref()], xs, rows, &mut [y])
+            }),
         }
     }
 
+    /// Runs one of this crate's products `f(x, rows, y)` on `x: […, in]` as f32, into `[…, out]`.
+    fn apply(
+        &self,
+        x: &Tensor,
+        f: impl FnOnce(&[f32], usize, &mut [f32]),
+    ) -> candle_core::Result<Tensor> {
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let rows = x.elem_count() / self.in_features;
+        let mut y = vec![0f32; rows * self.out_features];
+        super::with_cpu_f32(&x, |data, layout| {
+            f(
+                &data[layout.start_offset()..][..x.elem_count()],
+                rows,
+                &mut y,
+            )
+        })?;
+        let mut dims = x.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = self.out_features;
+        }
+        Tensor::from_vec(y, dims, x.device())
+    }
+
     /// `[x · W₁ᵀ, x · W₂ᵀ, …]` for matrices that read the same input: the same numbers as
-    /// calling [`forward`](Self::forward) on each, in one pass when all are Q4_1.
+    /// calling [`forward`](Self::forward) on each, in one pass when all are Q4_1 or all Q5_0.
     ///
     /// ```
     /// use llm_lab::model::weights::Linear;
@@ -133,15 +153,31 @@ impl Linear {
         linears: [&Linear; N],
         x: &Tensor,
     ) -> candle_core::Result<[Tensor; N]> {
+        let same_input = linears
+            .iter()
+            .all(|l| l.in_features == linears[0].in_features);
         let q4_1: Option<Vec<&Q4_1Matrix>> = linears
             .iter()
             .map(|l| match &l.weight {
-                Matrix::Q4_1(m) if l.in_features == linears[0].in_features => Some(m.as_ref()),
+                Matrix::Q4_1(m) if same_input => Some(m.as_ref()),
                 _ => None,
             })
             .collect();
-        let Some(matrices) = q4_1 else {
-            return all_ok(linears.map(|l| l.forward(x)));
+        let q5_0: Option<Vec<&Q5_0Matrix>> = linears
+            .iter()
+            .map(|l| match &l.weight {
+                Matrix::Q5_0(m) if same_input => Some(m.as_ref()),
+                _ => None,
+            })
+            .collect();
+        let run: Box<dyn Fn(&[f32], usize, &mut [&mut [f32]]) + '_> = match (q4_1, q5_0) {
+            (Some(ms), _) => Box::new(move |xs, rows, outs| {
+                super::q4_1::matmul_many(Kernel::best(), &ms, xs, rows, outs)
+            }),
+            (_, Some(ms)) => Box::new(move |xs, rows, outs| {
+                super::q5_0::matmul_many(Kernel::best(), &ms, xs, rows, outs)
+            }),
+            _ => return all_ok(linears.map(|l| l.forward(x))),
         };
         let x = x.to_dtype(DType::F32)?.contiguous()?;
         let rows = x.elem_count() / linears[0].in_features;
@@ -151,8 +187,11 @@ impl Linear {
             .collect();
         let mut outs: Vec<&mut [f32]> = ys.iter_mut().map(|y| y.as_mut_slice()).collect();
         super::with_cpu_f32(&x, |data, layout| {
-            let xs = &data[layout.start_offset()..][..x.elem_count()];
-            super::q4_1::matmul_many(Kernel::best(), &matrices, xs, rows, &mut outs)
+            run(
+                &data[layout.start_offset()..][..x.elem_count()],
+                rows,
+                &mut outs,
+            )
         })?;
         let mut ys = ys.into_iter();
         all_ok(linears.map(|l| {
@@ -209,7 +248,10 @@ impl Linear {
     fn convert(&mut self, format: WeightFormat) -> Result<()> {
         let quantized = matches!(
             &self.weight,
-            Matrix::Candle(QMatMul::QTensor(_)) | Matrix::Q4_1(_) | Matrix::Q5_0(_)
+            Matrix::Candle(QMatMul::QTensor(_))
+                | Matrix::Q4_1(_)
+                | Matrix::Q5_0(_)
+                | Matrix::Q8_0(_)
         );
         if quantized && format == WeightFormat::F32 {
             self.weight = Matrix::Candle(QMatMul::Tensor(self.weight()?));
@@ -317,7 +359,22 @@ impl Weights {
                     .map(|i| i.shape.dims().to_vec())
             },
         )?;
-        let lin = |g: &mut Gguf, name: &str| Linear::from_qtensor(g.tensor(name, device)?);
+        let lin = |g: &mut Gguf, name: &str| -> Result<Linear> {
+            let info = g.content.tensor_infos.get(name);
+            match info.map(|i| (i.ggml_dtype, i.shape.dims().to_vec())) {
+                // Read straight into the kernel's layout: the embedding is the largest tensor.
+                Some((GgmlDType::Q8_0, dims)) if dims.len() == 2 => {
+                    let m = Q8_0Matrix::from_gguf(g, name, dims[0], dims[1])?;
+                    Ok(Linear {
+                        weight: Matrix::Q8_0(Arc::new(m)),
+                        out_features: dims[0],
+                        in_features: dims[1],
+                        format: "Q8_0".into(),
+                    })
+                }
+                _ => Linear::from_qtensor(g.tensor(name, device)?),
+            }
+        };
         let vec = |g: &mut Gguf, name: &str| -> Result<Tensor> {
             Ok(g.tensor(name, device)?.dequantize(device)?)
         };
