@@ -283,20 +283,20 @@ mod tests {
         ] {
             let (w, q) = matrix(rows, cols, rows as u64);
             let x = random(m, cols, 99);
+            let xt = Tensor::from_vec(x.clone(), (m, cols), &Device::Cpu).unwrap();
+            let theirs = candle_core::Module::forward(
+                &candle_core::quantized::QMatMul::from_qtensor(q).unwrap(),
+                &xt,
+            )
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
             for kernel in Kernel::available() {
                 let mut y = vec![0f32; m * rows];
                 matmul(kernel, &w, &x, m, &mut y);
                 let xq = quantize_activations(&x, cols);
-                let xt = Tensor::from_vec(x.clone(), (m, cols), &Device::Cpu).unwrap();
-                let theirs = candle_core::Module::forward(
-                    &candle_core::quantized::QMatMul::from_qtensor(q).unwrap(),
-                    &xt,
-                )
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
                 for t in 0..m {
                     for r in 0..rows {
                         let mut wr = vec![0f32; cols];
