@@ -71,7 +71,8 @@ fn child_peak(path: &std::path::Path) -> u64 {
     );
     let kb: u64 = stdout
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM_KB="))
+        // The harness may print the test's name on the same line before it.
+        .find_map(|l| l.split_once("VmHWM_KB=").map(|(_, kb)| kb))
         .unwrap_or_else(|| panic!("the child printed no VmHWM: {stdout}"))
         .trim()
         .parse()
