@@ -1,6 +1,7 @@
 //! `cargo xtask …`: the project's commands, in Rust so they run wherever cargo does.
 
 mod bench;
+mod browser;
 mod check;
 mod cli;
 mod grade;
