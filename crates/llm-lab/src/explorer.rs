@@ -181,14 +181,14 @@ fn spec(shown: &[crate::logits::TokenProb], vocab: usize, grid: &[GridPoint]) ->
             nucleus.push(json!({"key": ti * 100 + j + 1, "n": n, "m": m, "s": shown_mass}));
         }
     }
-    let slider = |name: &str, min: f32, value: f32, max: f32| {
-        json!({"name": name, "value": value,
-               "bind": {"input": "range", "min": min, "max": max, "step": STEP}})
+    // Slider positions in f64 hundredths, so the page shows 0.05, not 0.05000000074505806.
+    let step = (STEP as f64 * 100.0).round() / 100.0;
+    let slider = |name: &str, label: &str, min: f64, max: f64| {
+        json!({"name": name, "value": 1.0,
+               "bind": {"input": "range", "min": min, "max": max, "step": step, "name": label}})
     };
-    let mut t_param = slider("T", 0.0, 1.0, grid_value(T_STEPS));
-    t_param["bind"]["name"] = json!("temperatura T ");
-    let mut p_param = slider("P", STEP, 1.0, 1.0);
-    p_param["bind"]["name"] = json!("top-p p ");
+    let t_param = slider("T", "temperatura T ", 0.0, step * T_STEPS as f64);
+    let p_param = slider("P", "top-p p ", step, step * P_STEPS as f64);
     // The grid point the sliders are on, and the top-p set there.
     let at_grid = json!([
         {"filter": format!("datum.t == round(T / {STEP})")},
@@ -263,5 +263,6 @@ fn spec(shown: &[crate::logits::TokenProb], vocab: usize, grid: &[GridPoint]) ->
         "params": [t_param, p_param],
         "datasets": {"tokens": tokens, "probs": probs, "nucleus": nucleus},
         "vconcat": [chart, summary],
+        "config": {"view": {"stroke": null}},
     })
 }
