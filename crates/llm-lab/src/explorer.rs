@@ -71,7 +71,11 @@ impl Explorer {
                 nucleus: vec![(0, 0.0); P_STEPS],
             })
             .collect();
-        for row in self.spec["datasets"]["probs"].as_array().into_iter().flatten() {
+        for row in self.spec["datasets"]["probs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             let (Some(t), Some(p)) = (row["t"].as_u64(), row["p"].as_f64()) else {
                 continue;
             };
@@ -240,7 +244,9 @@ fn spec(shown: &[crate::logits::TokenProb], vocab: usize, grid: &[GridPoint]) ->
                           "text": {"field": "rotulo", "type": "nominal"}}},
         ],
     });
-    let mut summary_transform = vec![json!({"filter": format!("datum.key == round(T / {STEP}) * 100 + round(P / {STEP})")})];
+    let mut summary_transform = vec![
+        json!({"filter": format!("datum.key == round(T / {STEP}) * 100 + round(P / {STEP})")}),
+    ];
     summary_transform.push(json!({"calculate": format!(
         "'T = ' + format(T, '.2f') + ', top-p = ' + format(P, '.2f') + ': o top-p mantém ' + format(datum.n, ',d') + ' de {vocab} tokens (soma ' + format(datum.m, '.1%') + '); os {k} do gráfico somam ' + format(datum.s, '.1%') + ' em T. Barras azuis: probabilidade de sorteio, renormalizada sobre o conjunto do top-p.'",
         vocab = vocab,

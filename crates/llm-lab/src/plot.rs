@@ -133,7 +133,10 @@ fn svg_grid(svgs: &[&str], columns: usize) -> String {
         "<svg width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" xmlns=\"http://www.w3.org/2000/svg\">\n"
     );
     for (i, svg) in svgs.iter().enumerate() {
-        let (x, y) = ((i % columns) * col_w as usize, (i / columns) * row_h as usize);
+        let (x, y) = (
+            (i % columns) * col_w as usize,
+            (i / columns) * row_h as usize,
+        );
         let body = svg.trim_start();
         let body = body
             .strip_prefix("<svg")

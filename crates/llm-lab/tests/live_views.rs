@@ -64,7 +64,10 @@ fn explorer_bundle_has_vega_lite_svg_and_text() {
     assert_eq!(mimes, [VEGA_LITE_MIME, "image/svg+xml", "text/plain"]);
     let spec: Value = serde_json::from_str(&parsed[0].1).expect("the chart is valid JSON");
     assert_eq!(parsed[0].1, ex.spec.to_string());
-    assert_eq!(spec["$schema"], "https://vega.github.io/schema/vega-lite/v5.json");
+    assert_eq!(
+        spec["$schema"],
+        "https://vega.github.io/schema/vega-lite/v5.json"
+    );
     let names: Vec<&str> = spec["params"]
         .as_array()
         .unwrap()
@@ -155,7 +158,10 @@ fn attention_plots_are_live_with_token_labels_and_an_svg_fallback() {
     let values = spec["data"]["values"].as_array().unwrap();
     assert_eq!(values.len(), tokens.len() * tokens.len());
     for v in values {
-        let (q, k) = (v["q"].as_u64().unwrap() as usize, v["k"].as_u64().unwrap() as usize);
+        let (q, k) = (
+            v["q"].as_u64().unwrap() as usize,
+            v["k"].as_u64().unwrap() as usize,
+        );
         assert_eq!(v["w"].as_f64().unwrap() as f32, pattern[q][k]);
         let label = llm_lab::plot::token_label(&trace.labels[q]);
         assert_eq!(v["consulta"], format!("{q}: {label}"));

@@ -66,7 +66,10 @@ pub fn browser(args: &BrowserArgs) -> Result<()> {
         .env("JUPYTER_DATA_DIR", data_dir.path())
         .stdout(log.try_clone()?)
         .stderr(log);
-    eprintln!("==> cargo xtask lab --no-browser --port {port} (log: {})", log_path.display());
+    eprintln!(
+        "==> cargo xtask lab --no-browser --port {port} (log: {})",
+        log_path.display()
+    );
     let server = Supervised::spawn(&mut lab_cmd)?;
     let config = serde_json::json!({
         "url": format!("http://127.0.0.1:{port}"),
@@ -189,7 +192,9 @@ fn playwright(lab: &Lab, out: &Path) -> Result<PathBuf> {
     };
     crate::test::run_step(
         "python -m venv target/browser/venv",
-        Command::new(&base).args(["-m", "venv", "--clear"]).arg(&venv),
+        Command::new(&base)
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
     )?;
     crate::test::run_step(
         &format!("pip install {PLAYWRIGHT}"),
@@ -221,7 +226,10 @@ fn copy_lesson(lab: &Lab, name: &str, clear: bool) -> Result<PathBuf> {
             }
         }
     }
-    let dst = lab.root.join("target").join(format!("browser-{name}.ipynb"));
+    let dst = lab
+        .root
+        .join("target")
+        .join(format!("browser-{name}.ipynb"));
     if clear {
         std::fs::write(&dst, serde_json::to_string_pretty(&nb)? + "\n")?;
     } else {

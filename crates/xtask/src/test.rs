@@ -211,9 +211,10 @@ fn svg_fallbacks(nb: &serde_json::Value) -> String {
         for o in cell["outputs"].as_array().into_iter().flatten() {
             match &o["data"]["image/svg+xml"] {
                 serde_json::Value::String(t) => s.push_str(t),
-                serde_json::Value::Array(lines) => {
-                    lines.iter().filter_map(|l| l.as_str()).for_each(|l| s.push_str(l))
-                }
+                serde_json::Value::Array(lines) => lines
+                    .iter()
+                    .filter_map(|l| l.as_str())
+                    .for_each(|l| s.push_str(l)),
                 _ => {}
             }
         }
