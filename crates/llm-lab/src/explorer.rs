@@ -233,7 +233,7 @@ fn spec(shown: &[crate::logits::TokenProb], vocab: usize, grid: &[GridPoint]) ->
             {"mark": {"type": "bar", "tooltip": true},
              "encoding": {
                 "x": {"field": "bar", "type": "quantitative", "title": "probabilidade",
-                      "axis": {"format": "%"}, "scale": {"domain": [0, 1]}},
+                      "axis": {"format": "%"}},
                 "color": {"field": "estado", "type": "nominal", "title": null,
                           "scale": {"domain": ["mantido pelo top-p", "cortado pelo top-p"],
                                     "range": ["#4c72b0", "#cccccc"]},
@@ -248,7 +248,7 @@ fn spec(shown: &[crate::logits::TokenProb], vocab: usize, grid: &[GridPoint]) ->
         json!({"filter": format!("datum.key == round(T / {STEP}) * 100 + round(P / {STEP})")}),
     ];
     summary_transform.push(json!({"calculate": format!(
-        "'T = ' + format(T, '.2f') + ', top-p = ' + format(P, '.2f') + ': o top-p mantém ' + format(datum.n, ',d') + ' de {vocab} tokens (soma ' + format(datum.m, '.1%') + '); os {k} do gráfico somam ' + format(datum.s, '.1%') + ' em T. Barras azuis: probabilidade de sorteio, renormalizada sobre o conjunto do top-p.'",
+        "'T = ' + format(T, '.2f') + ', top-p = ' + format(P, '.2f') + ': o top-p mantém ' + format(datum.n, ',d') + ' de ' + format({vocab}, ',d') + ' tokens (soma ' + format(datum.m, '.1%') + '); os {k} do gráfico somam ' + format(datum.s, '.1%') + ' em T. Barras azuis: probabilidade de sorteio, renormalizada sobre o conjunto do top-p.'",
         vocab = vocab,
         k = shown.len()
     ), "as": "linha"}));

@@ -116,7 +116,7 @@ fn svg_size(svg: &str) -> (u32, u32) {
             .map(|i| &head[i + name.len() + 3..])
             .and_then(|rest| rest.split('"').next())
             .and_then(|v| v.parse::<f64>().ok())
-            .map_or(0, |v| v.max(0.0).min(100_000.0) as u32)
+            .map_or(0, |v| v.clamp(0.0, 100_000.0) as u32)
     };
     (attr("width"), attr("height"))
 }

@@ -142,7 +142,8 @@ def run_lesson(page, cfg):
     idle_polls = 0
     while True:
         busy, prompts = kernel_busy(page)
-        numbered = prompts and all(p.strip() not in ("[ ]:", "") for p in prompts)
+        # (A prompt not drawn yet reads as empty text: only "[ ]:" means never run.)
+        numbered = bool(prompts) and all(p.strip() != "[ ]:" for p in prompts)
         # Every code cell numbered and none waiting: the run is over. Idle with cells never run
         # (Run All stops at an error): over too, the error is reported below.
         idle_polls = 0 if busy else idle_polls + 1
