@@ -158,8 +158,11 @@ def run_lesson(page, cfg):
     page.wait_for_timeout(1500)
     errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
     texts = [t for t in errors.all_inner_texts() if t.strip()]
-    vega = page.locator(VEGA)
-    svgs = page.locator(".jp-OutputArea-output svg, .jp-RenderedSVG img, .jp-RenderedImage img")
+    # Only the notebook on screen (the explorer's tab stays open, hidden, behind it).
+    vega = page.locator(f"{VEGA}:visible")
+    svgs = page.locator(
+        ".jp-OutputArea-output svg:visible, .jp-RenderedSVG img:visible, .jp-RenderedImage img:visible"
+    )
     n_vega, n_svg = vega.count(), svgs.count()
     say(f"lesson: {n_vega} live chart(s), {n_svg} SVG/image plot(s), {len(texts)} error output(s)")
     if texts:
