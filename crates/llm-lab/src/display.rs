@@ -12,7 +12,91 @@ use crate::model::Model;
 
 /// Sends `html` to the notebook as the cell's rich output.
 pub fn rich_html(html: &str) {
-    println!("EVCXR_BEGIN_CONTENT text/html\n{html}\nEVCXR_END_CONTENT");
+    MimeBundle::new().with("text/html", html).emit();
+}
+
+/// The MIME type of a Vega-Lite 5 chart, which JupyterLab 4 (and VS Code) draw with their
+/// built-in Vega renderer: sliders, tooltips, in a notebook that is not trusted too.
+pub const VEGA_LITE_MIME: &str = "application/vnd.vegalite.v5+json";
+
+/// One cell output in several formats; the notebook shows the richest one it can draw.
+///
+/// evcxr 0.22 gathers every `EVCXR_BEGIN_CONTENT <mime>` block that one cell prints into a single
+/// `execute_result` whose `data` maps each MIME type to its content (a type whose name contains
+/// `json` is parsed as JSON), so a bundle is one output, not several.
+///
+/// JupyterLab ranks its renderers: HTML (50) before Vega (57) before SVG (80), so a bundle that
+/// carries a Vega-Lite chart gives its static fallback as `image/svg+xml`, never as `text/html`.
+///
+/// ```
+/// use llm_lab::display::MimeBundle;
+/// let b = MimeBundle::new().with("image/svg+xml", "<svg></svg>").with("text/plain", "a chart");
+/// assert_eq!(b.get("text/plain"), Some("a chart"));
+/// assert!(b.to_evcxr().starts_with("EVCXR_BEGIN_CONTENT image/svg+xml\n<svg></svg>\nEVCXR_END_CONTENT\n"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MimeBundle {
+    parts: Vec<(String, String)>,
+}
+
+impl MimeBundle {
+    /// An empty bundle.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) the content of one MIME type.
+    pub fn with(mut self, mime: &str, content: impl Into<String>) -> Self {
+        let content = content.into();
+        match self.parts.iter_mut().find(|(m, _)| m == mime) {
+            Some(part) => part.1 = content,
+            None => self.parts.push((mime.to_string(), content)),
+        }
+        self
+    }
+
+    /// The content of `mime`, if the bundle has it.
+    pub fn get(&self, mime: &str) -> Option<&str> {
+        self.parts
+            .iter()
+            .find(|(m, _)| m == mime)
+            .map(|(_, c)| c.as_str())
+    }
+
+    /// The MIME types, in the order they were added.
+    pub fn mime_types(&self) -> Vec<&str> {
+        self.parts.iter().map(|(m, _)| m.as_str()).collect()
+    }
+
+    /// The text evcxr reads on the kernel's stdout.
+    pub fn to_evcxr(&self) -> String {
+        let mut s = String::new();
+        for (mime, content) in &self.parts {
+            s.push_str("EVCXR_BEGIN_CONTENT ");
+            s.push_str(mime);
+            s.push('\n');
+            // evcxr ends a block at a line that is exactly its end marker: never send one.
+            for (i, line) in content.split('\n').enumerate() {
+                if i > 0 {
+                    s.push('\n');
+                }
+                if line == "EVCXR_END_CONTENT" {
+                    s.push(' ');
+                }
+                s.push_str(line);
+            }
+            s.push_str("\nEVCXR_END_CONTENT\n");
+        }
+        s
+    }
+
+    /// Sends the bundle to the notebook as the cell's output.
+    pub fn emit(&self) {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(self.to_evcxr().as_bytes());
+        let _ = out.flush();
+    }
 }
 
 /// Escapes text for inclusion in HTML.

@@ -1,23 +1,57 @@
 //! Charts for the lessons, drawn with plotters as SVG: probability bars, attention and
 //! positional-encoding heatmaps, lines. Every chart is a [`Figure`], which a notebook shows inline
-//! (no script or font from the network).
+//! (no script or font from the network). Charts where hovering teaches something (attention:
+//! which token looks at which, with the weight) also carry a Vega-Lite spec, which JupyterLab
+//! draws live even in a notebook opened from the repository; the SVG stays in the same output for
+//! renderers without Vega (a forge, nbconvert).
 
 use plotters::prelude::*;
+use serde_json::{json, Value};
 
-use crate::display::{html_escape, rich_html};
+use crate::display::{html_escape, rich_html, MimeBundle, VEGA_LITE_MIME};
 use crate::error::{Error, Result};
 
-/// An SVG chart.
+/// The Vega-Lite schema the specs declare (JupyterLab 4 ships Vega-Lite 5).
+pub const VEGA_LITE_SCHEMA: &str = "https://vega.github.io/schema/vega-lite/v5.json";
+
+/// Heatmaps with more cells than this stay static: the live chart would carry every cell's data.
+const MAX_LIVE_CELLS: usize = 64 * 64;
+
+/// A chart: SVG (or HTML for tables and rows), and for interactive charts a Vega-Lite spec.
 #[derive(Debug, Clone)]
 pub struct Figure {
-    /// The SVG document.
+    /// The SVG document (HTML for [`table`] and for rows of static charts).
     pub svg: String,
+    /// The live version of the chart, when it has one; `svg` is then a pure SVG document.
+    pub vega_lite: Option<Value>,
 }
 
 impl Figure {
+    fn from_markup(svg: String) -> Figure {
+        Figure {
+            svg,
+            vega_lite: None,
+        }
+    }
+
+    /// What the notebook receives: the Vega-Lite chart with its SVG fallback and a text line,
+    /// or the static HTML/SVG alone.
+    pub fn bundle(&self) -> MimeBundle {
+        match &self.vega_lite {
+            Some(spec) => MimeBundle::new()
+                .with(VEGA_LITE_MIME, spec.to_string())
+                .with("image/svg+xml", self.svg.as_str())
+                .with("text/plain", plain_description(spec)),
+            None => MimeBundle::new().with("text/html", self.svg.as_str()),
+        }
+    }
+
     /// evcxr's rich display hook.
     pub fn evcxr_display(&self) {
-        rich_html(&self.svg);
+        match &self.vega_lite {
+            Some(_) => self.bundle().emit(),
+            None => rich_html(&self.svg),
+        }
     }
 
     /// Writes the SVG to a file.
@@ -27,7 +61,31 @@ impl Figure {
     }
 
     /// Several figures side by side in one output (a notebook cell shows only its last rich output).
+    /// Live figures stay live: a grid of Vega-Lite charts, over a grid of their SVGs.
     pub fn row(figures: &[Figure]) -> Figure {
+        if !figures.is_empty() && figures.iter().all(|f| f.vega_lite.is_some()) {
+            let columns = figures.len().min(3);
+            let specs: Vec<Value> = figures
+                .iter()
+                .filter_map(|f| f.vega_lite.clone())
+                .map(|mut spec| {
+                    if let Some(o) = spec.as_object_mut() {
+                        o.remove("$schema");
+                    }
+                    spec
+                })
+                .collect();
+            let svgs: Vec<&str> = figures.iter().map(|f| f.svg.as_str()).collect();
+            return Figure {
+                svg: svg_grid(&svgs, columns),
+                vega_lite: Some(json!({
+                    "$schema": VEGA_LITE_SCHEMA,
+                    "columns": columns,
+                    "concat": specs,
+                    "resolve": {"scale": {"color": "independent"}},
+                })),
+            };
+        }
         let inner: String = figures
             .iter()
             .map(|f| {
@@ -37,10 +95,58 @@ impl Figure {
                 )
             })
             .collect();
-        Figure {
-            svg: format!("<div>{inner}</div>"),
-        }
+        Figure::from_markup(format!("<div>{inner}</div>"))
     }
+}
+
+/// The text/plain line of a live chart: its title, for terminals and text-only views.
+fn plain_description(spec: &Value) -> String {
+    let title = spec["title"]
+        .as_str()
+        .or_else(|| spec["title"]["text"].as_str())
+        .unwrap_or("gráfico");
+    format!("{title} (gráfico interativo Vega-Lite; sem Vega, a versão SVG)")
+}
+
+/// Width and height of a plotters SVG, from its root element.
+fn svg_size(svg: &str) -> (u32, u32) {
+    let head = svg.find('>').map_or(svg, |end| &svg[..end]);
+    let attr = |name: &str| {
+        head.find(&format!(" {name}=\""))
+            .map(|i| &head[i + name.len() + 3..])
+            .and_then(|rest| rest.split('"').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0, |v| v.clamp(0.0, 100_000.0) as u32)
+    };
+    (attr("width"), attr("height"))
+}
+
+/// SVG documents laid out in a grid of `columns`, as one SVG document (nested `<svg>` elements).
+fn svg_grid(svgs: &[&str], columns: usize) -> String {
+    let columns = columns.max(1);
+    let sizes: Vec<(u32, u32)> = svgs.iter().map(|s| svg_size(s)).collect();
+    let col_w = sizes.iter().map(|s| s.0).max().unwrap_or(0);
+    let row_h = sizes.iter().map(|s| s.1).max().unwrap_or(0);
+    let rows = svgs.len().div_ceil(columns);
+    let (w, h) = (col_w as usize * columns, row_h as usize * rows);
+    let mut out = format!(
+        "<svg width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" xmlns=\"http://www.w3.org/2000/svg\">\n"
+    );
+    for (i, svg) in svgs.iter().enumerate() {
+        let (x, y) = (
+            (i % columns) * col_w as usize,
+            (i / columns) * row_h as usize,
+        );
+        let body = svg.trim_start();
+        let body = body
+            .strip_prefix("<svg")
+            .map(|rest| format!("<svg x=\"{x}\" y=\"{y}\"{rest}"))
+            .unwrap_or_else(|| body.to_string());
+        out.push_str(&body);
+        out.push('\n');
+    }
+    out.push_str("</svg>\n");
+    out
 }
 
 fn err(e: impl std::fmt::Display) -> Error {
@@ -134,7 +240,7 @@ pub fn bars_scaled(
             .map_err(err)?;
         root.present().map_err(err)?;
     }
-    Ok(Figure { svg })
+    Ok(Figure::from_markup(svg))
 }
 
 /// Colour of a value in [0, 1]: white → dark blue.
@@ -256,20 +362,96 @@ pub fn heatmap(
             .map_err(err)?;
         root.present().map_err(err)?;
     }
-    Ok(Figure { svg })
+    Ok(Figure::from_markup(svg))
 }
 
-/// One head's attention pattern `[query][key]`, tokens on both axes.
+/// One head's attention pattern `[query][key]`, tokens on both axes: live (the query token, the
+/// key token and the weight on hover) with the SVG heatmap as fallback.
+///
+/// ```
+/// let p = vec![vec![1.0, 0.0], vec![0.25, 0.75]];
+/// let fig = llm_lab::plot::attention("cabeça 0", &p, &["a".into(), "b".into()])?;
+/// assert!(fig.svg.starts_with("<svg"));
+/// assert_eq!(fig.vega_lite.unwrap()["data"]["values"][3]["w"], 0.75);
+/// # Ok::<(), llm_lab::Error>(())
+/// ```
 pub fn attention(title: &str, pattern: &[Vec<f32>], tokens: &[String]) -> Result<Figure> {
-    heatmap(
-        title,
-        pattern,
-        tokens,
-        tokens,
-        "chave (token observado)",
-        "consulta (token que observa)",
-        false,
-    )
+    attention_with_labels(title, pattern, tokens, tokens)
+}
+
+const KEY_AXIS: &str = "chave (token observado)";
+const QUERY_AXIS: &str = "consulta (token que observa)";
+
+fn attention_with_labels(
+    title: &str,
+    pattern: &[Vec<f32>],
+    queries: &[String],
+    keys: &[String],
+) -> Result<Figure> {
+    let mut fig = heatmap(title, pattern, queries, keys, KEY_AXIS, QUERY_AXIS, false)?;
+    fig.vega_lite = attention_spec(title, pattern, queries, keys);
+    Ok(fig)
+}
+
+/// The Vega-Lite heatmap of an attention pattern (None when it is too large to ship live).
+/// Labels that do not match the pattern's size are replaced by positions.
+fn attention_spec(
+    title: &str,
+    pattern: &[Vec<f32>],
+    queries: &[String],
+    keys: &[String],
+) -> Option<Value> {
+    let rows = pattern.len();
+    let cols = pattern.first().map_or(0, Vec::len);
+    if rows == 0 || cols == 0 || rows.checked_mul(cols)? > MAX_LIVE_CELLS {
+        return None;
+    }
+    let names = |labels: &[String], n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| match labels.get(i) {
+                Some(l) if labels.len() == n => token_label(l),
+                _ => i.to_string(),
+            })
+            .collect()
+    };
+    let (q_names, k_names) = (names(queries, rows), names(keys, cols));
+    let mut values = Vec::with_capacity(rows * cols);
+    let mut max = 0f32;
+    for (q, row) in pattern.iter().enumerate() {
+        for (k, &w) in row.iter().enumerate() {
+            let w = if w.is_finite() { w } else { 0.0 };
+            max = max.max(w);
+            values.push(json!({
+                "q": q, "k": k, "w": w,
+                "consulta": format!("{q}: {}", q_names[q]),
+                "chave": format!("{k}: {}", k_names[k]),
+            }));
+        }
+    }
+    let cell = (560 / cols.max(rows)).clamp(4, 40);
+    // Axis labels are the tokens, looked up by position (a token may occur twice).
+    let label_expr = |names: &[String]| format!("{}[datum.value]", json!(names));
+    Some(json!({
+        "$schema": VEGA_LITE_SCHEMA,
+        "title": title,
+        "data": {"values": values},
+        "width": cols * cell,
+        "height": rows * cell,
+        "mark": {"type": "rect", "tooltip": true},
+        "encoding": {
+            "x": {"field": "k", "type": "ordinal", "title": KEY_AXIS,
+                  "axis": {"labelExpr": label_expr(&k_names), "labelAngle": -90}},
+            "y": {"field": "q", "type": "ordinal", "title": QUERY_AXIS,
+                  "axis": {"labelExpr": label_expr(&q_names)}},
+            "color": {"field": "w", "type": "quantitative", "title": "peso",
+                      "scale": {"scheme": "blues", "domain": [0.0, max.max(1e-9)]}},
+            "tooltip": [
+                {"field": "consulta", "type": "nominal", "title": "consulta"},
+                {"field": "chave", "type": "nominal", "title": "chave"},
+                {"field": "w", "type": "quantitative", "title": "peso", "format": ".3f"},
+            ],
+        },
+    }))
 }
 
 /// Positional encodings `[position][dimension]`.
@@ -337,7 +519,7 @@ pub fn lines(
             .map_err(err)?;
         root.present().map_err(err)?;
     }
-    Ok(Figure { svg })
+    Ok(Figure::from_markup(svg))
 }
 
 /// A titled HTML table of strings (for side-by-side comparisons).
@@ -358,7 +540,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> Figure {
         s.push_str("</tr>");
     }
     s.push_str("</tbody></table>");
-    Figure { svg: s }
+    Figure::from_markup(s)
 }
 
 impl crate::model::Trace {
@@ -377,14 +559,11 @@ impl crate::model::Trace {
         } else {
             vec![]
         };
-        heatmap(
+        attention_with_labels(
             &format!("camada {layer}, cabeça {head}"),
             &pattern,
             &queries,
             &keys,
-            "chave (token observado)",
-            "consulta (token que observa)",
-            false,
         )
     }
 

@@ -131,7 +131,13 @@ fn charts_carry_titles_and_token_labels() {
     );
     assert!(fig.svg.contains("consulta") && fig.svg.contains("chave"));
     let grid = trace.attention_grid(1).unwrap();
-    assert_eq!(grid.svg.matches("<svg").count(), model.config.n_heads);
+    // One SVG holding one per head; the live chart has one view per head.
+    assert_eq!(grid.svg.matches("<svg").count(), model.config.n_heads + 1);
+    let live = grid.vega_lite.as_ref().expect("attention grids are live");
+    assert_eq!(
+        live["concat"].as_array().map(Vec::len),
+        Some(model.config.n_heads)
+    );
     let pe = scratch::sinusoidal_positions(16, 8)
         .unwrap()
         .to_vec2::<f32>()
@@ -145,9 +151,9 @@ fn charts_carry_titles_and_token_labels() {
     assert!(llm_lab::plot::bars("p", &["x".into()], &[]).is_err());
     let logits = model.logits(&tokens).unwrap();
     let ex = llm_lab::explorer::Explorer::new(&logits, 8);
-    assert!(
-        ex.html.contains("<script>")
-            && ex.html.contains("type=\"range\"")
-            && !ex.html.contains("http")
-    );
+    // No script and nothing loaded from the network: a Vega-Lite spec (its schema URL is only
+    // a name) and an SVG.
+    let bundle = ex.bundle().to_evcxr();
+    assert!(!bundle.contains("<script") && bundle.matches("http").count() <= 2);
+    assert_eq!(ex.spec["params"][0]["bind"]["input"], "range");
 }

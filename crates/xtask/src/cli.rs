@@ -67,6 +67,8 @@ pub enum Command {
     Grade(GradeArgs),
     /// The whole test suite (what CI runs): fmt, clippy, cargo tests, then every notebook on the kernel
     Test(TestArgs),
+    /// JupyterLab in headless Chromium: the explorer live without a re-run, a lesson run in the browser
+    Browser(BrowserArgs),
 }
 
 /// `--model NAME|PATH`, shared by the commands that load a model.
@@ -196,6 +198,17 @@ pub struct BenchArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct BrowserArgs {
+    /// Only check the committed explorer lesson; do not run a lesson in the browser
+    #[arg(long)]
+    pub explorer_only: bool,
+    /// Time limit of the lesson run in the browser, in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 1200,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub run_timeout: u64,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct TestArgs {
     /// Stop after the cargo tests and the exercises' drift check
     #[arg(long)]
@@ -285,6 +298,7 @@ pub fn run(command: Option<Command>) -> Result<()> {
             crate::bench_notebook::bench_notebook(trivial_runs)
         }
         Command::Test(args) => crate::test::test(&args),
+        Command::Browser(args) => crate::browser::browser(&args),
     }
 }
 

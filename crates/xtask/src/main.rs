@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_notebook;
+mod browser;
 mod check;
 mod cli;
 mod grade;

@@ -86,6 +86,16 @@ pub fn test(args: &TestArgs) -> Result<()> {
         problems.extend(p);
     }
     problems.extend(rendered_plot_problems(&lab)?);
+    // After the notebooks: the lesson it opens has just run on the kernel, and the kernel's
+    // compiled-crate cache is warm for the lesson it runs in the browser.
+    if let Err(e) = crate::lab::timed("browser test (JupyterLab in headless Chromium)", || {
+        crate::browser::browser(&crate::cli::BrowserArgs {
+            explorer_only: false,
+            run_timeout: 1200,
+        })
+    }) {
+        problems.push(format!("browser test: {e:#}"));
+    }
     let n_notebooks = ["notebooks", "solutions", "exercises"]
         .iter()
         .map(|d| {
@@ -162,7 +172,9 @@ fn rendered_plot_problems(lab: &Lab) -> Result<Vec<String>> {
     let out = out_dir.path();
     for nb in notebooks::list(&lab.root.join("notebooks"))? {
         let v = notebooks::read(&nb)?;
-        let plots = notebooks::all_output_text(&v).matches("<svg").count();
+        // Live charts carry their SVG fallback as image/svg+xml, which nbconvert draws.
+        let plots = notebooks::all_output_text(&v).matches("<svg").count()
+            + svg_fallbacks(&v).matches("<svg").count();
         let status = Command::new(lab.jupyter())
             .args([
                 "nbconvert",
@@ -190,4 +202,22 @@ fn rendered_plot_problems(lab: &Lab) -> Result<Vec<String>> {
         }
     }
     Ok(p)
+}
+
+/// The `image/svg+xml` outputs of a notebook, concatenated.
+fn svg_fallbacks(nb: &serde_json::Value) -> String {
+    let mut s = String::new();
+    for cell in nb["cells"].as_array().into_iter().flatten() {
+        for o in cell["outputs"].as_array().into_iter().flatten() {
+            match &o["data"]["image/svg+xml"] {
+                serde_json::Value::String(t) => s.push_str(t),
+                serde_json::Value::Array(lines) => lines
+                    .iter()
+                    .filter_map(|l| l.as_str())
+                    .for_each(|l| s.push_str(l)),
+                _ => {}
+            }
+        }
+    }
+    s
 }
