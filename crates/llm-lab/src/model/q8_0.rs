@@ -73,6 +73,8 @@ impl Q8_0Matrix {
     }
 
     /// The matrix from GGUF's bytes (34 per block, row-major); `None` if the sizes disagree.
+    /// Tests build matrices so; the loader reads the file piece by piece (`from_gguf`).
+    #[cfg(test)]
     pub fn from_bytes(bytes: &[u8], rows: usize, cols: usize) -> Option<Self> {
         let mut m = Self::with_capacity(rows, cols)?;
         if bytes.len() != m.d.capacity().checked_mul(BLOCK_BYTES)? {
@@ -101,6 +103,7 @@ impl Q8_0Matrix {
     }
 
     /// Output width.
+    #[cfg(test)]
     pub fn rows(&self) -> usize {
         self.rows
     }
