@@ -58,7 +58,15 @@ impl Tokenizer {
         Ok(Tokenizer::hf(inner))
     }
 
-    fn hf(inner: tokenizers::Tokenizer) -> Self {
+    fn hf(mut inner: tokenizers::Tokenizer) -> Self {
+        // tokenizers' BPE keeps its word cache in a thread-local map keyed by an id from a
+        // process-wide counter. evcxr links a copy of the crate, counter included, into every
+        // cell, so two tokenizers made in two cells can get the same id and read each other's
+        // words (seen: the Llama 3.2 tokenizer returning SmolLM2's ids). With capacity 0 nothing
+        // is ever stored, so nothing can be read back wrong; encoding stays fast enough.
+        let mut model = inner.get_model().clone();
+        model.resize_cache(0);
+        inner.with_model(model);
         Tokenizer {
             kind: Kind::Hf(Arc::new(inner)),
             incomplete_bytes: false,
