@@ -102,12 +102,6 @@ impl Q8_0Matrix {
         Ok(m)
     }
 
-    /// Output width.
-    #[cfg(test)]
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
     /// Row `r` dequantized into `out` (`cols` values): an embedding lookup.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let nb = self.cols / BLOCK;

@@ -14,6 +14,9 @@ use super::simd::Kernel;
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 
+/// One product of several matrices that read the same input: (input, rows, one output each).
+type ManyProduct<'a> = dyn Fn(&[f32], usize, &mut [&mut [f32]]) + 'a;
+
 /// A weight matrix `[out, in]`, possibly quantized, applied as `x · Wᵀ`.
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -170,7 +173,7 @@ impl Linear {
                 _ => None,
             })
             .collect();
-        let run: Box<dyn Fn(&[f32], usize, &mut [&mut [f32]]) + '_> = match (q4_1, q5_0) {
+        let run: Box<ManyProduct<'_>> = match (q4_1, q5_0) {
             (Some(ms), _) => Box::new(move |xs, rows, outs| {
                 super::q4_1::matmul_many(Kernel::best(), &ms, xs, rows, outs)
             }),
