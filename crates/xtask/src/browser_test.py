@@ -139,16 +139,26 @@ def run_lesson(page, cfg):
     say("lesson: Run All Cells")
     limit = cfg["run_timeout"]
     page.wait_for_timeout(2000)
-    idle_polls = 0
+    idle_polls, clicks = 0, 1
     while True:
         busy, prompts = kernel_busy(page)
         # (A prompt not drawn yet reads as empty text: only "[ ]:" means never run.)
         numbered = bool(prompts) and all(p.strip() != "[ ]:" for p in prompts)
-        # Every code cell numbered and none waiting: the run is over. Idle with cells never run
-        # (Run All stops at an error): over too, the error is reported below.
+        ran_any = any(any(ch.isdigit() for ch in p) for p in prompts)
         idle_polls = 0 if busy else idle_polls + 1
-        if (numbered and not busy) or idle_polls >= 5:
+        # Every code cell numbered and none waiting: the run is over.
+        if numbered and not busy:
             break
+        if idle_polls >= 5:
+            # Idle with cells never run: Run All stopped at an error (reported below), or, if no
+            # cell ran at all, the request was lost while the new kernel's channels were still
+            # connecting (the server answers the first websocket with an error then): again.
+            if ran_any or clicks >= 4:
+                break
+            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+            clicks, idle_polls = clicks + 1, 0
+            say(f"lesson: no cell ran, Run All Cells again ({clicks})")
         if time.time() - start > limit:
             raise Failure(f"the lesson did not finish within {limit} s (prompts: {prompts[:40]})")
         page.wait_for_timeout(2000)

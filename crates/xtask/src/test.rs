@@ -173,8 +173,7 @@ fn rendered_plot_problems(lab: &Lab) -> Result<Vec<String>> {
     for nb in notebooks::list(&lab.root.join("notebooks"))? {
         let v = notebooks::read(&nb)?;
         // Live charts carry their SVG fallback as image/svg+xml, which nbconvert draws.
-        let plots = notebooks::all_output_text(&v).matches("<svg").count()
-            + svg_fallbacks(&v).matches("<svg").count();
+        let plots = notebooks::all_output_text(&v).matches("<svg").count() + svg_fallbacks(&v);
         let status = Command::new(lab.jupyter())
             .args([
                 "nbconvert",
@@ -189,13 +188,15 @@ fn rendered_plot_problems(lab: &Lab) -> Result<Vec<String>> {
             .status()?;
         let html = out.join(nb.with_extension("html").file_name().unwrap());
         let rendered = std::fs::read_to_string(&html).unwrap_or_default();
+        // (The page's own stylesheet holds SVG data URIs too: count only images' sources.)
+        let drawn =
+            rendered.matches("<svg").count() + rendered.matches("src=\"data:image/svg+xml").count();
         let name = nb.file_name().unwrap().to_string_lossy().into_owned();
         if !status.success() || rendered.is_empty() {
             p.push(format!("{name}: could not be rendered to HTML"));
-        } else if rendered.matches("<svg").count() < plots {
+        } else if drawn < plots {
             p.push(format!(
-                "{name}: {plots} plots in the outputs but only {} in the rendered page",
-                rendered.matches("<svg").count()
+                "{name}: {plots} plots in the outputs but only {drawn} in the rendered page"
             ));
         } else {
             eprintln!("    {name}: {plots} plot(s) rendered");
@@ -204,20 +205,14 @@ fn rendered_plot_problems(lab: &Lab) -> Result<Vec<String>> {
     Ok(p)
 }
 
-/// The `image/svg+xml` outputs of a notebook, concatenated.
-fn svg_fallbacks(nb: &serde_json::Value) -> String {
-    let mut s = String::new();
-    for cell in nb["cells"].as_array().into_iter().flatten() {
-        for o in cell["outputs"].as_array().into_iter().flatten() {
-            match &o["data"]["image/svg+xml"] {
-                serde_json::Value::String(t) => s.push_str(t),
-                serde_json::Value::Array(lines) => lines
-                    .iter()
-                    .filter_map(|l| l.as_str())
-                    .for_each(|l| s.push_str(l)),
-                _ => {}
-            }
-        }
-    }
-    s
+/// How many outputs carry an `image/svg+xml` picture (a live chart's static fallback): nbconvert
+/// draws each as one `<img>` with an SVG data URI, however many `<svg>` it nests.
+fn svg_fallbacks(nb: &serde_json::Value) -> usize {
+    nb["cells"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|cell| cell["outputs"].as_array().into_iter().flatten())
+        .filter(|o| !o["data"]["image/svg+xml"].is_null())
+        .count()
 }
