@@ -285,6 +285,17 @@ mod x86 {
                         for g in (0..nb).step_by(GROUP) {
                             let n = GROUP.min(nb - g);
                             let (d, m, qs) = if n == GROUP {
+                                // This group PREFETCH_ROWS rows on, as in simd's kernels.
+                                let ahead = row + crate::model::simd::PREFETCH_ROWS * nb + g;
+                                let qs_ahead = w.qs.as_ptr().wrapping_add(ahead * 16) as *const i8;
+                                _mm_prefetch::<_MM_HINT_T0>(qs_ahead);
+                                _mm_prefetch::<_MM_HINT_T0>(qs_ahead.wrapping_add(64));
+                                _mm_prefetch::<_MM_HINT_T0>(
+                                    w.d.as_ptr().wrapping_add(ahead) as *const i8
+                                );
+                                _mm_prefetch::<_MM_HINT_T0>(
+                                    w.m.as_ptr().wrapping_add(ahead) as *const i8
+                                );
                                 (
                                     w.d.as_ptr().add(row + g),
                                     w.m.as_ptr().add(row + g),

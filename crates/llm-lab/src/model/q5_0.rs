@@ -225,6 +225,9 @@ mod x86 {
             nibbles,
             _mm256_andnot_si256(fifth, _mm256_set1_epi8(0xF0u8 as i8)),
         )
+    }, prefetch: {
+        _mm_prefetch::<_MM_HINT_T0>(m.qs.as_ptr().wrapping_add(wb * 16) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(m.qh.as_ptr().wrapping_add(wb) as *const i8);
     });
 }
 

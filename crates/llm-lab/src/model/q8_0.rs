@@ -204,9 +204,11 @@ mod x86 {
     use crate::model::simd::signed_tile_kernel;
     use std::arch::x86_64::*;
 
-    signed_tile_kernel!(Q8_0Matrix, |m, wb| _mm256_loadu_si256(
-        m.qs.as_ptr().add(wb * BLOCK) as *const __m256i
-    ));
+    signed_tile_kernel!(
+        Q8_0Matrix,
+        |m, wb| _mm256_loadu_si256(m.qs.as_ptr().add(wb * BLOCK) as *const __m256i),
+        prefetch: _mm_prefetch::<_MM_HINT_T0>(m.qs.as_ptr().wrapping_add(wb * BLOCK))
+    );
 }
 
 #[cfg(test)]

@@ -187,7 +187,7 @@ impl SharedRows {
 /// costs one conversion and one FMA per row and token. The caller imports `std::arch::x86_64::*`.
 #[cfg(target_arch = "x86_64")]
 macro_rules! signed_tile_kernel {
-    (@one $name:ident, $features:literal, $matrix:ty, |$m:ident, $wb:ident| $codes:expr, |$w:ident, $x:ident| $block_sums:expr) => {
+    (@one $name:ident, $features:literal, $matrix:ty, |$m:ident, $wb:ident| $codes:expr, $prefetch:expr, |$w:ident, $x:ident| $block_sums:expr) => {
         /// # Safety
         /// The CPU must have the enabled features; rows and tokens must be in range of the
         /// matrix and the activations, which must have the matrix's blocks per row.
@@ -212,8 +212,16 @@ macro_rules! signed_tile_kernel {
                         xd[j] = *x.d.get_unchecked(xb);
                     }
                     for i in 0..R {
-                        let $wb = rows[i] * nb + b;
                         let $m = w;
+                        {
+                            // The same block PREFETCH_ROWS rows on, which this worker reads next:
+                            // asked for now, it is in cache when its turn comes (a single token's
+                            // product is bound by memory, and the hardware alone keeps too few
+                            // reads in flight). Prefetches past the end are harmless: they never fault.
+                            let $wb = (rows[i] + $crate::model::simd::PREFETCH_ROWS) * nb + b;
+                            $prefetch;
+                        }
+                        let $wb = rows[i] * nb + b;
                         let wq: __m256i = $codes;
                         let dw = $crate::model::simd::f16_to_f32(*w.d.get_unchecked($wb));
                         let $w = _mm256_sign_epi8(wq, wq);
@@ -238,15 +246,15 @@ macro_rules! signed_tile_kernel {
             }
         }
     };
-    ($matrix:ty, |$m:ident, $wb:ident| $codes:expr) => {
-        signed_tile_kernel!(@one tile_avx2, "avx2,fma,f16c", $matrix, |$m, $wb| $codes, |aw, sx| {
+    ($matrix:ty, |$m:ident, $wb:ident| $codes:expr, prefetch: $prefetch:expr) => {
+        signed_tile_kernel!(@one tile_avx2, "avx2,fma,f16c", $matrix, |$m, $wb| $codes, $prefetch, |aw, sx| {
             // |q_w| ≤ 128 and |q_x| ≤ 127: a pair of products stays within i16 (≤ 32,512).
             _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), _mm256_set1_epi16(1))
         });
-        signed_tile_kernel!(@one tile_avxvnni, "avx2,fma,f16c,avxvnni", $matrix, |$m, $wb| $codes, |aw, sx| {
+        signed_tile_kernel!(@one tile_avxvnni, "avx2,fma,f16c,avxvnni", $matrix, |$m, $wb| $codes, $prefetch, |aw, sx| {
             _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), aw, sx)
         });
-        signed_tile_kernel!(@one tile_avx512vnni, "avx2,fma,f16c,avx512vnni,avx512vl", $matrix, |$m, $wb| $codes, |aw, sx| {
+        signed_tile_kernel!(@one tile_avx512vnni, "avx2,fma,f16c,avx512vnni,avx512vl", $matrix, |$m, $wb| $codes, $prefetch, |aw, sx| {
             _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx)
         });
 
@@ -261,6 +269,9 @@ macro_rules! signed_tile_kernel {
 }
 #[cfg(target_arch = "x86_64")]
 pub(super) use signed_tile_kernel;
+
+/// How many rows ahead the tile kernels prefetch: two 4-row tiles, a few KB on.
+pub(super) const PREFETCH_ROWS: usize = 8;
 
 /// f16 bits → f32, exactly, in a few inlined operations (a library call per block would cost more
 /// than the block's arithmetic): move exponent and mantissa into f32's fields, then rescale the
