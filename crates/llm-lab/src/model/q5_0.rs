@@ -102,6 +102,16 @@ impl Q5_0Matrix {
         out
     }
 
+    /// Row `r` as signed codes and f32 scales, for a prompt's tokens.
+    fn unpack_row(&self, r: usize, row: &mut simd::SignedRow) {
+        let nb = self.cols / BLOCK;
+        row.clear(nb);
+        for i in r * nb..(r + 1) * nb {
+            row.codes.extend_from_slice(&self.codes(i));
+            row.scales.push(f16_to_f32(self.d[i]));
+        }
+    }
+
     /// Row `r` as f32, exactly as the format defines it.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let nb = self.cols / BLOCK;
@@ -162,6 +172,20 @@ impl Tiled for Q5_0Matrix {
             // SAFETY: as above.
             Kernel::Avx512Vnni => unsafe { x86::tile_avx512vnni::<R, T>(self, rows, x, tokens) },
         }
+    }
+
+    fn row_against_tokens(
+        &self,
+        kernel: Kernel,
+        r: usize,
+        x: &Q8_0Rows,
+        m: usize,
+        put: &mut dyn FnMut(usize, f32),
+    ) {
+        simd::with_signed_row(|row| {
+            self.unpack_row(r, row);
+            simd::signed_row_against_tokens(kernel, row, x, m, put)
+        })
     }
 }
 

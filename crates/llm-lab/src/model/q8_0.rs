@@ -182,6 +182,32 @@ impl Tiled for Q8_0Matrix {
             Kernel::Avx512Vnni => unsafe { x86::tile_avx512vnni::<R, T>(self, rows, x, tokens) },
         }
     }
+
+    fn row_against_tokens(
+        &self,
+        kernel: Kernel,
+        r: usize,
+        x: &Q8_0Rows,
+        m: usize,
+        put: &mut dyn FnMut(usize, f32),
+    ) {
+        simd::with_signed_row(|row| {
+            self.unpack_row(r, row);
+            simd::signed_row_against_tokens(kernel, row, x, m, put)
+        })
+    }
+}
+
+impl Q8_0Matrix {
+    /// Row `r` as codes and f32 scales, for a prompt's tokens.
+    fn unpack_row(&self, r: usize, row: &mut simd::SignedRow) {
+        let nb = self.cols / BLOCK;
+        row.clear(nb);
+        row.codes
+            .extend_from_slice(&self.qs[r * self.cols..][..self.cols]);
+        row.scales
+            .extend(self.d[r * nb..][..nb].iter().map(|&d| f16_to_f32(d)));
+    }
 }
 
 /// The definition, block by block: exact integer sums, then one scaled float addition per block.

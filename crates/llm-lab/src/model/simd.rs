@@ -74,6 +74,179 @@ pub(super) trait Tiled: Sync {
         x: &Self::Activations,
         tokens: [usize; T],
     ) -> [[f32; T]; R];
+
+    /// Row `r` against every token `0..m` of a prompt, each result passed to `put(t, value)`.
+    /// By default in tiles of four tokens; formats with signed codes unpack the row once for
+    /// all the tokens instead ([`signed_row_against_tokens`]).
+    fn row_against_tokens(
+        &self,
+        kernel: Kernel,
+        r: usize,
+        x: &Self::Activations,
+        m: usize,
+        put: &mut dyn FnMut(usize, f32),
+    ) {
+        let mut t = 0;
+        while t + 4 <= m {
+            let v = self.tile::<1, 4>(kernel, [r], x, [t, t + 1, t + 2, t + 3]);
+            (0..4).for_each(|i| put(t + i, v[0][i]));
+            t += 4;
+        }
+        (t..m).for_each(|t| put(t, self.tile::<1, 1>(kernel, [r], x, [t])[0][0]));
+    }
+}
+
+/// A weight row unpacked once for a whole prompt: 32 signed codes and an f32 scale per block,
+/// the shape every signed format's row takes (Q8_0's as stored, Q5_0's after its fifth bits).
+#[derive(Debug, Default)]
+pub(super) struct SignedRow {
+    pub(super) codes: Vec<i8>,
+    pub(super) scales: Vec<f32>,
+}
+
+impl SignedRow {
+    /// Empties the row for `blocks` blocks, keeping its allocation.
+    pub(super) fn clear(&mut self, blocks: usize) {
+        self.codes.clear();
+        self.scales.clear();
+        self.codes.reserve(blocks * 32);
+        self.scales.reserve(blocks);
+    }
+}
+
+/// Runs `f` on this thread's reusable row buffer (a prompt unpacks thousands of rows).
+pub(super) fn with_signed_row<R>(f: impl FnOnce(&mut SignedRow) -> R) -> R {
+    thread_local! {
+        static ROW: std::cell::RefCell<SignedRow> = std::cell::RefCell::new(SignedRow::default());
+    }
+    ROW.with(|row| f(&mut row.borrow_mut()))
+}
+
+/// `put(t, row · x_t)` for every token `t < m`: on a prompt, a signed format's row is unpacked
+/// once (by `unpack`) rather than once per tile of tokens, and the same block sums and scaled
+/// additions as the tile kernels run on it, in the same order: the results are bit for bit the
+/// tile kernels'.
+pub(super) fn signed_row_against_tokens(
+    kernel: Kernel,
+    row: &SignedRow,
+    x: &super::q8_0::Q8_0Rows,
+    m: usize,
+    put: &mut dyn FnMut(usize, f32),
+) {
+    let nb = x.blocks;
+    assert!(
+        row.scales.len() == nb
+            && row.codes.len() == nb * 32
+            && x.qs.len() == x.d.len() * 32
+            && m * nb <= x.d.len(),
+        "unpacked row and activations disagree"
+    );
+    let tile = |tokens: [usize; 4]| -> [f32; 4] {
+        match kernel {
+            Kernel::Scalar => tokens.map(|t| signed_row_dot_scalar(row, x, t)),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Kernel::available() saw the features; sizes checked above, tokens < m.
+            Kernel::Avx2 => unsafe { x86::row_tile_avx2(row, x, tokens) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Kernel::AvxVnni => unsafe { x86::row_tile_avxvnni(row, x, tokens) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Kernel::Avx512Vnni => unsafe { x86::row_tile_avx512vnni(row, x, tokens) },
+        }
+    };
+    let mut t = 0;
+    while t < m {
+        // A last, partial tile repeats its last token rather than reading past the prompt.
+        let tokens = [0, 1, 2, 3].map(|i| (t + i).min(m - 1));
+        let v = tile(tokens);
+        (0..4.min(m - t)).for_each(|i| put(t + i, v[i]));
+        t += 4;
+    }
+}
+
+/// The definition on an unpacked row: exact integer sums, one scaled addition per block.
+fn signed_row_dot_scalar(row: &SignedRow, x: &super::q8_0::Q8_0Rows, t: usize) -> f32 {
+    let nb = x.blocks;
+    let mut sum = 0f32;
+    for b in 0..nb {
+        let xb = t * nb + b;
+        let w = &row.codes[b * 32..][..32];
+        let xq = &x.qs[xb * 32..][..32];
+        let qq: i32 = w.iter().zip(xq).map(|(&a, &b)| a as i32 * b as i32).sum();
+        sum += qq as f32 * (row.scales[b] * x.d[xb]);
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::SignedRow;
+    use crate::model::q8_0::Q8_0Rows;
+    use std::arch::x86_64::*;
+
+    /// Four tokens against one unpacked row: per block, the row's codes are loaded once and
+    /// each token's sums are scaled as in `signed_tile_kernel`.
+    macro_rules! row_tile {
+        ($name:ident, $features:literal, |$w:ident, $x:ident| $block_sums:expr) => {
+            /// # Safety
+            /// The CPU must have the enabled features; the row must hold `x.blocks` blocks and
+            /// every token be a row of `x`.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name(
+                row: &SignedRow,
+                x: &Q8_0Rows,
+                tokens: [usize; 4],
+            ) -> [f32; 4] {
+                // SAFETY: the caller checked the row's and the activations' sizes; every load
+                // reads one whole block of 32 codes.
+                unsafe {
+                    let nb = x.blocks;
+                    let mut acc = [_mm256_setzero_ps(); 4];
+                    for b in 0..nb {
+                        let wq =
+                            _mm256_loadu_si256(row.codes.as_ptr().add(b * 32) as *const __m256i);
+                        let dw = *row.scales.get_unchecked(b);
+                        let $w = _mm256_sign_epi8(wq, wq);
+                        for j in 0..4 {
+                            let xb = tokens[j] * nb + b;
+                            let xq =
+                                _mm256_loadu_si256(x.qs.as_ptr().add(xb * 32) as *const __m256i);
+                            let $x = _mm256_sign_epi8(xq, wq);
+                            let sums: __m256i = $block_sums;
+                            acc[j] = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(sums),
+                                _mm256_set1_ps(dw * *x.d.get_unchecked(xb)),
+                                acc[j],
+                            );
+                        }
+                    }
+                    acc.map(|v| hsum(v))
+                }
+            }
+        };
+    }
+
+    row_tile!(row_tile_avx2, "avx2,fma,f16c", |aw, sx| {
+        // |q_w| ≤ 128 and |q_x| ≤ 127: a pair of products stays within i16 (≤ 32,512).
+        _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), _mm256_set1_epi16(1))
+    });
+    row_tile!(row_tile_avxvnni, "avx2,fma,f16c,avxvnni", |aw, sx| {
+        _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), aw, sx)
+    });
+    row_tile!(
+        row_tile_avx512vnni,
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        |aw, sx| { _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx) }
+    );
+
+    #[target_feature(enable = "avx2")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
 }
 
 /// `ys[k] = x · Wₖᵀ` for `m` tokens of activations `x` that every matrix reads: all their rows are
@@ -130,13 +303,7 @@ pub(super) fn matmul_many<M: Tiled>(
                     }
                 }
             } else {
-                let mut t = 0;
-                while t + 4 <= m {
-                    let v = w.tile::<1, 4>(kernel, [r], x, [t, t + 1, t + 2, t + 3]);
-                    (0..4).for_each(|i| put(t + i, r, v[0][i]));
-                    t += 4;
-                }
-                (t..m).for_each(|t| put(t, r, w.tile::<1, 1>(kernel, [r], x, [t])[0][0]));
+                w.row_against_tokens(kernel, r, x, m, &mut |t, v| put(t, r, v));
             }
         }
     });
