@@ -353,6 +353,25 @@ mod tests {
         }
     }
 
+    /// A prompt's rows are unpacked once for all its tokens; a generated token takes the tile
+    /// kernels: both give the same bits, so a prompt's logits are a step's.
+    #[test]
+    fn prompt_rows_equal_single_token_tiles_bit_for_bit() {
+        let (rows, cols, m) = (13, 96, 11);
+        let (w, _) = matrix(rows, cols, 3);
+        let x = random(m, cols, 11);
+        for kernel in Kernel::available() {
+            let mut all = vec![0f32; m * rows];
+            matmul_many(kernel, &[&w], &x, m, &mut [&mut all]);
+            for t in 0..m {
+                let mut one = vec![0f32; rows];
+                matmul_many(kernel, &[&w], &x[t * cols..][..cols], 1, &mut [&mut one]);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&all[t * rows..][..rows]), bits(&one), "{kernel:?} token {t}");
+            }
+        }
+    }
+
     #[test]
     fn bad_sizes_are_refused() {
         assert!(Q5_0Matrix::from_bytes(&[0; 22], 1, 31).is_none());
