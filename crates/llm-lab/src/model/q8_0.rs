@@ -376,7 +376,11 @@ mod tests {
                 let mut one = vec![0f32; rows];
                 matmul_many(kernel, &[&w], &x[t * cols..][..cols], 1, &mut [&mut one]);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&all[t * rows..][..rows]), bits(&one), "{kernel:?} token {t}");
+                assert_eq!(
+                    bits(&all[t * rows..][..rows]),
+                    bits(&one),
+                    "{kernel:?} token {t}"
+                );
             }
         }
     }
