@@ -8,6 +8,7 @@ pub mod intervene;
 mod q4_1;
 mod q5_0;
 mod q8_0;
+mod row_group;
 pub mod shapes;
 mod simd;
 

@@ -102,16 +102,6 @@ impl Q5_0Matrix {
         out
     }
 
-    /// Row `r` as signed codes and f32 scales, for a prompt's tokens.
-    fn unpack_row(&self, r: usize, row: &mut simd::SignedRow) {
-        let nb = self.cols / BLOCK;
-        row.clear(nb);
-        for i in r * nb..(r + 1) * nb {
-            row.codes.extend_from_slice(&self.codes(i));
-            row.scales.push(f16_to_f32(self.d[i]));
-        }
-    }
-
     /// Row `r` as f32, exactly as the format defines it.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let nb = self.cols / BLOCK;
@@ -174,18 +164,41 @@ impl Tiled for Q5_0Matrix {
         }
     }
 
-    fn row_against_tokens(
+    fn rows_against_tokens(
         &self,
         kernel: Kernel,
-        r: usize,
+        rows: std::ops::Range<usize>,
         x: &Q8_0Rows,
         m: usize,
-        put: &mut dyn FnMut(usize, f32),
+        put: &mut dyn FnMut(usize, usize, &[f32]),
     ) {
-        simd::with_signed_row(|row| {
-            self.unpack_row(r, row);
-            simd::signed_row_against_tokens(kernel, row, x, m, put)
-        })
+        super::row_group::signed_rows_against_tokens(kernel, self, rows, x, m, put)
+    }
+}
+
+impl simd::SignedBlocks for Q5_0Matrix {
+    fn blocks_per_row(&self) -> usize {
+        self.cols / BLOCK
+    }
+
+    fn block_codes(&self, kernel: Kernel, wb: usize) -> [i8; BLOCK] {
+        #[cfg(target_arch = "x86_64")]
+        if kernel != Kernel::Scalar {
+            assert!(wb < self.d.len(), "block out of range");
+            let mut out = [0i8; BLOCK];
+            // SAFETY: every kernel but the scalar one has AVX2; wb was checked above.
+            unsafe {
+                let codes = x86::codes(self, wb);
+                std::arch::x86_64::_mm256_storeu_si256(out.as_mut_ptr() as *mut _, codes);
+            }
+            return out;
+        }
+        let _ = kernel;
+        self.codes(wb)
+    }
+
+    fn block_scale(&self, wb: usize) -> f32 {
+        f16_to_f32(self.d[wb])
     }
 }
 
@@ -227,29 +240,40 @@ mod x86 {
     // The 32 codes q − 16 of a block: low nibbles (codes 0..16) and high ones (16..32) side by
     // side, then the fifth bits spread into bytes (byte j tests bit j of qh): where a fifth bit
     // is clear, 0xF0 turns the nibble n into the signed byte n − 16; where set, n is n + 16 − 16.
-    signed_tile_kernel!(Q5_0Matrix, |m, wb| {
-        let q = _mm_loadu_si128(m.qs.as_ptr().add(wb * 16) as *const __m128i);
-        let nibbles = _mm256_and_si256(
-            _mm256_set_m128i(_mm_srli_epi16(q, 4), q),
-            _mm256_set1_epi8(0x0F),
-        );
-        let which_byte = _mm256_set_epi64x(
-            0x0303_0303_0303_0303,
-            0x0202_0202_0202_0202,
-            0x0101_0101_0101_0101,
-            0,
-        );
-        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-        let spread = _mm256_shuffle_epi8(
-            _mm256_set1_epi32(*m.qh.get_unchecked(wb) as i32),
-            which_byte,
-        );
-        let fifth = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
-        _mm256_or_si256(
-            nibbles,
-            _mm256_andnot_si256(fifth, _mm256_set1_epi8(0xF0u8 as i8)),
-        )
-    }, prefetch: {
+    /// Block `wb`'s 32 codes `q − 16` as signed bytes.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2; `wb` must be a block of the matrix.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn codes(m: &Q5_0Matrix, wb: usize) -> __m256i {
+        // SAFETY: block wb's 16 bytes of nibbles and its fifth bits are in range (the caller).
+        unsafe {
+            let q = _mm_loadu_si128(m.qs.as_ptr().add(wb * 16) as *const __m128i);
+            let nibbles = _mm256_and_si256(
+                _mm256_set_m128i(_mm_srli_epi16(q, 4), q),
+                _mm256_set1_epi8(0x0F),
+            );
+            let which_byte = _mm256_set_epi64x(
+                0x0303_0303_0303_0303,
+                0x0202_0202_0202_0202,
+                0x0101_0101_0101_0101,
+                0,
+            );
+            let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+            let spread = _mm256_shuffle_epi8(
+                _mm256_set1_epi32(*m.qh.get_unchecked(wb) as i32),
+                which_byte,
+            );
+            let fifth = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+            _mm256_or_si256(
+                nibbles,
+                _mm256_andnot_si256(fifth, _mm256_set1_epi8(0xF0u8 as i8)),
+            )
+        }
+    }
+
+    signed_tile_kernel!(Q5_0Matrix, |m, wb| codes(m, wb), prefetch: {
         _mm_prefetch::<_MM_HINT_T0>(m.qs.as_ptr().wrapping_add(wb * 16) as *const i8);
         _mm_prefetch::<_MM_HINT_T0>(m.qh.as_ptr().wrapping_add(wb) as *const i8);
     });
@@ -354,9 +378,11 @@ mod tests {
     }
 
     /// A prompt's rows are unpacked once for all its tokens; a generated token takes the tile
-    /// kernels: both give the same bits, so a prompt's logits are a step's.
+    /// kernels. Without VNNI both run the same sums in the same order: the same bits. VNNI
+    /// kernels take a prompt's rows in groups of eight (`row_group`), exact block sums added
+    /// in another order: the same numbers to float rounding.
     #[test]
-    fn prompt_rows_equal_single_token_tiles_bit_for_bit() {
+    fn prompt_rows_equal_single_token_tiles() {
         let (rows, cols, m) = (13, 96, 11);
         let (w, _) = matrix(rows, cols, 3);
         let x = random(m, cols, 11);
@@ -366,12 +392,16 @@ mod tests {
             for t in 0..m {
                 let mut one = vec![0f32; rows];
                 matmul_many(kernel, &[&w], &x[t * cols..][..cols], 1, &mut [&mut one]);
-                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(
-                    bits(&all[t * rows..][..rows]),
-                    bits(&one),
-                    "{kernel:?} token {t}"
-                );
+                let prompt = &all[t * rows..][..rows];
+                if matches!(kernel, Kernel::Scalar | Kernel::Avx2) {
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(prompt), bits(&one), "{kernel:?} token {t}");
+                } else {
+                    for (a, b) in prompt.iter().zip(&one) {
+                        let close = (a - b).abs() <= 1e-5 * a.abs().max(1.0);
+                        assert!(close, "{kernel:?} token {t}: {a} vs {b}");
+                    }
+                }
             }
         }
     }

@@ -75,26 +75,51 @@ pub(super) trait Tiled: Sync {
         tokens: [usize; T],
     ) -> [[f32; T]; R];
 
-    /// Row `r` against every token `0..m` of a prompt, each result passed to `put(t, value)`.
-    /// By default in tiles of four tokens; formats with signed codes unpack the row once for
-    /// all the tokens instead ([`signed_row_against_tokens`]).
-    fn row_against_tokens(
+    /// Rows `rows` (at most [`PROMPT_ROWS`]) against every token `0..m` of a prompt: for each
+    /// token `t`, `put(t, r, values)` gives rows `r..r + values.len()`. By default row by row in
+    /// tiles of four tokens; formats with signed codes unpack the rows once for all the tokens
+    /// instead (`row_group::signed_rows_against_tokens`).
+    fn rows_against_tokens(
         &self,
         kernel: Kernel,
-        r: usize,
+        rows: std::ops::Range<usize>,
         x: &Self::Activations,
         m: usize,
-        put: &mut dyn FnMut(usize, f32),
+        put: &mut dyn FnMut(usize, usize, &[f32]),
     ) {
-        let mut t = 0;
-        while t + 4 <= m {
-            let v = self.tile::<1, 4>(kernel, [r], x, [t, t + 1, t + 2, t + 3]);
-            (0..4).for_each(|i| put(t + i, v[0][i]));
-            t += 4;
+        for r in rows {
+            let mut t = 0;
+            while t + 4 <= m {
+                let v = self.tile::<1, 4>(kernel, [r], x, [t, t + 1, t + 2, t + 3]);
+                (0..4).for_each(|i| put(t + i, r, &[v[0][i]]));
+                t += 4;
+            }
+            (t..m).for_each(|t| put(t, r, &self.tile::<1, 1>(kernel, [r], x, [t])[0]));
         }
-        (t..m).for_each(|t| put(t, self.tile::<1, 1>(kernel, [r], x, [t])[0][0]));
     }
 }
+
+/// Formats whose blocks are 32 signed codes and a scale (Q8_0, Q5_0): what a prompt unpacks.
+pub(super) trait SignedBlocks: Sync {
+    fn blocks_per_row(&self) -> usize;
+    /// Block `wb`'s codes (blocks counted over the whole matrix), unpacked with `kernel`'s
+    /// instructions.
+    fn block_codes(&self, kernel: Kernel, wb: usize) -> [i8; 32];
+    fn block_scale(&self, wb: usize) -> f32;
+
+    /// Row `r` as codes and f32 scales.
+    fn unpack_row(&self, kernel: Kernel, r: usize, row: &mut SignedRow) {
+        let nb = self.blocks_per_row();
+        row.clear(nb);
+        for wb in r * nb..(r + 1) * nb {
+            row.codes.extend_from_slice(&self.block_codes(kernel, wb));
+            row.scales.push(self.block_scale(wb));
+        }
+    }
+}
+
+/// Rows per work item on a prompt: a VNNI kernel's group (`row_group`).
+pub(super) const PROMPT_ROWS: usize = super::row_group::GROUP;
 
 /// A weight row unpacked once for a whole prompt: 32 signed codes and an f32 scale per block,
 /// the shape every signed format's row takes (Q8_0's as stored, Q5_0's after its fifth bits).
@@ -123,9 +148,8 @@ pub(super) fn with_signed_row<R>(f: impl FnOnce(&mut SignedRow) -> R) -> R {
 }
 
 /// `put(t, row · x_t)` for every token `t < m`: on a prompt, a signed format's row is unpacked
-/// once (by `unpack`) rather than once per tile of tokens, and the same block sums and scaled
-/// additions as the tile kernels run on it, in the same order: the results are bit for bit the
-/// tile kernels'.
+/// once rather than once per tile of tokens, and the same block sums and scaled additions as
+/// the tile kernels run on it, in the same order: the results are bit for bit the tile kernels'.
 pub(super) fn signed_row_against_tokens(
     kernel: Kernel,
     row: &SignedRow,
@@ -252,8 +276,8 @@ mod x86 {
 /// `ys[k] = x · Wₖᵀ` for `m` tokens of activations `x` that every matrix reads: all their rows are
 /// shared out among the workers in one go.
 ///
-/// Work items are tiles of four rows while generating (one token against four rows) and single
-/// rows on a prompt (four tokens at a time against one row). Each worker takes whole rows and
+/// Work items are tiles of four rows while generating (one token against four rows) and groups
+/// of [`PROMPT_ROWS`] rows on a prompt (each against every token). Each worker takes whole rows and
 /// runs them against every token, so each row is read from memory once per call.
 pub(super) fn matmul_many<M: Tiled>(
     kernel: Kernel,
@@ -266,7 +290,7 @@ pub(super) fn matmul_many<M: Tiled>(
     for (w, y) in ws.iter().zip(ys.iter()) {
         assert!(y.len() == m * w.rows(), "y must be [m, rows]");
     }
-    let rows_per_item = if m < 4 { 4 } else { 1 };
+    let rows_per_item = if m < 4 { 4 } else { PROMPT_ROWS };
     let items: Vec<usize> = ws
         .iter()
         .map(|w| w.rows().div_ceil(rows_per_item))
@@ -303,7 +327,16 @@ pub(super) fn matmul_many<M: Tiled>(
                     }
                 }
             } else {
-                w.row_against_tokens(kernel, r, x, m, &mut |t, v| put(t, r, v));
+                let end = (r + PROMPT_ROWS).min(rows);
+                w.rows_against_tokens(kernel, r..end, x, m, &mut |t, first, values| {
+                    assert!(
+                        first >= r && first + values.len() <= end,
+                        "a row outside the work item"
+                    );
+                    for (i, &v) in values.iter().enumerate() {
+                        put(t, first + i, v);
+                    }
+                });
             }
         }
     });
