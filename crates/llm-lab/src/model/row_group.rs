@@ -1,4 +1,4 @@
-//! A prompt's products on VNNI CPUs, eight weight rows at a time.
+//! A prompt's products on x86 CPUs, eight weight rows at a time.
 //!
 //! The tile kernels (`simd::signed_tile_kernel`) keep one row's partial sums in a vector, so each
 //! block of each row costs, per token, an integer-to-float conversion and a scaled addition. Here
@@ -13,7 +13,7 @@
 //! one scaled float addition per block) up to the order of float additions.
 
 use super::q8_0::Q8_0Rows;
-use super::simd::{signed_row_against_tokens, with_signed_row, Kernel, SignedBlocks};
+use super::simd::{Kernel, SignedBlocks};
 
 /// Rows per group: one 32-bit lane each in a 256-bit vector.
 pub(super) const GROUP: usize = 8;
@@ -67,8 +67,7 @@ impl RowGroup {
 }
 
 /// `put(t, rows.start, values)` for rows `rows` (at most [`GROUP`]) of `w` and every token
-/// `t < m` of a prompt. VNNI kernels take the rows as one group; other kernels take them one by
-/// one ([`signed_row_against_tokens`]).
+/// `t < m` of a prompt, the rows interleaved once for all the tokens.
 pub(super) fn signed_rows_against_tokens<M: SignedBlocks + ?Sized>(
     kernel: Kernel,
     w: &M,
@@ -77,47 +76,66 @@ pub(super) fn signed_rows_against_tokens<M: SignedBlocks + ?Sized>(
     m: usize,
     put: &mut dyn FnMut(usize, usize, &[f32]),
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if matches!(kernel, Kernel::AvxVnni | Kernel::Avx512Vnni) {
-        let nb = x.blocks;
-        assert!(
-            w.blocks_per_row() == nb
-                && x.qs.len() == x.d.len() * 32
-                && x.sums.len() == x.d.len()
-                && m * nb <= x.d.len(),
-            "the activations do not match the matrix"
-        );
-        thread_local! {
-            static BUFFER: std::cell::RefCell<RowGroup> = std::cell::RefCell::new(RowGroup::default());
-        }
-        BUFFER.with(|g| {
-            let g = &mut g.borrow_mut();
-            g.fill(kernel, w, rows.clone());
-            let mut t = 0;
-            while t < m {
-                // A last, partial tile repeats its last token rather than reading past the prompt.
-                let tokens = [0, 1, 2, 3].map(|i| (t + i).min(m - 1));
-                let v = match kernel {
-                    // SAFETY: the CPU has the features (Kernel::available); the group holds nb
-                    // blocks (fill) and every token is a row of x (checked above).
-                    Kernel::AvxVnni => unsafe { x86::group_avxvnni(g, x, tokens) },
-                    // SAFETY: as above.
-                    _ => unsafe { x86::group_avx512vnni(g, x, tokens) },
-                };
-                for (j, v) in v.iter().enumerate().take(m - t) {
-                    put(t + j, rows.start, &v[..rows.len()]);
-                }
-                t += 4;
+    let nb = x.blocks;
+    assert!(
+        w.blocks_per_row() == nb
+            && x.qs.len() == x.d.len() * 32
+            && x.sums.len() == x.d.len()
+            && m * nb <= x.d.len(),
+        "the activations do not match the matrix"
+    );
+    thread_local! {
+        static BUFFER: std::cell::RefCell<RowGroup> = std::cell::RefCell::new(RowGroup::default());
+    }
+    BUFFER.with(|g| {
+        let g = &mut g.borrow_mut();
+        g.fill(kernel, w, rows.clone());
+        let mut t = 0;
+        while t < m {
+            // A last, partial tile repeats its last token rather than reading past the prompt.
+            let tokens = [0, 1, 2, 3].map(|i| (t + i).min(m - 1));
+            let v = match kernel {
+                Kernel::Scalar => tokens.map(|t| group_scalar(g, x, t)),
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has the features (Kernel::available); the group holds nb
+                // blocks (fill) and every token is a row of x (checked above).
+                Kernel::Avx2 => unsafe { x86::group_avx2(g, x, tokens) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                Kernel::AvxVnni => unsafe { x86::group_avxvnni(g, x, tokens) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                Kernel::Avx512Vnni => unsafe { x86::group_avx512vnni(g, x, tokens) },
+            };
+            for (j, v) in v.iter().enumerate().take(m - t) {
+                put(t + j, rows.start, &v[..rows.len()]);
             }
-        });
-        return;
+            t += 4;
+        }
+    });
+}
+
+/// The definition on a group, token `t`: each row's exact block sums, scaled and added block by
+/// block. The reference of the SIMD kernels, and the kernel of CPUs without them.
+fn group_scalar(g: &RowGroup, x: &Q8_0Rows, t: usize) -> [f32; GROUP] {
+    let mut out = [0f32; GROUP];
+    for b in 0..g.blocks {
+        let xb = t * g.blocks + b;
+        let xq = &x.qs[xb * 32..][..32];
+        for (i, o) in out.iter_mut().enumerate() {
+            let mut sum = 0i32;
+            for (k, xs) in xq.chunks_exact(4).enumerate() {
+                let four = (g.codes[(b * 8 + k) * GROUP + i] ^ 0x8080_8080).to_le_bytes();
+                sum += four
+                    .iter()
+                    .zip(xs)
+                    .map(|(&q, &x)| q as i8 as i32 * x as i32)
+                    .sum::<i32>();
+            }
+            *o += sum as f32 * (g.scales[b * GROUP + i] * x.d[xb]);
+        }
     }
-    for r in rows {
-        with_signed_row(|row| {
-            w.unpack_row(kernel, r, row);
-            signed_row_against_tokens(kernel, row, x, m, &mut |t, v| put(t, r, &[v]))
-        });
-    }
+    out
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -128,7 +146,7 @@ mod x86 {
 
     /// Four tokens against a group: `[token][row]`.
     macro_rules! group_kernel {
-        ($name:ident, $features:literal, |$acc:ident, $w:ident, $x:ident| $dpbusd:expr) => {
+        ($name:ident, $features:literal, excess: $excess:literal, |$acc:ident, $w:ident, $x:ident| $dpbusd:expr) => {
             /// # Safety
             /// The CPU must have the enabled features; the group must hold `x.blocks` blocks
             /// and every token be a row of `x`.
@@ -160,7 +178,7 @@ mod x86 {
                         let dw = _mm256_loadu_ps(g.scales.as_ptr().add(b * GROUP));
                         for j in 0..4 {
                             let xb = tokens[j] * nb + b;
-                            let excess = _mm256_set1_epi32(128 * *x.sums.get_unchecked(xb));
+                            let excess = _mm256_set1_epi32($excess * *x.sums.get_unchecked(xb));
                             let exact =
                                 _mm256_sub_epi32(_mm256_add_epi32(sums[j][0], sums[j][1]), excess);
                             let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*x.d.get_unchecked(xb)));
@@ -177,12 +195,21 @@ mod x86 {
         };
     }
 
-    group_kernel!(group_avxvnni, "avx2,fma,avxvnni", |acc, w, x| {
+    group_kernel!(group_avx2, "avx2,fma", excess: 0, |acc, w, x| {
+        // No u8 × i8 sum of four here: AVX2's maddubs sums pairs into i16, where (q + 128)·q_x
+        // could overflow. The codes get their sign back (w ^ 0x80 = q) and the sign trick
+        // keeps every pair within i16, as in the tile kernels: no excess to take off.
+        let q = _mm256_xor_si256(w, _mm256_set1_epi8(0x80u8 as i8));
+        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
+        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    });
+    group_kernel!(group_avxvnni, "avx2,fma,avxvnni", excess: 128, |acc, w, x| {
         _mm256_dpbusd_avx_epi32(acc, w, x)
     });
     group_kernel!(
         group_avx512vnni,
         "avx2,fma,avx512vnni,avx512vl",
+        excess: 128,
         |acc, w, x| _mm256_dpbusd_epi32(acc, w, x)
     );
 }
