@@ -15,7 +15,7 @@
 //! candle's worker threads as for every format ([`simd::matmul_many`]). Results equal the
 //! definition up to the order of float additions.
 
-use super::q8_0::{quantize_activations, Q8_0Rows};
+use super::q8_0::Q8_0Rows;
 use super::simd::{self, f16_to_f32, Kernel, Tiled};
 
 /// Weights per block.
@@ -102,6 +102,11 @@ impl Q5_0Matrix {
         out
     }
 
+    /// Input width.
+    pub(super) fn cols(&self) -> usize {
+        self.cols
+    }
+
     /// Row `r` as f32, exactly as the format defines it.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let nb = self.cols / BLOCK;
@@ -113,19 +118,6 @@ impl Q5_0Matrix {
             }
         }
     }
-}
-
-/// `ys[k] = x · Wₖᵀ` for `x: [m, cols]` that every matrix reads (W_Q, W_K, W_V; gate and up): the
-/// input is rounded to Q8_0 once and all their rows are shared out among the workers in one go.
-pub fn matmul_many(kernel: Kernel, ws: &[&Q5_0Matrix], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
-    let cols = ws[0].cols;
-    assert_eq!(x.len(), m * cols, "x must be [m, cols]");
-    assert!(
-        ws.iter().all(|w| w.cols == cols),
-        "matrices must share the input width"
-    );
-    let xq = quantize_activations(x, cols);
-    simd::matmul_many(kernel, ws, &xq, m, ys);
 }
 
 impl Tiled for Q5_0Matrix {
@@ -279,16 +271,17 @@ mod x86 {
     });
 }
 
-/// `y = x · Wᵀ` for `x: [m, cols]`, `y: [m, rows]`.
-pub fn matmul(kernel: Kernel, w: &Q5_0Matrix, x: &[f32], m: usize, y: &mut [f32]) {
-    matmul_many(kernel, &[w], x, m, &mut [y])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::q8_0::{matmul_partners, quantize_activations, Q8Partner};
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
+
+    /// `y = x · Wᵀ`, as the model runs it.
+    fn matmul(kernel: Kernel, w: &Q5_0Matrix, x: &[f32], m: usize, y: &mut [f32]) {
+        matmul_partners(kernel, &[Q8Partner::Q5_0(w)], x, m, &mut [y]);
+    }
 
     fn random(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
         let mut rng = crate::rng::Rng::new(seed);
@@ -386,10 +379,10 @@ mod tests {
         let x = random(m, cols, 11);
         for kernel in Kernel::available() {
             let mut all = vec![0f32; m * rows];
-            matmul_many(kernel, &[&w], &x, m, &mut [&mut all]);
+            matmul(kernel, &w, &x, m, &mut all);
             for t in 0..m {
                 let mut one = vec![0f32; rows];
-                matmul_many(kernel, &[&w], &x[t * cols..][..cols], 1, &mut [&mut one]);
+                matmul(kernel, &w, &x[t * cols..][..cols], 1, &mut one);
                 let prompt = &all[t * rows..][..rows];
                 for (a, b) in prompt.iter().zip(&one) {
                     let close = (a - b).abs() <= 1e-5 * a.abs().max(1.0);

@@ -141,16 +141,80 @@ pub(super) fn quantize_activations(x: &[f32], cols: usize) -> Q8_0Rows {
     out
 }
 
-/// `ys[k] = x · Wₖᵀ` for `x: [m, cols]`: the input is rounded once, every row shared out.
-pub fn matmul_many(kernel: Kernel, ws: &[&Q8_0Matrix], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
-    let cols = ws[0].cols;
+/// A matrix whose rows multiply activations rounded to Q8_0: Q8_0 or Q5_0 weights. Matrices that
+/// read one input (Gemma's W_Q and W_K in Q5_0, W_V in Q8_0) share one rounding of it and one
+/// parallel section, whatever their formats.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Q8Partner<'a> {
+    Q8_0(&'a Q8_0Matrix),
+    Q5_0(&'a super::q5_0::Q5_0Matrix),
+}
+
+impl Q8Partner<'_> {
+    fn cols(&self) -> usize {
+        match self {
+            Q8Partner::Q8_0(m) => m.cols,
+            Q8Partner::Q5_0(m) => m.cols(),
+        }
+    }
+}
+
+/// `ys[k] = x · Wₖᵀ` for `x: [m, cols]` and matrices of either partner format: the input is
+/// rounded once, every row shared out in one go.
+pub(crate) fn matmul_partners(
+    kernel: Kernel,
+    ws: &[Q8Partner],
+    x: &[f32],
+    m: usize,
+    ys: &mut [&mut [f32]],
+) {
+    let cols = ws[0].cols();
     assert_eq!(x.len(), m * cols, "x must be [m, cols]");
     assert!(
-        ws.iter().all(|w| w.cols == cols),
+        ws.iter().all(|w| w.cols() == cols),
         "matrices must share the input width"
     );
     let xq = quantize_activations(x, cols);
-    simd::matmul_many(kernel, ws, &xq, m, ys);
+    let refs: Vec<&Q8Partner> = ws.iter().collect();
+    simd::matmul_many(kernel, &refs, &xq, m, ys);
+}
+
+impl Tiled for Q8Partner<'_> {
+    type Activations = Q8_0Rows;
+
+    fn rows(&self) -> usize {
+        match self {
+            Q8Partner::Q8_0(m) => m.rows(),
+            Q8Partner::Q5_0(m) => m.rows(),
+        }
+    }
+
+    fn tile<const R: usize, const T: usize>(
+        &self,
+        kernel: Kernel,
+        rows: [usize; R],
+        x: &Q8_0Rows,
+        tokens: [usize; T],
+    ) -> [[f32; T]; R] {
+        match self {
+            Q8Partner::Q8_0(m) => m.tile(kernel, rows, x, tokens),
+            Q8Partner::Q5_0(m) => m.tile(kernel, rows, x, tokens),
+        }
+    }
+
+    fn rows_against_tokens(
+        &self,
+        kernel: Kernel,
+        rows: std::ops::Range<usize>,
+        x: &Q8_0Rows,
+        m: usize,
+        put: &mut dyn FnMut(usize, usize, &[f32]),
+    ) {
+        match self {
+            Q8Partner::Q8_0(w) => w.rows_against_tokens(kernel, rows, x, m, put),
+            Q8Partner::Q5_0(w) => w.rows_against_tokens(kernel, rows, x, m, put),
+        }
+    }
 }
 
 impl Tiled for Q8_0Matrix {
@@ -250,6 +314,11 @@ mod tests {
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
 
+    /// `y = x · Wᵀ`, as the model runs it.
+    fn matmul(kernel: Kernel, w: &Q8_0Matrix, x: &[f32], m: usize, y: &mut [f32]) {
+        matmul_partners(kernel, &[Q8Partner::Q8_0(w)], x, m, &mut [y]);
+    }
+
     fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         let mut rng = crate::rng::Rng::new(seed);
         (0..n)
@@ -305,7 +374,7 @@ mod tests {
         for kernel in Kernel::available() {
             for tokens in [1, m] {
                 let mut y = vec![0f32; tokens * rows];
-                matmul_many(kernel, &[&w], &x[..tokens * cols], tokens, &mut [&mut y]);
+                matmul(kernel, &w, &x[..tokens * cols], tokens, &mut y);
                 for t in 0..tokens {
                     for r in 0..rows {
                         let want: i64 = (0..cols)
@@ -329,7 +398,7 @@ mod tests {
                 for m in [1, 2, 4, 7] {
                     let x = random(m * cols, 99 + m as u64, 3.0);
                     let mut y = vec![0f32; m * rows];
-                    matmul_many(kernel, &[&w], &x, m, &mut [&mut y]);
+                    matmul(kernel, &w, &x, m, &mut y);
                     let xq = quantize_activations(&x, cols);
                     let mut wr = vec![0f32; cols];
                     for r in 0..rows {
@@ -378,10 +447,10 @@ mod tests {
         let x = random(m * cols, 11, 2.0);
         for kernel in Kernel::available() {
             let mut all = vec![0f32; m * rows];
-            matmul_many(kernel, &[&w], &x, m, &mut [&mut all]);
+            matmul(kernel, &w, &x, m, &mut all);
             for t in 0..m {
                 let mut one = vec![0f32; rows];
-                matmul_many(kernel, &[&w], &x[t * cols..][..cols], 1, &mut [&mut one]);
+                matmul(kernel, &w, &x[t * cols..][..cols], 1, &mut one);
                 let prompt = &all[t * rows..][..rows];
                 for (a, b) in prompt.iter().zip(&one) {
                     let close = (a - b).abs() <= 1e-5 * a.abs().max(1.0);

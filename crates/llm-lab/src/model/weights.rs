@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use super::config::{Architecture, Config};
 use super::q4_1::Q4_1Matrix;
 use super::q5_0::Q5_0Matrix;
-use super::q8_0::Q8_0Matrix;
+use super::q8_0::{Q8Partner, Q8_0Matrix};
 use super::simd::Kernel;
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
@@ -105,40 +105,16 @@ impl Linear {
                 let [y] = Self::forward_many([self], x)?;
                 Ok(y)
             }
-            Matrix::Q5_0(m) => self.apply(x, |xs, rows, y| {
-                super::q5_0::matmul(Kernel::best(), m, xs, rows, y)
-            }),
-            Matrix::Q8_0(m) => self.apply(x, |xs, rows, y| {
-                super::q8_0::matmul_many(Kernel::best(), &[m.as_ref()], xs, rows, &mut [y])
-            }),
+            Matrix::Q5_0(_) | Matrix::Q8_0(_) => {
+                let [y] = Self::forward_many([self], x)?;
+                Ok(y)
+            }
         }
-    }
-
-    /// Runs one of this crate's products `f(x, rows, y)` on `x: […, in]` as f32, into `[…, out]`.
-    fn apply(
-        &self,
-        x: &Tensor,
-        f: impl FnOnce(&[f32], usize, &mut [f32]),
-    ) -> candle_core::Result<Tensor> {
-        let x = x.to_dtype(DType::F32)?.contiguous()?;
-        let rows = x.elem_count() / self.in_features;
-        let mut y = vec![0f32; rows * self.out_features];
-        super::with_cpu_f32(&x, |data, layout| {
-            f(
-                &data[layout.start_offset()..][..x.elem_count()],
-                rows,
-                &mut y,
-            )
-        })?;
-        let mut dims = x.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = self.out_features;
-        }
-        Tensor::from_vec(y, dims, x.device())
     }
 
     /// `[x · W₁ᵀ, x · W₂ᵀ, …]` for matrices that read the same input: the same numbers as
-    /// calling [`forward`](Self::forward) on each, in one pass when all are Q4_1 or all Q5_0.
+    /// calling [`forward`](Self::forward) on each, in one pass when all are Q4_1, or all Q5_0 or
+    /// Q8_0.
     ///
     /// ```
     /// use llm_lab::model::weights::Linear;
@@ -166,19 +142,21 @@ impl Linear {
                 _ => None,
             })
             .collect();
-        let q5_0: Option<Vec<&Q5_0Matrix>> = linears
+        // Q5_0 and Q8_0 weights both multiply activations rounded to Q8_0: mixed is fine.
+        let partners: Option<Vec<Q8Partner<'_>>> = linears
             .iter()
             .map(|l| match &l.weight {
-                Matrix::Q5_0(m) if same_input => Some(m.as_ref()),
+                Matrix::Q5_0(m) if same_input => Some(Q8Partner::Q5_0(m.as_ref())),
+                Matrix::Q8_0(m) if same_input => Some(Q8Partner::Q8_0(m.as_ref())),
                 _ => None,
             })
             .collect();
-        let run: Box<ManyProduct<'_>> = match (q4_1, q5_0) {
+        let run: Box<ManyProduct<'_>> = match (q4_1, partners) {
             (Some(ms), _) => Box::new(move |xs, rows, outs| {
                 super::q4_1::matmul_many(Kernel::best(), &ms, xs, rows, outs)
             }),
             (_, Some(ms)) => Box::new(move |xs, rows, outs| {
-                super::q5_0::matmul_many(Kernel::best(), &ms, xs, rows, outs)
+                super::q8_0::matmul_partners(Kernel::best(), &ms, xs, rows, outs)
             }),
             _ => return all_ok(linears.map(|l| l.forward(x))),
         };
