@@ -191,7 +191,10 @@ impl Report {
             Status::Passed => (
                 "✅",
                 "#e8f5e9",
-                format!("Correto! {} casos verificados.", self.cases),
+                match self.cases {
+                    1 => "Correto! 1 caso verificado.".to_string(),
+                    n => format!("Correto! {n} casos verificados."),
+                },
             ),
             Status::Failed { hint } => (
                 "❌",
@@ -214,5 +217,21 @@ impl Report {
     pub fn evcxr_display(&self) {
         println!("{}", self.protocol_lines());
         rich_html(&self.to_html());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::check::{Report, Status};
+
+    #[test]
+    fn a_passed_report_counts_its_cases_in_good_portuguese() {
+        let report = |cases| Report {
+            exercise: "x".into(),
+            status: Status::Passed,
+            cases,
+        };
+        assert!(report(1).to_html().contains("1 caso verificado."));
+        assert!(report(12).to_html().contains("12 casos verificados."));
     }
 }
