@@ -159,7 +159,7 @@ fn quantize_activations(x: &[f32], cols: usize) -> Q8_1Rows {
             let half = (b % 2) * 16;
             let mut sum = 0i32;
             for (j, &v) in xs.iter().enumerate() {
-                let q = (v * id).round() as i8;
+                let q = simd::round_code(v * id);
                 sum += q as i32;
                 pair[if j < 16 { half + j } else { 32 + half + j - 16 }] = q;
             }

@@ -118,7 +118,7 @@ impl Q8_0Matrix {
 }
 
 /// Rounds each row of `x` to Q8_0 blocks as llama.cpp does: `d = max|x| / 127` (stored as f16),
-/// `q = round(x / d)`.
+/// `q = round(x / d)` ([`simd::round_code`]).
 pub(super) fn quantize_activations(x: &[f32], cols: usize) -> Q8_0Rows {
     let blocks = cols / BLOCK;
     let n = x.len() / BLOCK;
@@ -134,7 +134,8 @@ pub(super) fn quantize_activations(x: &[f32], cols: usize) -> Q8_0Rows {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         out.d.push(half::f16::from_f32(d).to_f32());
         let start = out.qs.len();
-        out.qs.extend(block.iter().map(|v| (v * id).round() as i8));
+        out.qs
+            .extend(block.iter().map(|v| simd::round_code(v * id)));
         out.sums
             .push(out.qs[start..].iter().map(|&q| q as i32).sum());
     }

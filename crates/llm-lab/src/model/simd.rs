@@ -87,14 +87,23 @@ pub(super) trait Tiled: Sync {
         m: usize,
         put: &mut dyn FnMut(usize, usize, &[f32]),
     ) {
-        for r in rows {
-            let mut t = 0;
-            while t + 4 <= m {
-                let v = self.tile::<1, 4>(kernel, [r], x, [t, t + 1, t + 2, t + 3]);
-                (0..4).for_each(|i| put(t + i, r, &[v[0][i]]));
-                t += 4;
+        // Per token, the item's rows are consecutive outputs: one `put` per token and tile.
+        let n = rows.len();
+        assert!(n <= PROMPT_ROWS, "at most {PROMPT_ROWS} rows per work item");
+        let mut t = 0;
+        while t < m {
+            let k = 4.min(m - t);
+            let mut v = [[0f32; PROMPT_ROWS]; 4];
+            for (i, r) in rows.clone().enumerate() {
+                if k == 4 {
+                    let tile = self.tile::<1, 4>(kernel, [r], x, [t, t + 1, t + 2, t + 3]);
+                    (0..4).for_each(|j| v[j][i] = tile[0][j]);
+                } else {
+                    (0..k).for_each(|j| v[j][i] = self.tile::<1, 1>(kernel, [r], x, [t + j])[0][0]);
+                }
             }
-            (t..m).for_each(|t| put(t, r, &self.tile::<1, 1>(kernel, [r], x, [t])[0]));
+            (0..k).for_each(|j| put(t + j, rows.start, &v[j][..n]));
+            t += 4;
         }
     }
 }
@@ -311,6 +320,14 @@ pub(super) use signed_tile_kernel;
 /// How many rows ahead the tile kernels prefetch: two 4-row tiles, a few KB on.
 pub(super) const PREFETCH_ROWS: usize = 8;
 
+/// `v` (|v| ≤ 127 when finite) rounded to the nearest integer code, ties to even as llama.cpp's
+/// x86 quantizers round (`_mm256_round_ps`): adding and subtracting 1.5·2²³ leaves no fraction,
+/// in two operations that vectorise, where `f32::round` is a library call per element.
+#[inline(always)]
+pub(super) fn round_code(v: f32) -> i8 {
+    ((v + 12_582_912.0) - 12_582_912.0) as i8
+}
+
 /// f16 bits → f32, exactly, in a few inlined operations (a library call per block would cost more
 /// than the block's arithmetic): move exponent and mantissa into f32's fields, then rescale the
 /// exponent bias by 2¹¹²; subnormals come out right from the same multiplication.
@@ -340,6 +357,22 @@ mod tests {
                 "{bits:#06x}: {ours} vs {theirs}"
             );
         }
+    }
+
+    #[test]
+    fn codes_round_to_nearest_ties_to_even() {
+        for i in -127_000..=127_000 {
+            let v = i as f32 * 1e-3;
+            assert_eq!(round_code(v), v.round_ties_even() as i8, "{v}");
+        }
+        assert_eq!(
+            [0.5, 1.5, 2.5, -0.5, -2.5].map(round_code),
+            [0, 2, 2, 0, -2]
+        );
+        assert_eq!(
+            [f32::NAN, f32::INFINITY, -1e30].map(round_code),
+            [0, 127, -128]
+        );
     }
 
     #[test]
