@@ -155,17 +155,6 @@ impl Tiled for Q5_0Matrix {
             Kernel::Avx512Vnni => unsafe { x86::tile_avx512vnni::<R, T>(self, rows, x, tokens) },
         }
     }
-
-    fn rows_against_tokens(
-        &self,
-        kernel: Kernel,
-        rows: std::ops::Range<usize>,
-        x: &Q8_0Rows,
-        m: usize,
-        put: &mut dyn FnMut(usize, usize, &[f32]),
-    ) {
-        super::row_group::signed_rows_against_tokens(kernel, self, rows, x, m, put)
-    }
 }
 
 impl simd::SignedBlocks for Q5_0Matrix {
@@ -365,28 +354,6 @@ mod tests {
                             "{kernel:?} ({t}, {r}): {got} vs candle {c}"
                         );
                     }
-                }
-            }
-        }
-    }
-
-    /// A prompt's rows go in groups of eight (`row_group`), a generated token's in tiles: exact
-    /// block sums both, added in another order: the same numbers to float rounding.
-    #[test]
-    fn prompt_rows_equal_single_token_tiles() {
-        let (rows, cols, m) = (13, 96, 11);
-        let (w, _) = matrix(rows, cols, 3);
-        let x = random(m, cols, 11);
-        for kernel in Kernel::available() {
-            let mut all = vec![0f32; m * rows];
-            matmul(kernel, &w, &x, m, &mut all);
-            for t in 0..m {
-                let mut one = vec![0f32; rows];
-                matmul(kernel, &w, &x[t * cols..][..cols], 1, &mut one);
-                let prompt = &all[t * rows..][..rows];
-                for (a, b) in prompt.iter().zip(&one) {
-                    let close = (a - b).abs() <= 1e-5 * a.abs().max(1.0);
-                    assert!(close, "{kernel:?} token {t}: {a} vs {b}");
                 }
             }
         }

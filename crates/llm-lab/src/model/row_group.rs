@@ -213,3 +213,57 @@ mod x86 {
         |acc, w, x| _mm256_dpbusd_epi32(acc, w, x)
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::model::q5_0::Q5_0Matrix;
+    use crate::model::q8_0::{matmul_partners, Q8Partner, Q8_0Matrix};
+    use crate::model::simd::Kernel;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = crate::rng::Rng::new(seed);
+        (0..n)
+            .map(|_| (rng.next_f64() as f32 * 2.0 - 1.0) * 3.0)
+            .collect()
+    }
+
+    /// A random matrix in `format`, as the file stores it (candle's quantizer).
+    fn bytes(rows: usize, cols: usize, format: GgmlDType) -> Vec<u8> {
+        let t = Tensor::from_vec(random(rows * cols, 3), (rows, cols), &Device::Cpu).unwrap();
+        QTensor::quantize(&t, format)
+            .unwrap()
+            .data()
+            .unwrap()
+            .to_vec()
+    }
+
+    /// A prompt's rows go in groups of eight, a generated token's in tiles: exact block sums
+    /// both, added in another order, so the same numbers to float rounding, for each format.
+    #[test]
+    fn prompt_groups_equal_single_token_tiles() {
+        let (rows, cols, m) = (13, 96, 11);
+        let q8 = Q8_0Matrix::from_bytes(&bytes(rows, cols, GgmlDType::Q8_0), rows, cols).unwrap();
+        let q5 = Q5_0Matrix::from_bytes(&bytes(rows, cols, GgmlDType::Q5_0), rows, cols).unwrap();
+        let x = random(m * cols, 11);
+        for (name, w) in [
+            ("Q8_0", Q8Partner::Q8_0(&q8)),
+            ("Q5_0", Q8Partner::Q5_0(&q5)),
+        ] {
+            for kernel in Kernel::available() {
+                let mut all = vec![0f32; m * rows];
+                matmul_partners(kernel, &[w], &x, m, &mut [&mut all]);
+                for t in 0..m {
+                    let mut one = vec![0f32; rows];
+                    matmul_partners(kernel, &[w], &x[t * cols..][..cols], 1, &mut [&mut one]);
+                    let prompt = &all[t * rows..][..rows];
+                    for (a, b) in prompt.iter().zip(&one) {
+                        let close = (a - b).abs() <= 1e-5 * a.abs().max(1.0);
+                        assert!(close, "{name} {kernel:?} token {t}: {a} vs {b}");
+                    }
+                }
+            }
+        }
+    }
+}
