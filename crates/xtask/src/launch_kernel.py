@@ -24,6 +24,8 @@ is gone, or when nobody claimed the spare for MAX_IDLE seconds. Anything failing
 spare falls back to the cold start.
 
 usage: python launch_kernel.py SLOTS_DIR EVCXR_JUPYTER CONNECTION_FILE
+       python launch_kernel.py SLOTS_DIR EVCXR_JUPYTER --spare PID   (only start a spare, for
+       the kernels to come in this folder, that ends with process PID)
 LLM_LAB_KERNEL_DIR=PATH uses that folder (waiting for it to be free) instead of a pool slot, and
 no spare: the warm-up builds the template so, and notebook runs and benchmarks use it.
 LLM_LAB_SPARE_KERNELS=0 turns spares off. LLM_LAB_SPARE_WARMUP (a JSON list of cells, set by the
@@ -349,11 +351,14 @@ def claim(spares, key):
         return None
 
 
-def start_keeper(slots, evcxr, spares, key):
-    """Starts a detached keeper for `key` (it gives up if another keeper holds the key)."""
-    parent = os.getppid()
+def start_keeper(slots, evcxr, spares, key, watched):
+    """Starts a detached keeper for `key` that ends with process `watched` (it gives up if
+    another keeper holds the key)."""
+    started = start_time(watched)
+    if started is None:
+        return
     args = [sys.executable, os.path.abspath(__file__), "--keeper", slots, evcxr, spares, key,
-            str(parent), str(start_time(parent))]
+            str(watched), str(started)]
     with open(os.path.join(spares, key + ".log"), "a") as err:
         # The keeper forks once more and this child exits: nothing is left for evcxr to reap.
         subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
@@ -687,6 +692,14 @@ def main():
         os.makedirs(slots, exist_ok=True)
     except OSError:
         pass
+    if connection == "--spare":
+        # Only a spare for later kernels, that ends with the given process (e.g. the server).
+        if not spares_enabled():
+            sys.exit("llm-lab: spare kernels are off here")
+        spares = os.path.join(pool_of(slots), SPARES)
+        os.makedirs(spares, exist_ok=True)
+        start_keeper(slots, evcxr, spares, spare_key(evcxr, warmup_cells()), int(sys.argv[4]))
+        return
     if spares_enabled():
         claimed = None
         try:
@@ -694,7 +707,8 @@ def main():
             os.makedirs(spares, exist_ok=True)
             key = spare_key(evcxr, warmup_cells())
             claimed = claim(spares, key)
-            start_keeper(slots, evcxr, spares, key)
+            # The server that started this launch: the next spare ends with it.
+            start_keeper(slots, evcxr, spares, key, os.getppid())
         except Exception as e:
             log(f"no spare kernel ({type(e).__name__}: {e})")
         if claimed is not None:

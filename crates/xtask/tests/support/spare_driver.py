@@ -1,0 +1,245 @@
+"""Drives the course's kernel launcher with a temporary pool and kernelspec, for tests/spare.rs.
+
+usage: python spare_driver.py SCENARIO WORKDIR OUT.json
+The kernelspec `llm-lab-spare-test` (in WORKDIR/jupyter, found through JUPYTER_PATH) runs the
+launcher on the pool WORKDIR/pool; kernels start in WORKDIR/work. Each scenario writes what it
+saw to OUT.json for the test to judge; the test asserts, not this script.
+"""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from jupyter_client.manager import start_new_kernel
+
+KERNEL = "llm-lab-spare-test"
+
+
+def spare_ready(pool):
+    """The unclaimed spare folders whose warm-up has finished."""
+    return [os.path.dirname(p) for p in glob.glob(os.path.join(pool, "spares", "*", "ready"))
+            if "." not in os.path.basename(os.path.dirname(p))]
+
+
+def wait_ready(pool, limit=300):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        found = spare_ready(pool)
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    raise TimeoutError(f"no spare became ready within {limit} s")
+
+
+def prime(spec, watched):
+    """Asks the launcher for a spare in this folder that ends with process `watched`."""
+    python, launcher, slots, evcxr = spec["argv"][:4]
+    env = dict(os.environ, **spec["env"])
+    subprocess.run([python, launcher, slots, evcxr, "--spare", str(watched)], env=env,
+                   check=True, timeout=60)
+
+
+def start(env_extra=None):
+    saved = dict(os.environ)
+    os.environ.update(env_extra or {})
+    try:
+        return start_new_kernel(kernel_name=KERNEL, startup_timeout=300)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def kind(km):
+    """'proxy' when the kernel process is the launcher serving a spare, else 'cold'."""
+    pid = km.provisioner.process.pid
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        cmdline = f.read()
+    return "proxy" if b"launch_kernel.py" in cmdline else "cold"
+
+
+def run(kc, code, timeout=120):
+    """Executes `code`; the reply's count and status, and the text of its outputs."""
+    msg_id = kc.execute(code, store_history=True)
+    out, errors = [], []
+    deadline = time.monotonic() + timeout
+    while True:
+        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        t, c = msg["msg_type"], msg["content"]
+        if t == "stream":
+            out.append(c["text"])
+        elif t == "execute_result":
+            out.append(c["data"].get("text/plain", ""))
+        elif t == "execute_input":
+            out_input = c["execution_count"]
+        elif t == "error":
+            errors.append(c["evalue"])
+        elif t == "status" and c["execution_state"] == "idle":
+            break
+    while True:
+        reply = kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if reply["parent_header"].get("msg_id") == msg_id:
+            break
+    return {"code": code, "count": reply["content"]["execution_count"],
+            "input_count": out_input, "status": reply["content"]["status"],
+            "output": "".join(out), "errors": errors}
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_gone(pid, limit=30):
+    deadline = time.monotonic() + limit
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not alive(pid)
+
+
+def claimed_info(pool):
+    found = glob.glob(os.path.join(pool, "spares", "*.claimed-*", "info.json"))
+    with open(found[0]) as f:
+        return json.load(f), os.path.dirname(found[0])
+
+
+def slot_locks_free(pool):
+    import fcntl
+
+    free = []
+    for path in sorted(glob.glob(os.path.join(pool, "slot-*.lock"))):
+        with open(path, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                free.append(True)
+            except BlockingIOError:
+                free.append(False)
+    return free
+
+
+CELLS = ["let a = 40 + 2;", "a", 'println!("hi {}", a);', 'let b: u8 = "x";', ":vars"]
+
+
+def scenario(name, spec, pool, result):
+    kernels = []
+    try:
+        if name == "claimed":
+            k0 = start({"LLM_LAB_SPARE_KERNELS": "0"})
+            kernels.append(k0)
+            prime(spec, os.getpid())
+            result["ready"] = wait_ready(pool)
+            k1 = start()
+            kernels.append(k1)
+            result["kinds"] = [kind(k0[0]), kind(k1[0])]
+            result["cold"] = [run(k0[1], c) for c in CELLS]
+            result["spare"] = [run(k1[1], c) for c in CELLS]
+            info, folder = claimed_info(pool)
+            k1[1].stop_channels()
+            k1[0].shutdown_kernel(now=False)
+            kernels.remove(k1)
+            result["spare_evcxr_gone"] = wait_gone(info["evcxr_pid"])
+            deadline = time.monotonic() + 10
+            while os.path.exists(folder) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            result["claimed_folder_removed"] = not os.path.exists(folder)
+        elif name == "race":
+            prime(spec, os.getpid())
+            wait_ready(pool)
+            started = [None, None]
+
+            def go(i):
+                started[i] = start()
+
+            threads = [threading.Thread(target=go, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            kernels.extend(k for k in started if k is not None)
+            result["kinds"] = sorted(kind(k[0]) for k in started)
+            result["answers"] = [run(k[1], "1 + 1")["output"] for k in started]
+        elif name == "kill":
+            prime(spec, os.getpid())
+            wait_ready(pool)
+            k1 = start()
+            kernels.append(k1)
+            result["kinds"] = [kind(k1[0])]
+            info, folder = claimed_info(pool)
+            result["before"] = alive(info["evcxr_pid"])
+            os.kill(k1[0].provisioner.process.pid, signal.SIGKILL)
+            result["spare_evcxr_gone"] = wait_gone(info["evcxr_pid"])
+            time.sleep(1)
+            result["claimed_folder_removed"] = not os.path.exists(folder)
+            result["slot_locks_free"] = slot_locks_free(pool)
+        elif name == "watched":
+            sleeper = subprocess.Popen(["sleep", "600"])
+            try:
+                prime(spec, sleeper.pid)
+                folder = wait_ready(pool)
+                with open(os.path.join(folder, "info.json")) as f:
+                    info = json.load(f)
+                result["before"] = [alive(info["keeper_pid"]), alive(info["evcxr_pid"])]
+                sleeper.kill()
+                sleeper.wait()
+                result["keeper_gone"] = wait_gone(info["keeper_pid"])
+                result["evcxr_gone"] = wait_gone(info["evcxr_pid"])
+                result["folder_removed"] = not os.path.exists(folder)
+                result["slot_locks_free"] = slot_locks_free(pool)
+            finally:
+                sleeper.kill()
+        elif name == "interrupt":
+            prime(spec, os.getpid())
+            wait_ready(pool)
+            k1 = start()
+            kernels.append(k1)
+            km, kc = k1
+            result["kinds"] = [kind(km)]
+            msg_id = kc.execute("std::thread::sleep(std::time::Duration::from_secs(60));")
+            # The cell is compiled and running after its execute_input and a moment.
+            time.sleep(5)
+            t = time.monotonic()
+            km.interrupt_kernel()
+            reply = None
+            while reply is None:
+                m = kc.get_shell_msg(timeout=50)
+                if m["parent_header"].get("msg_id") == msg_id:
+                    reply = m
+            result["interrupted_after"] = time.monotonic() - t
+            result["status"] = reply["content"]["status"]
+            result["after"] = run(kc, "1 + 1")
+        else:
+            raise ValueError(f"unknown scenario {name}")
+    except Exception as e:
+        result["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        for km, kc in kernels:
+            kc.stop_channels()
+            try:
+                km.shutdown_kernel(now=True)
+            except Exception:
+                pass
+
+
+def main():
+    name, work, out = sys.argv[1:4]
+    with open(os.path.join(work, "jupyter", "kernels", KERNEL, "kernel.json")) as f:
+        spec = json.load(f)
+    pool = spec["argv"][2]
+    result = {"scenario": name}
+    os.chdir(os.path.join(work, "work"))
+    scenario(name, spec, pool, result)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
