@@ -28,7 +28,11 @@ const READY: &str = ".llm-lab-ready";
 /// setup cell, a `let` (the first one makes evcxr's rust-analyzer load the crate graph, which
 /// `:dep` alone does not), and `:clear`, which drops that variable again.
 pub fn spare_warmup() -> [&'static str; 3] {
-    [crate::notebooks::SETUP_CELL, "let __w = Rng::new(0);", ":clear"]
+    [
+        crate::notebooks::SETUP_CELL,
+        "let __w = Rng::new(0);",
+        ":clear",
+    ]
 }
 
 /// Paths of the lab inside the repository.

@@ -106,7 +106,10 @@ fn scenario(name: &str) -> Option<Value> {
 fn a_claimed_spare_answers_like_a_cold_kernel() {
     let Some(r) = scenario("claimed") else { return };
     assert_eq!(r["kinds"], json!(["cold", "proxy"]));
-    let (cold, spare) = (r["cold"].as_array().unwrap(), r["spare"].as_array().unwrap());
+    let (cold, spare) = (
+        r["cold"].as_array().unwrap(),
+        r["spare"].as_array().unwrap(),
+    );
     // The warm-up's executions are not counted: the same numbers as a cold kernel, one per cell.
     for (c, s) in cold.iter().zip(spare) {
         assert_eq!(c["count"], s["count"], "{c} {s}");
@@ -161,7 +164,9 @@ fn a_keeper_ends_with_the_process_it_watches() {
 
 #[test]
 fn an_interrupt_reaches_the_spare() {
-    let Some(r) = scenario("interrupt") else { return };
+    let Some(r) = scenario("interrupt") else {
+        return;
+    };
     assert_eq!(r["kinds"], json!(["proxy"]));
     // The cell sleeps 60 s: its reply came because of the interrupt (the driver waits 50 s).
     assert_eq!(r["status"], "error");
