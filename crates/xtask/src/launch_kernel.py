@@ -297,8 +297,9 @@ def newest_source(folder):
     return newest
 
 
-def spare_key(evcxr, cells):
-    """What a spare must share with a launch to stand in for its kernel."""
+def spare_key(evcxr, cells, watched):
+    """What a spare must share with a launch to stand in for its kernel: `watched` is the
+    process it ends with (the Jupyter server), so that two servers never share one."""
     cwd = os.path.realpath(os.getcwd())
     # The crates the warm-up compiled (`:dep name = { path = "…" }`): a changed course crate
     # needs a new spare.
@@ -314,7 +315,8 @@ def spare_key(evcxr, cells):
         built = os.stat(evcxr).st_mtime
     except OSError:
         built = None
-    text = json.dumps([cwd, evcxr, built, cells, sources, settings, launcher])
+    server = [watched, start_time(watched)]
+    text = json.dumps([cwd, evcxr, built, cells, sources, settings, launcher, server])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -495,6 +497,50 @@ def proxy(claimed, jupyter_file):
         kill_group(info["evcxr_pid"])
 
 
+def remove(spares, folder):
+    """Removes a spare's folder, out of reach of any claim first."""
+    gone = os.path.join(spares, f".gone-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(folder, gone)
+    except OSError:
+        return
+    shutil.rmtree(gone, ignore_errors=True)
+
+
+def sweep(spares):
+    """Removes the folders of spares whose keeper was killed before it could."""
+    for name in os.listdir(spares):
+        path = os.path.join(spares, name)
+        if not os.path.isdir(path):
+            continue
+        try:
+            with open(os.path.join(path, "info.json")) as f:
+                info = json.load(f)
+            owner, started = info["keeper_pid"], info["keeper_start"]
+        except (OSError, ValueError, KeyError):
+            # Being built (`KEY.new-PID`) or removed (`.gone-PID-…`) by process PID.
+            m = re.search(r"\.new-(\d+)$", name) or re.match(r"\.gone-(\d+)-", name)
+            if m is None:
+                continue
+            owner, started = int(m.group(1)), None
+        now = start_time(owner)
+        if now is None or (started is not None and now != started):
+            remove(spares, path)
+
+
+def unnice(group):
+    """Gives a claimed spare (every thread of its process group) the priority of a kernel; a
+    user who may not raise priorities keeps it niced."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.getpgid(int(pid)) != group:
+                continue
+            for task in os.listdir(f"/proc/{pid}/task"):
+                os.setpriority(os.PRIO_PROCESS, int(task), 0)
+        except OSError:
+            pass
+
+
 class Keeper:
     """One spare: its slot, its evcxr, its folder in the spares folder (see the file)."""
 
@@ -515,14 +561,8 @@ class Keeper:
             except subprocess.TimeoutExpired:
                 pass
         folder = self.where()
-        if folder is not None and os.path.basename(folder).startswith(self.key):
-            # Out of reach of any claim first, then removed.
-            gone = os.path.join(self.spares, f".ended-{os.getpid()}")
-            try:
-                os.rename(folder, gone)
-                shutil.rmtree(gone, ignore_errors=True)
-            except OSError:
-                pass
+        if folder is not None and os.path.dirname(folder) == os.path.realpath(self.spares):
+            remove(self.spares, folder)
         if self.slot_lock is not None:
             self.slot_lock.close()
 
@@ -530,31 +570,30 @@ class Keeper:
         self.key_lock = lock(os.path.join(self.spares, self.key + ".lock"), wait=30)
         if self.key_lock is None:
             return  # another keeper's spare for this key is warming or waiting
-        server = watch(watched_pid, watched_start)
-        if server is None:
-            return
-        name = os.path.join(self.spares, self.key)
-        if os.path.exists(name):
-            # The lock was free: its keeper died (and its evcxr with it).
-            stale = os.path.join(self.spares, f".stale-{os.getpid()}")
-            os.rename(name, stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        folder, self.slot_lock = take_folder(self.slots)
-        if folder is None:
-            return
-        building = f"{name}.new-{os.getpid()}"
-        os.makedirs(building)
-        self.dir_fd = os.open(building, os.O_RDONLY | os.O_DIRECTORY)
-        connection = new_connection()
-        with open(os.path.join(building, "connection.json"), "w") as f:
-            json.dump(connection, f)
-        env = dict(os.environ, EVCXR_TMPDIR=folder)
-        self.proc = subprocess.Popen(
-            [self.evcxr, "--control_file", os.path.join(building, "connection.json")],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            pass_fds=[self.slot_lock.fileno()], preexec_fn=die_with_parent,
-            start_new_session=True)
         try:
+            server = watch(watched_pid, watched_start)
+            if server is None:
+                return
+            sweep(self.spares)
+            name = os.path.join(self.spares, self.key)
+            if os.path.exists(name):
+                # The lock was free: its keeper died (and its evcxr with it).
+                remove(self.spares, name)
+            folder, self.slot_lock = take_folder(self.slots)
+            if folder is None:
+                return
+            building = f"{name}.new-{os.getpid()}"
+            os.makedirs(building)
+            self.dir_fd = os.open(building, os.O_RDONLY | os.O_DIRECTORY)
+            connection = new_connection()
+            with open(os.path.join(building, "connection.json"), "w") as f:
+                json.dump(connection, f)
+            env = dict(os.environ, EVCXR_TMPDIR=folder)
+            self.proc = subprocess.Popen(
+                [self.evcxr, "--control_file", os.path.join(building, "connection.json")],
+                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                pass_fds=[self.slot_lock.fileno()], preexec_fn=die_with_parent,
+                start_new_session=True)
             self.serve(server, building, name, connection)
         except Exception as e:
             self.cleanup(f"{type(e).__name__}: {e}")
@@ -570,7 +609,8 @@ class Keeper:
             return self.cleanup("evcxr did not start")
         cells = warmup_cells()
         session = uuid.uuid4().hex
-        info = {"keeper_pid": os.getpid(), "evcxr_pid": self.proc.pid,
+        info = {"keeper_pid": os.getpid(), "keeper_start": start_time(os.getpid()),
+                "evcxr_pid": self.proc.pid,
                 "evcxr_start": start_time(self.proc.pid), "session": session,
                 "offset": len(cells)}
         with open(os.path.join(building, "info.json"), "w") as f:
@@ -641,11 +681,12 @@ class Keeper:
 
     def retire(self, name):
         """Takes the spare out of reach of claims; False if a claimer was first."""
+        retired = os.path.join(self.spares, f".gone-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
-            os.rename(name, os.path.join(self.spares, f".retired-{os.getpid()}"))
-            return True
+            os.rename(name, retired)
         except OSError:
             return False
+        return True
 
     def serve_claimer(self, evcxr_ended, server):
         # A new keeper may take the key now.
@@ -661,12 +702,7 @@ class Keeper:
                 time.sleep(0.05)
         if claimer is None:
             return self.cleanup("its claimer never said who it is")
-        try:
-            os.setpriority(os.PRIO_PGRP, self.proc.pid, 0)
-            for task in os.listdir(f"/proc/{self.proc.pid}/task"):
-                os.setpriority(os.PRIO_PROCESS, int(task), 0)
-        except OSError:
-            pass  # a user may not raise a priority: the kernel stays niced
+        unnice(self.proc.pid)
         ready = select.select([claimer, evcxr_ended, server], [], [])[0]
         why = {claimer: "its claimer exited", evcxr_ended: "its evcxr exited",
                server: "the Jupyter server that started it is gone"}[ready[0]]
@@ -698,17 +734,19 @@ def main():
             sys.exit("llm-lab: spare kernels are off here")
         spares = os.path.join(pool_of(slots), SPARES)
         os.makedirs(spares, exist_ok=True)
-        start_keeper(slots, evcxr, spares, spare_key(evcxr, warmup_cells()), int(sys.argv[4]))
+        watched = int(sys.argv[4])
+        start_keeper(slots, evcxr, spares, spare_key(evcxr, warmup_cells(), watched), watched)
         return
     if spares_enabled():
         claimed = None
         try:
             spares = os.path.join(pool_of(slots), SPARES)
             os.makedirs(spares, exist_ok=True)
-            key = spare_key(evcxr, warmup_cells())
-            claimed = claim(spares, key)
             # The server that started this launch: the next spare ends with it.
-            start_keeper(slots, evcxr, spares, key, os.getppid())
+            server = os.getppid()
+            key = spare_key(evcxr, warmup_cells(), server)
+            claimed = claim(spares, key)
+            start_keeper(slots, evcxr, spares, key, server)
         except Exception as e:
             log(f"no spare kernel ({type(e).__name__}: {e})")
         if claimed is not None:
