@@ -1,6 +1,7 @@
 //! Warm spare kernels, through the real launcher (`launch_kernel.py`) on a temporary pool: a
 //! claimed spare answers like a cold kernel, two launches racing for one spare both work, a
-//! killed proxy or a gone server leaves no evcxr behind, an interrupt reaches the spare. The
+//! killed proxy or a gone server leaves no evcxr behind, an interrupt reaches the spare, a spare
+//! nobody claims ends, and the folders of killed keepers are swept. The
 //! warm-up here is a trivial `let` (no course crate), so each kernel starts in seconds. Needs
 //! the lab installed (`cargo xtask setup`); without it the tests say why and pass.
 
@@ -172,4 +173,15 @@ fn an_interrupt_reaches_the_spare() {
     assert_eq!(r["status"], "error");
     assert_eq!(r["after"]["output"], "2");
     assert_eq!(r["after"]["status"], "ok");
+}
+
+#[test]
+fn stale_folders_are_swept_and_an_unclaimed_spare_ends() {
+    let Some(r) = scenario("tidy") else { return };
+    assert_eq!(r["stale_removed"], json!([true, true, true]));
+    let log = r["log"].as_str().unwrap();
+    assert!(log.contains("spare warm in"), "{log}");
+    assert!(log.contains("nobody claimed it in 1 s"), "{log}");
+    assert_eq!(r["left"], json!([]));
+    assert_eq!(r["slot_locks_free"], json!([true]));
 }

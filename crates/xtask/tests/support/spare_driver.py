@@ -216,6 +216,30 @@ def scenario(name, spec, pool, result):
             result["interrupted_after"] = time.monotonic() - t
             result["status"] = reply["content"]["status"]
             result["after"] = run(kc, "1 + 1")
+        elif name == "tidy":
+            # Folders that keepers killed by SIGKILL left behind, and a spare nobody claims.
+            dead = subprocess.Popen(["true"])
+            dead.wait()
+            spares = os.path.join(pool, "spares")
+            stale = [os.path.join(spares, f"0123.new-{dead.pid}"),
+                     os.path.join(spares, f".gone-{dead.pid}-abcd"),
+                     os.path.join(spares, "4567.claimed-1-abcd")]
+            for folder in stale:
+                os.makedirs(folder)
+            with open(os.path.join(stale[2], "info.json"), "w") as f:
+                json.dump({"keeper_pid": dead.pid, "keeper_start": 1}, f)
+            spec = dict(spec, env=dict(spec["env"], LLM_LAB_SPARE_MAX_IDLE="1"))
+            prime(spec, os.getpid())
+            deadline = time.monotonic() + 120
+            logs = lambda: "".join(open(p).read() for p in glob.glob(spares + "/*.log"))
+            while "nobody claimed it" not in logs() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(0.5)
+            result["log"] = logs()
+            result["stale_removed"] = [not os.path.exists(f) for f in stale]
+            result["left"] = sorted(n for n in os.listdir(spares)
+                                    if os.path.isdir(os.path.join(spares, n)))
+            result["slot_locks_free"] = slot_locks_free(pool)
         else:
             raise ValueError(f"unknown scenario {name}")
     except Exception as e:
