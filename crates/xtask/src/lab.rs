@@ -304,7 +304,7 @@ pub fn setup() -> Result<()> {
         evcxr_binary().context("evcxr_jupyter was installed but cannot be found in ~/.cargo/bin")
     })?;
     timed(
-        "Rust kernel registered in .venv, with its launcher (a build folder per kernel)",
+        "Rust kernel registered in .venv, with its launcher (a build folder per kernel, warm spares)",
         || {
             std::fs::create_dir_all(lab.kernel_dir())?;
             std::fs::create_dir_all(lab.kernel_slots())?;
@@ -564,6 +564,14 @@ pub fn lab(args: &LabArgs) -> Result<()> {
         .arg(format!("--LabApp.default_url={}", lab.first_page()))
         .current_dir(&lab.root);
     cmd.env("EVCXR_CONFIG_DIR", &lab.evcxr_config);
+    if std::env::var_os("LLM_LAB_SPARE_KERNELS").is_some_and(|v| v == "0") {
+        eprintln!("spare kernels: off (LLM_LAB_SPARE_KERNELS=0): every kernel starts cold");
+    } else {
+        eprintln!(
+            "spare kernels: on (each notebook folder keeps one kernel warmed for its next new \
+             kernel or restart; LLM_LAB_SPARE_KERNELS=0 turns them off)"
+        );
+    }
     if running_as_root() {
         eprintln!("running as root: passing --allow-root to JupyterLab");
         cmd.arg("--allow-root");
