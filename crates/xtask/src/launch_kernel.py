@@ -486,7 +486,7 @@ def proxy(claimed, jupyter_file):
             elif s == evcxr_ended or s == parent_ended:
                 if closing_at is None:
                     # The last replies (a shutdown_reply) may still be on their way.
-                    closing_at = time.monotonic() + 0.5
+                    closing_at = time.monotonic() + 0.2
                 poller.unregister(s)
         if closing_at is not None and time.monotonic() >= closing_at:
             break
@@ -737,19 +737,19 @@ def main():
         watched = int(sys.argv[4])
         start_keeper(slots, evcxr, spares, spare_key(evcxr, warmup_cells(), watched), watched)
         return
+    spares = key = None
     if spares_enabled():
-        claimed = None
         try:
             spares = os.path.join(pool_of(slots), SPARES)
             os.makedirs(spares, exist_ok=True)
             # The server that started this launch: the next spare ends with it.
-            server = os.getppid()
-            key = spare_key(evcxr, warmup_cells(), server)
+            key = spare_key(evcxr, warmup_cells(), os.getppid())
             claimed = claim(spares, key)
-            start_keeper(slots, evcxr, spares, key, server)
         except Exception as e:
             log(f"no spare kernel ({type(e).__name__}: {e})")
+            spares = claimed = None
         if claimed is not None:
+            keep_a_spare(slots, evcxr, spares, key)
             try:
                 proxy(claimed, connection)
                 return
@@ -758,17 +758,28 @@ def main():
                     "starting a new kernel")
                 # Its keeper sees its evcxr end and cleans up.
                 kill_group(claimed[1]["evcxr_pid"])
+            spares = None  # a spare was started above
     try:
         folder, held = take_folder(slots)
     except OSError as e:
         log(f"no build folder of its own for this kernel ({e}); it compiles in a temporary one")
         folder = held = None
+    if spares is not None:
+        # After this kernel took its build folder: the spare takes the next one.
+        keep_a_spare(slots, evcxr, spares, key)
     if folder is not None:
         env["EVCXR_TMPDIR"] = folder
         # The lock is held as long as the kernel (and whatever inherits it) lives.
         os.set_inheritable(held.fileno(), True)
     # else: evcxr makes a temporary folder of its own (cold, but safe).
     os.execve(evcxr, [evcxr, "--control_file", connection], env)
+
+
+def keep_a_spare(slots, evcxr, spares, key):
+    try:
+        start_keeper(slots, evcxr, spares, key, os.getppid())
+    except Exception as e:
+        log(f"no spare kernel for the next kernel ({type(e).__name__}: {e})")
 
 
 if __name__ == "__main__":
