@@ -427,6 +427,12 @@ def proxy(claimed, jupyter_file):
         return content
 
     def forward(frames, check, sign, to, downstream, iopub=False):
+        try:
+            relay(frames, check, sign, to, downstream, iopub)
+        except Exception as e:  # one odd message must not end the student's kernel
+            log(f"a message could not be passed on ({type(e).__name__}: {e})")
+
+    def relay(frames, check, sign, to, downstream, iopub):
         parsed = split(frames)
         if parsed is None:
             return

@@ -135,6 +135,22 @@ fn a_claimed_spare_answers_like_a_cold_kernel() {
 }
 
 #[test]
+fn a_spare_claimed_while_warming_hides_the_warm_up() {
+    let Some(r) = scenario("warming") else { return };
+    assert_eq!(r["kinds"], json!(["proxy"]));
+    let (cold, spare) = (r["cold"].as_array().unwrap(), r["spare"].as_array().unwrap());
+    for (c, s) in cold.iter().zip(spare) {
+        assert_eq!(c["count"], s["count"], "{c} {s}");
+        assert_eq!(c["output"], s["output"], "{c} {s}");
+    }
+    // The student's cells queued behind the warm-up, which had not ended at the claim, and its
+    // output never reached the student.
+    assert_eq!(r["claimed_folder_ready"], false);
+    let seen = r["seen"].to_string();
+    assert!(seen.contains("hi 42") && !seen.contains("warm-up output"), "{seen}");
+}
+
+#[test]
 fn two_launches_racing_for_one_spare_both_work() {
     let Some(r) = scenario("race") else { return };
     assert_eq!(r["kinds"], json!(["cold", "proxy"]));

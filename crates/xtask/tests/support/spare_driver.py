@@ -18,6 +18,8 @@ import time
 from jupyter_client.manager import start_new_kernel
 
 KERNEL = "llm-lab-spare-test"
+# The text of every stream message a client saw, whichever request it answered.
+SEEN = []
 
 
 def spare_ready(pool):
@@ -69,9 +71,11 @@ def run(kc, code, timeout=120):
     deadline = time.monotonic() + timeout
     while True:
         msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        t, c = msg["msg_type"], msg["content"]
+        if t == "stream":
+            SEEN.append(c["text"])
         if msg["parent_header"].get("msg_id") != msg_id:
             continue
-        t, c = msg["msg_type"], msg["content"]
         if t == "stream":
             out.append(c["text"])
         elif t == "execute_result":
@@ -151,6 +155,33 @@ def scenario(name, spec, pool, result):
             while os.path.exists(folder) and time.monotonic() < deadline:
                 time.sleep(0.1)
             result["claimed_folder_removed"] = not os.path.exists(folder)
+        elif name == "warming":
+            # A warm-up that prints: the student must not see it.
+            path = os.path.join(os.environ["JUPYTER_PATH"], "kernels", KERNEL, "kernel.json")
+            spec["env"]["LLM_LAB_SPARE_WARMUP"] = json.dumps(
+                ["let __w = 1;",
+                 'std::thread::sleep(std::time::Duration::from_secs(3)); println!("warm-up output");',
+                 ":clear"])
+            with open(path, "w") as f:
+                json.dump(spec, f)
+            k0 = start({"LLM_LAB_SPARE_KERNELS": "0"})
+            kernels.append(k0)
+            result["cold"] = [run(k0[1], c) for c in CELLS]
+            prime(spec, os.getpid())
+            deadline = time.monotonic() + 60
+            spares = os.path.join(pool, "spares")
+            while time.monotonic() < deadline and not [
+                    n for n in os.listdir(spares)
+                    if "." not in n and os.path.isdir(os.path.join(spares, n))]:
+                time.sleep(0.05)
+            del SEEN[:]
+            k1 = start()
+            kernels.append(k1)
+            info, folder = claimed_info(pool)
+            result["kinds"] = [kind(k1[0])]
+            result["spare"] = [run(k1[1], c) for c in CELLS]
+            result["claimed_folder_ready"] = os.path.exists(os.path.join(folder, "ready"))
+            result["seen"] = list(SEEN)
         elif name == "race":
             prime(spec, os.getpid())
             wait_ready(pool)
