@@ -130,6 +130,7 @@ fn a_claimed_spare_answers_like_a_cold_kernel() {
     // `:vars` lists the student's variable, not the warm-up's.
     let vars = spare[4]["output"].as_str().unwrap();
     assert!(vars.contains("a: i32") && !vars.contains("__w"), "{vars}");
+    assert_eq!(r["beating"], json!([true, true]));
     assert_eq!(r["spare_evcxr_gone"], true);
     assert_eq!(r["claimed_folder_removed"], true);
 }

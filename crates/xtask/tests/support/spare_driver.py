@@ -146,6 +146,9 @@ def scenario(name, spec, pool, result):
             result["kinds"] = [kind(k0[0]), kind(k1[0])]
             result["cold"] = [run(k0[1], c) for c in CELLS]
             result["spare"] = [run(k1[1], c) for c in CELLS]
+            # The heartbeat passes through the proxy (the client pings every few seconds).
+            time.sleep(4)
+            result["beating"] = [k[1].hb_channel.is_beating() for k in (k0, k1)]
             info, folder = claimed_info(pool)
             k1[1].stop_channels()
             k1[0].shutdown_kernel(now=False)
