@@ -54,6 +54,8 @@ READY = ".llm-lab-ready"
 SPARES = "spares"
 # A spare nobody claimed for this long is ended (it holds a slot and ~0.5 GB of memory).
 MAX_IDLE = float(os.environ.get("LLM_LAB_SPARE_MAX_IDLE", 2 * 3600))
+# How often a waiting spare checks that the sources it compiled did not change.
+RECHECK = 5.0
 # A warm-up that takes longer than this (a cold build of candle takes minutes) is abandoned.
 WARMUP_LIMIT = 1800
 DELIMITER = b"<IDS|MSG>"
@@ -573,6 +575,7 @@ class Keeper:
             self.slot_lock.close()
 
     def run(self, watched_pid, watched_start):
+        self.watched = watched_pid
         self.key_lock = lock(os.path.join(self.spares, self.key + ".lock"), wait=30)
         if self.key_lock is None:
             return  # another keeper's spare for this key is warming or waiting
@@ -636,6 +639,7 @@ class Keeper:
         # Claimable from now on: a claimer's cells queue behind the warm-up.
         os.rename(building, name)
         started, failed = time.monotonic(), None
+        recheck = started + RECHECK
         ready_at = None
         poller = zmq.Poller()
         poller.register(shell, zmq.POLLIN)
@@ -672,6 +676,13 @@ class Keeper:
                 if self.retire(name):
                     return self.cleanup(f"nobody claimed it in {MAX_IDLE:.0f} s")
                 break
+            if time.monotonic() >= recheck:
+                recheck = time.monotonic() + RECHECK
+                # An edited course crate: no launch will ask for this spare any more.
+                if spare_key(self.evcxr, cells, self.watched) != self.key:
+                    if self.retire(name):
+                        return self.cleanup("the sources it compiled changed")
+                    break
         shell.close()
         ctx.term()
         # Claimed: the launcher that claimed it starts the next spare, which needs the key.

@@ -139,7 +139,10 @@ fn a_claimed_spare_answers_like_a_cold_kernel() {
 fn a_spare_claimed_while_warming_hides_the_warm_up() {
     let Some(r) = scenario("warming") else { return };
     assert_eq!(r["kinds"], json!(["proxy"]));
-    let (cold, spare) = (r["cold"].as_array().unwrap(), r["spare"].as_array().unwrap());
+    let (cold, spare) = (
+        r["cold"].as_array().unwrap(),
+        r["spare"].as_array().unwrap(),
+    );
     for (c, s) in cold.iter().zip(spare) {
         assert_eq!(c["count"], s["count"], "{c} {s}");
         assert_eq!(c["output"], s["output"], "{c} {s}");
@@ -148,7 +151,10 @@ fn a_spare_claimed_while_warming_hides_the_warm_up() {
     // output never reached the student.
     assert_eq!(r["claimed_folder_ready"], false);
     let seen = r["seen"].to_string();
-    assert!(seen.contains("hi 42") && !seen.contains("warm-up output"), "{seen}");
+    assert!(
+        seen.contains("hi 42") && !seen.contains("warm-up output"),
+        "{seen}"
+    );
 }
 
 #[test]
@@ -201,4 +207,14 @@ fn stale_folders_are_swept_and_an_unclaimed_spare_ends() {
     assert!(log.contains("nobody claimed it in 1 s"), "{log}");
     assert_eq!(r["left"], json!([]));
     assert_eq!(r["slot_locks_free"], json!([true]));
+}
+
+#[test]
+fn a_spare_ends_when_the_sources_it_compiled_change() {
+    let Some(r) = scenario("changed") else { return };
+    assert_eq!(r["kept_while_unchanged"], true);
+    assert_eq!(r["evcxr_gone"], true);
+    assert_eq!(r["folder_removed"], true);
+    let log = r["log"].as_str().unwrap();
+    assert!(log.contains("the sources it compiled changed"), "{log}");
 }

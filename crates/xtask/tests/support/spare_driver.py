@@ -274,6 +274,31 @@ def scenario(name, spec, pool, result):
             result["left"] = sorted(n for n in os.listdir(spares)
                                     if os.path.isdir(os.path.join(spares, n)))
             result["slot_locks_free"] = slot_locks_free(pool)
+        elif name == "changed":
+            # A warm-up naming a source folder (as `:dep x = { path = "…" }` does): editing a
+            # file there ends the spare, which no launch would claim any more.
+            src = os.path.join(os.path.dirname(os.getcwd()), "src")
+            os.makedirs(src)
+            with open(os.path.join(src, "lib.rs"), "w") as f:
+                f.write("// v1\n")
+            path = os.path.join(os.environ["JUPYTER_PATH"], "kernels", KERNEL, "kernel.json")
+            spec["env"]["LLM_LAB_SPARE_WARMUP"] = json.dumps(
+                ['let __w = 1; // path = "../src"', ":clear"])
+            with open(path, "w") as f:
+                json.dump(spec, f)
+            prime(spec, os.getpid())
+            folder = wait_ready(pool)
+            with open(os.path.join(folder, "info.json")) as f:
+                info = json.load(f)
+            time.sleep(6)
+            result["kept_while_unchanged"] = alive(info["evcxr_pid"])
+            time.sleep(1)  # a modification time the file system tells apart
+            with open(os.path.join(src, "lib.rs"), "w") as f:
+                f.write("// v2\n")
+            result["evcxr_gone"] = wait_gone(info["evcxr_pid"], 30)
+            result["folder_removed"] = not os.path.exists(folder)
+            spares = os.path.join(pool, "spares")
+            result["log"] = "".join(open(p).read() for p in glob.glob(spares + "/*.log"))
         else:
             raise ValueError(f"unknown scenario {name}")
     except Exception as e:
