@@ -54,6 +54,8 @@ READY = ".llm-lab-ready"
 SPARES = "spares"
 # A spare nobody claimed for this long is ended (it holds a slot and ~0.5 GB of memory).
 MAX_IDLE = float(os.environ.get("LLM_LAB_SPARE_MAX_IDLE", 2 * 3600))
+# A key whose lock file is this old (seconds) is forgotten: its lock and log files are removed.
+OLD_KEY = 2 * 24 * 3600
 # How often a waiting spare checks that the sources it compiled did not change.
 RECHECK = 5.0
 # A warm-up that takes longer than this (a cold build of candle takes minutes) is abandoned.
@@ -516,9 +518,25 @@ def remove(spares, folder):
 
 
 def sweep(spares):
-    """Removes the folders of spares whose keeper was killed before it could."""
+    """Removes the folders of spares whose keeper was killed before it could, and the lock and
+    log files of keys nobody used for days (every server start makes new keys)."""
     for name in os.listdir(spares):
         path = os.path.join(spares, name)
+        if name.endswith(".lock") and not os.path.isdir(path):
+            try:
+                if time.time() - os.stat(path).st_mtime < OLD_KEY:
+                    continue
+            except OSError:
+                continue
+            held = lock(path)
+            if held is not None:
+                for old in (path, path[:-len(".lock")] + ".log"):
+                    try:
+                        os.unlink(old)
+                    except OSError:
+                        pass
+                held.close()
+            continue
         if not os.path.isdir(path):
             continue
         try:

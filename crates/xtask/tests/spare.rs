@@ -202,6 +202,8 @@ fn an_interrupt_reaches_the_spare() {
 fn stale_folders_are_swept_and_an_unclaimed_spare_ends() {
     let Some(r) = scenario("tidy") else { return };
     assert_eq!(r["stale_removed"], json!([true, true, true]));
+    assert_eq!(r["old_key_removed"], json!([true, true]));
+    assert_eq!(r["new_key_kept"], json!([true, true]));
     let log = r["log"].as_str().unwrap();
     assert!(log.contains("spare warm in"), "{log}");
     assert!(log.contains("nobody claimed it in 1 s"), "{log}");

@@ -260,6 +260,12 @@ def scenario(name, spec, pool, result):
                      os.path.join(spares, "4567.claimed-1-abcd")]
             for folder in stale:
                 os.makedirs(folder)
+            # A key last used three days ago, and one used now.
+            old_key, new_key = os.path.join(spares, "89ab"), os.path.join(spares, "cdef")
+            for f in (old_key + ".lock", old_key + ".log", new_key + ".lock", new_key + ".log"):
+                open(f, "w").close()
+            three_days = time.time() - 3 * 24 * 3600
+            os.utime(old_key + ".lock", (three_days, three_days))
             with open(os.path.join(stale[2], "info.json"), "w") as f:
                 json.dump({"keeper_pid": dead.pid, "keeper_start": 1}, f)
             spec = dict(spec, env=dict(spec["env"], LLM_LAB_SPARE_MAX_IDLE="1"))
@@ -271,6 +277,8 @@ def scenario(name, spec, pool, result):
             time.sleep(0.5)
             result["log"] = logs()
             result["stale_removed"] = [not os.path.exists(f) for f in stale]
+            result["old_key_removed"] = [not os.path.exists(old_key + e) for e in (".lock", ".log")]
+            result["new_key_kept"] = [os.path.exists(new_key + e) for e in (".lock", ".log")]
             result["left"] = sorted(n for n in os.listdir(spares)
                                     if os.path.isdir(os.path.join(spares, n)))
             result["slot_locks_free"] = slot_locks_free(pool)
