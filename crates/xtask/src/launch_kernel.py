@@ -13,7 +13,8 @@ Spare kernels. Even in a warm folder a new evcxr spends ~15 s of its own (its ru
 the crate graph to type each `let`) before the first logits. So every launch also makes sure
 that one *spare* is warming or waiting for the same key (the notebook's folder, the evcxr binary,
 the warm-up cells, the course crate's sources, the kernel's settings): a detached keeper process
-(niced, in a session of its own) takes a slot, starts evcxr on a connection file of its own and
+(in a session of its own; its evcxr niced while it warms, where the priority can be given back
+when it is claimed) takes a slot, starts evcxr on a connection file of its own and
 runs the warm-up cells (the notebooks' setup cell, a `let`, `:clear`). The next launch for that
 key claims it (an atomic rename of its folder: one claimer wins) and becomes a proxy between
 Jupyter's ports and the spare's: every message is checked with one connection's key and signed
@@ -54,6 +55,8 @@ READY = ".llm-lab-ready"
 SPARES = "spares"
 # A spare nobody claimed for this long is ended (it holds a slot and ~0.5 GB of memory).
 MAX_IDLE = float(os.environ.get("LLM_LAB_SPARE_MAX_IDLE", 2 * 3600))
+# A warming spare yields the processor to the student's kernels (when it can be undone).
+WARMUP_NICE = 10
 # A key whose lock file is this old (seconds) is forgotten: its lock and log files are removed.
 OLD_KEY = 2 * 24 * 3600
 # How often a waiting spare checks that the sources it compiled did not change.
@@ -187,12 +190,27 @@ def ended(fd):
     return bool(select.select([fd], [], [], 0)[0])
 
 
-def die_with_parent():
-    """In a child before exec: SIGKILL when the process that started it ends."""
-    import ctypes
+def may_unnice():
+    """Whether this user may give a niced process its priority back (root, or an RLIMIT_NICE
+    that allows it): only then does a spare warm up niced."""
+    import resource
 
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
+
+
+def spare_child(niced):
+    """What a spare's evcxr runs before exec: SIGKILL when its keeper ends, and niced while it
+    warms up if the priority can be given back when it is claimed."""
+
+    def setup():
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if niced:
+            os.nice(WARMUP_NICE)
+
+    return setup
 
 
 def kill_group(pid):
@@ -555,8 +573,7 @@ def sweep(spares):
 
 
 def unnice(group):
-    """Gives a claimed spare (every thread of its process group) the priority of a kernel; a
-    user who may not raise priorities keeps it niced."""
+    """Gives a claimed spare (every thread of its process group) the priority of a kernel."""
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             if os.getpgid(int(pid)) != group:
@@ -619,7 +636,7 @@ class Keeper:
             self.proc = subprocess.Popen(
                 [self.evcxr, "--control_file", os.path.join(building, "connection.json")],
                 env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                pass_fds=[self.slot_lock.fileno()], preexec_fn=die_with_parent,
+                pass_fds=[self.slot_lock.fileno()], preexec_fn=spare_child(may_unnice()),
                 start_new_session=True)
             self.serve(server, building, name, connection)
         except Exception as e:
@@ -748,7 +765,6 @@ def keeper_main(args):
     slots, evcxr, spares, key, watched_pid, watched_start = args
     if os.fork() > 0:
         os._exit(0)  # the launcher waits for this one; the keeper goes on, reparented
-    os.nice(10)
     log(f"keeper {os.getpid()} for spare {key} started")
     Keeper(slots, evcxr, spares, key).run(int(watched_pid), int(watched_start))
 

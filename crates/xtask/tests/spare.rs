@@ -131,6 +131,11 @@ fn a_claimed_spare_answers_like_a_cold_kernel() {
     let vars = spare[4]["output"].as_str().unwrap();
     assert!(vars.contains("a: i32") && !vars.contains("__w"), "{vars}");
     assert_eq!(r["beating"], json!([true, true]));
+    // Niced while it waited (where the priority can be given back: root here), a kernel's
+    // priority once claimed.
+    // SAFETY: no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert_eq!(r["nice"], json!([if root { 10 } else { 0 }, 0]));
     assert_eq!(r["spare_evcxr_gone"], true);
     assert_eq!(r["claimed_folder_removed"], true);
 }

@@ -95,6 +95,11 @@ def run(kc, code, timeout=120):
             "output": "".join(out), "errors": errors}
 
 
+def nice(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])
+
+
 def alive(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -141,11 +146,15 @@ def scenario(name, spec, pool, result):
             kernels.append(k0)
             prime(spec, os.getpid())
             result["ready"] = wait_ready(pool)
+            with open(os.path.join(result["ready"], "info.json")) as f:
+                waiting = json.load(f)["evcxr_pid"]
+            result["nice"] = [nice(waiting)]
             k1 = start()
             kernels.append(k1)
             result["kinds"] = [kind(k0[0]), kind(k1[0])]
             result["cold"] = [run(k0[1], c) for c in CELLS]
             result["spare"] = [run(k1[1], c) for c in CELLS]
+            result["nice"].append(nice(waiting))
             # The heartbeat passes through the proxy (the client pings every few seconds).
             time.sleep(4)
             result["beating"] = [k[1].hb_channel.is_beating() for k in (k0, k1)]
