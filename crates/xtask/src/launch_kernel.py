@@ -12,7 +12,8 @@ starts warm.
 Spare kernels. Even in a warm folder a new evcxr spends ~15 s of its own (its rust-analyzer loads
 the crate graph to type each `let`) before the first logits. So every launch also makes sure
 that one *spare* is warming or waiting for the same key (the notebook's folder, the evcxr binary,
-the warm-up cells, the course crate's sources, the kernel's settings): a detached keeper process
+the warm-up cells, the course crate's sources, the kernel's settings, the Jupyter server): a
+detached keeper process
 (in a session of its own; its evcxr niced while it warms, where the priority can be given back
 when it is claimed) takes a slot, starts evcxr on a connection file of its own and
 runs the warm-up cells (the notebooks' setup cell, a `let`, `:clear`). The next launch for that
@@ -21,8 +22,11 @@ Jupyter's ports and the spare's: every message is checked with one connection's 
 again with the other's, and execution counts are shifted so that the student sees a cold
 kernel's numbers. The keeper ends its evcxr, frees the slot and removes the spare's folder when
 the claimer exits (even killed), when the process that started the launcher (the Jupyter server)
-is gone, or when nobody claimed the spare for MAX_IDLE seconds. Anything failing on the way to a
-spare falls back to the cold start.
+is gone, when nobody claimed the spare for MAX_IDLE seconds (LLM_LAB_SPARE_MAX_IDLE, 2 hours by
+default), or when the sources its warm-up compiled change. Anything failing on the way to a
+spare falls back to the cold start. Everything of a spare lives in SLOTS_DIR/spares (or the
+user's own pool): KEY (a spare to claim: its connection file, info.json, `ready` once warm),
+KEY.claimed-… (claimed), KEY.lock (held by the keeper of KEY's unclaimed spare), KEY.log.
 
 usage: python launch_kernel.py SLOTS_DIR EVCXR_JUPYTER CONNECTION_FILE
        python launch_kernel.py SLOTS_DIR EVCXR_JUPYTER --spare PID   (only start a spare, for
