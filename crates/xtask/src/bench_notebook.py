@@ -1,15 +1,26 @@
 """Times the course's kernel as a student meets it, for `cargo xtask bench-notebook`.
 
 A fresh kernel runs the lessons' first cells (the `:dep` cell, the model load, the first logits),
-then the kernel is restarted and runs them again, then a trivial cell runs a few times. Each step
-is timed from this client: what a student waits for, kernel start included.
+then the kernel is restarted and runs them again: both cold, in a build folder seeded from the
+warmed template. Then the same with warm spare kernels, as a student meets them in the lab: a
+spare is started for the lessons' folder and warms while the student reads; once it is ready a
+new kernel claims it and runs the first cells; once the next spare is ready, that kernel is
+restarted (as JupyterLab does: a shutdown request) and runs them again. Then a trivial cell runs
+a few times. Each step is timed from this client: what a student waits for, kernel start
+included.
 
 usage: python bench_notebook.py KERNEL CELLS.json OUT.json
-CELLS.json: {"first": [[name, source], ...], "trivial": source, "trivial_runs": n}
-OUT.json: {"steps": [{"phase", "step", "seconds", "ok", "error"}], "error": null | message}
+CELLS.json: {"first": [[name, source], ...], "trivial": source, "trivial_runs": n,
+             "spare": null | {"kernel": name, "pool": folder, "prime": [launcher argv...],
+                              "env": {kernelspec env}}}
+OUT.json: {"steps": [{"phase", "step", "seconds", "ok", "error"}], "notes": [text],
+           "error": null | message}
 """
 
+import glob
 import json
+import os
+import subprocess
 import sys
 import time
 
@@ -43,12 +54,61 @@ def run_cell(kc, source, timeout):
             return time.monotonic() - t, error, "".join(text)
 
 
+def ready_spare(pool):
+    """The folder of an unclaimed spare whose warm-up has finished, or None."""
+    for marker in glob.glob(os.path.join(pool, "spares", "*", "ready")):
+        folder = os.path.dirname(marker)
+        if "." not in os.path.basename(folder):
+            return folder
+    return None
+
+
+def wait_for_spare(pool, limit=1800):
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        folder = ready_spare(pool)
+        if folder is not None:
+            return folder, time.monotonic() - started
+        time.sleep(0.2)
+    raise TimeoutError(f"no spare kernel was ready after {limit} s")
+
+
+def rss_mib(pid):
+    """Resident memory of `pid` and its descendants, MiB, and how many processes that is."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    total, count, todo = 0, 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                        count += 1
+        except OSError:
+            continue
+        todo.extend(children.get(p, []))
+    return total / 1024, count
+
+
 def main():
     kernel, cells_path, out_path = sys.argv[1:4]
     with open(cells_path, encoding="utf-8") as f:
         cells = json.load(f)
-    steps = []
-    result = {"steps": steps, "error": None}
+    steps, notes = [], []
+    result = {"steps": steps, "notes": notes, "error": None}
+
+    def note(text):
+        notes.append(text)
+        print(f"    {text}", file=sys.stderr, flush=True)
 
     def record(phase, step, seconds, error=None, output=""):
         steps.append(
@@ -75,15 +135,45 @@ def main():
     try:
         started = time.monotonic()
         km, kc = start_new_kernel(kernel_name=kernel, startup_timeout=300)
-        if first_logits(km, kc, "fresh kernel", started):
+        ok = first_logits(km, kc, "fresh kernel", started)
+        if ok:
             started = time.monotonic()
             km.restart_kernel(now=True)
             kc.wait_for_ready(timeout=300)
-            if first_logits(km, kc, "kernel restart", started):
-                for i in range(int(cells["trivial_runs"])):
-                    seconds, error, output = run_cell(kc, cells["trivial"], 600)
-                    if not record("trivial cell", f"run {i + 1}", seconds, error, output):
-                        break
+            ok = first_logits(km, kc, "kernel restart", started)
+        spare = cells.get("spare")
+        if ok and spare:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+            km = kc = None
+            # A student's kernels: no forced build folder, the lab's kernelspec.
+            os.environ.pop("LLM_LAB_KERNEL_DIR", None)
+            subprocess.run(spare["prime"] + ["--spare", str(os.getpid())],
+                           env=dict(os.environ, **spare["env"]), check=True, timeout=120)
+            folder, waited = wait_for_spare(spare["pool"])
+            note(f"a spare kernel warmed in {waited:.1f} s while the student reads the lesson "
+                 "(not counted below)")
+            with open(os.path.join(folder, "info.json")) as f:
+                evcxr_pid = json.load(f)["evcxr_pid"]
+            mib, procs = rss_mib(evcxr_pid)
+            note(f"an idle warm spare holds {mib:.0f} MiB resident ({procs} processes: evcxr "
+                 "and its runner)")
+            started = time.monotonic()
+            km, kc = start_new_kernel(kernel_name=spare["kernel"], startup_timeout=300)
+            ok = first_logits(km, kc, "spare: new", started)
+            if ok:
+                _, waited = wait_for_spare(spare["pool"])
+                note(f"the next spare warmed in {waited:.1f} s after that kernel started "
+                     "(the student works in the lesson meanwhile; not counted below)")
+                started = time.monotonic()
+                km.restart_kernel(now=False)
+                kc.wait_for_ready(timeout=300)
+                ok = first_logits(km, kc, "spare: restart", started)
+        if ok:
+            for i in range(int(cells["trivial_runs"])):
+                seconds, error, output = run_cell(kc, cells["trivial"], 600)
+                if not record("trivial cell", f"run {i + 1}", seconds, error, output):
+                    break
     except Exception as e:
         result["error"] = f"{type(e).__name__}: {e}"
     finally:

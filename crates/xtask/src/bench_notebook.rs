@@ -1,5 +1,6 @@
 //! `cargo xtask bench-notebook`: how long a student waits on the course's kernel — a new kernel
-//! to its first logits, a restart to its first logits, a trivial cell — step by step.
+//! to its first logits, a restart to its first logits, a trivial cell — step by step, cold and
+//! with warm spare kernels.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -74,8 +75,59 @@ pub fn table(steps: &[Step]) -> String {
     out
 }
 
-/// `cargo xtask bench-notebook`. The kernel builds in a new folder seeded from the warmed
-/// template, as the first kernel of a notebook after setup does; the restart reuses it.
+/// The notes the client printed besides the steps (how long spares took to warm, their memory).
+pub fn notes(report: &Value) -> Vec<String> {
+    report["notes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| {
+            format!(
+                "load average {}",
+                l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+            )
+        })
+        .unwrap_or_else(|_| "load average unknown".into())
+}
+
+/// A kernelspec like the lab's whose launcher keeps its slots and spares in `pool`, a folder of
+/// the benchmark's own that takes the lab's warmed template (and its lock) by symbolic links:
+/// the lab's own spares are neither used nor disturbed.
+fn spare_kernel(lab: &Lab, dir: &std::path::Path) -> Result<Value> {
+    let evcxr = crate::lab::evcxr_binary().context("evcxr_jupyter is not installed")?;
+    let pool = dir.join("pool");
+    std::fs::create_dir_all(&pool)?;
+    let template = lab.template();
+    std::os::unix::fs::symlink(&template, pool.join("template"))?;
+    std::os::unix::fs::symlink(template.with_extension("lock"), pool.join("template.lock"))?;
+    let mut spec = lab.kernel_spec(&evcxr);
+    spec["argv"][2] = json!(pool);
+    let spec_dir = dir.join("jupyter").join("kernels").join(SPARE_KERNEL);
+    std::fs::create_dir_all(&spec_dir)?;
+    std::fs::write(spec_dir.join("kernel.json"), spec.to_string())?;
+    let argv = spec["argv"].as_array().context("kernelspec argv")?;
+    Ok(json!({
+        "kernel": SPARE_KERNEL,
+        "pool": pool,
+        "prime": argv[..4].to_vec(),
+        "env": spec["env"],
+    }))
+}
+
+const SPARE_KERNEL: &str = "llm-lab-bench-spare";
+
+/// `cargo xtask bench-notebook`. Cold: the kernel builds in a new folder seeded from the warmed
+/// template, as the first kernel of a notebook after setup does; the restart reuses it. Then
+/// with spares, as a student meets them in the lab (see `bench_notebook.py`).
 pub fn bench_notebook(trivial_runs: u32) -> Result<()> {
     let lab = Lab::new();
     if !lab.is_ready() {
@@ -96,10 +148,12 @@ pub fn bench_notebook(trivial_runs: u32) -> Result<()> {
         tmp.path().join("out.json"),
     );
     std::fs::write(&script, SCRIPT)?;
+    let spare = spare_kernel(&lab, &tmp.path().join("spare"))?;
     std::fs::write(
         &cells,
-        json!({"first": first_cells(), "trivial": "1 + 1", "trivial_runs": trivial_runs})
-            .to_string(),
+        json!({"first": first_cells(), "trivial": "1 + 1", "trivial_runs": trivial_runs,
+               "spare": spare})
+        .to_string(),
     )?;
     let folder = tmp.path().join("kernel");
     let other_tmp = tmp.path().join("tmp");
@@ -112,18 +166,12 @@ pub fn bench_notebook(trivial_runs: u32) -> Result<()> {
         // Where the lessons are, so the `:dep` cell's relative path is theirs.
         .current_dir(lab.root.join("notebooks"))
         .env("TMPDIR", &other_tmp)
+        .env("JUPYTER_PATH", tmp.path().join("spare").join("jupyter"))
+        .env_remove("LLM_LAB_SPARE_KERNELS")
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     lab.kernel_env(&mut cmd, &folder);
-    eprintln!(
-        "uptime: {}",
-        std::fs::read_to_string("/proc/loadavg")
-            .map(|l| format!(
-                "load average {}",
-                l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-            ))
-            .unwrap_or_else(|_| "unknown".into())
-    );
+    eprintln!("before: {}", load_average());
     // The client prints each step as it ends (a cold build takes minutes) on the inherited stderr.
     let mut child = Supervised::spawn(&mut cmd).context("cannot run the benchmark's client")?;
     match child.wait(Duration::from_secs(3 * 3600))? {
@@ -136,6 +184,10 @@ pub fn bench_notebook(trivial_runs: u32) -> Result<()> {
         &std::fs::read_to_string(&out).context("the benchmark wrote no report")?,
     )?;
     let steps = parse_report(&report)?;
+    eprintln!("after: {}", load_average());
+    for n in notes(&report) {
+        eprintln!("note: {n}");
+    }
     print!("{}", table(&steps));
     Ok(())
 }

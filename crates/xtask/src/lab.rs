@@ -24,6 +24,17 @@ const LAUNCHER: &str = include_str!("launch_kernel.py");
 /// Marks a build folder whose warm-up finished (the launcher copies only such a template).
 const READY: &str = ".llm-lab-ready";
 
+/// What a spare kernel runs before a student claims it (see `launch_kernel.py`): the lessons'
+/// setup cell, a `let` (the first one makes evcxr's rust-analyzer load the crate graph, which
+/// `:dep` alone does not), and `:clear`, which drops that variable again.
+pub fn spare_warmup() -> [&'static str; 3] {
+    [
+        crate::notebooks::SETUP_CELL,
+        "let __w = Rng::new(0);",
+        ":clear",
+    ]
+}
+
 /// Paths of the lab inside the repository.
 pub struct Lab {
     pub root: PathBuf,
@@ -122,8 +133,9 @@ impl Lab {
     /// forward pass. The kernel turns them off (students' own code loses overflow panics too:
     /// cargo's environment settings apply to the whole build).
     ///
-    /// The kernel starts through the lab's launcher, which gives it a build folder of its own
-    /// that the next kernel reuses (see `launch_kernel.py`).
+    /// The kernel starts through the lab's launcher, which hands it a warm spare kernel when one
+    /// is waiting, else gives it a build folder of its own that the next kernel reuses, and
+    /// keeps one spare warming for the next kernel (see `launch_kernel.py`).
     pub fn kernel_spec(&self, evcxr: &Path) -> serde_json::Value {
         serde_json::json!({
             "argv": [self.python(), self.launcher(), self.kernel_slots(), evcxr, "{connection_file}"],
@@ -134,6 +146,7 @@ impl Lab {
                 "EVCXR_CONFIG_DIR": self.evcxr_config,
                 "CARGO_PROFILE_DEV_DEBUG_ASSERTIONS": "false",
                 "CARGO_PROFILE_DEV_OVERFLOW_CHECKS": "false",
+                "LLM_LAB_SPARE_WARMUP": serde_json::json!(spare_warmup()).to_string(),
             },
         })
     }
@@ -291,7 +304,7 @@ pub fn setup() -> Result<()> {
         evcxr_binary().context("evcxr_jupyter was installed but cannot be found in ~/.cargo/bin")
     })?;
     timed(
-        "Rust kernel registered in .venv, with its launcher (a build folder per kernel)",
+        "Rust kernel registered in .venv, with its launcher (a build folder per kernel, warm spares)",
         || {
             std::fs::create_dir_all(lab.kernel_dir())?;
             std::fs::create_dir_all(lab.kernel_slots())?;
@@ -551,6 +564,14 @@ pub fn lab(args: &LabArgs) -> Result<()> {
         .arg(format!("--LabApp.default_url={}", lab.first_page()))
         .current_dir(&lab.root);
     cmd.env("EVCXR_CONFIG_DIR", &lab.evcxr_config);
+    if std::env::var_os("LLM_LAB_SPARE_KERNELS").is_some_and(|v| v == "0") {
+        eprintln!("spare kernels: off (LLM_LAB_SPARE_KERNELS=0): every kernel starts cold");
+    } else {
+        eprintln!(
+            "spare kernels: on (each notebook folder keeps one kernel warmed for its next new \
+             kernel or restart; LLM_LAB_SPARE_KERNELS=0 turns them off)"
+        );
+    }
     if running_as_root() {
         eprintln!("running as root: passing --allow-root to JupyterLab");
         cmd.arg("--allow-root");

@@ -1,29 +1,79 @@
-"""Starts the course's evcxr kernel in a build folder of its own that outlives it.
+"""Starts the course's evcxr kernel: a warm spare when one is waiting, else in a build folder of its own.
 
-evcxr compiles every cell as a crate in a work folder (EVCXR_TMPDIR). By default that folder is
-new for every kernel, so each kernel compiles the course crate again (half a minute), and the
-compiled-crate cache that would spare the dependencies is shared by all kernels and breaks when
-two compile at once. Here each kernel takes the first free folder of a pool (`slot-N`, a lock held
-for the kernel's whole life, so two kernels never share one) and keeps it for the next kernel: a
-restart finds everything compiled. A slot that does not exist yet starts as a copy of the
-template that `cargo xtask setup` warmed, so even the first kernel of a notebook starts warm.
+Build folders. evcxr compiles every cell as a crate in a work folder (EVCXR_TMPDIR). By default
+that folder is new for every kernel, so each kernel compiles the course crate again (half a
+minute), and the compiled-crate cache that would spare the dependencies is shared by all kernels
+and breaks when two compile at once. Here each kernel takes the first free folder of a pool
+(`slot-N`, a lock held for the kernel's whole life, so two kernels never share one) and keeps it
+for the next kernel: a restart finds everything compiled. A slot that does not exist yet starts
+as a copy of the template that `cargo xtask setup` warmed, so even the first kernel of a notebook
+starts warm.
+
+Spare kernels. Even in a warm folder a new evcxr spends ~15 s of its own (its rust-analyzer loads
+the crate graph to type each `let`) before the first logits. So every launch also makes sure
+that one *spare* is warming or waiting for the same key (the notebook's folder, the evcxr binary,
+the warm-up cells, the course crate's sources, the kernel's settings, the Jupyter server): a
+detached keeper process
+(in a session of its own; its evcxr niced while it warms, where the priority can be given back
+when it is claimed) takes a slot, starts evcxr on a connection file of its own and
+runs the warm-up cells (the notebooks' setup cell, a `let`, `:clear`). The next launch for that
+key claims it (an atomic rename of its folder: one claimer wins) and becomes a proxy between
+Jupyter's ports and the spare's: every message is checked with one connection's key and signed
+again with the other's, and execution counts are shifted so that the student sees a cold
+kernel's numbers. The keeper ends its evcxr, frees the slot and removes the spare's folder when
+the claimer exits (even killed), when the process that started the launcher (the Jupyter server)
+is gone, when nobody claimed the spare for MAX_IDLE seconds (LLM_LAB_SPARE_MAX_IDLE, 2 hours by
+default), or when the sources its warm-up compiled change. Anything failing on the way to a
+spare falls back to the cold start. Everything of a spare lives in SLOTS_DIR/spares (or the
+user's own pool): KEY (a spare to claim: its connection file, info.json, `ready` once warm),
+KEY.claimed-… (claimed), KEY.lock (held by the keeper of KEY's unclaimed spare), KEY.log.
 
 usage: python launch_kernel.py SLOTS_DIR EVCXR_JUPYTER CONNECTION_FILE
-LLM_LAB_KERNEL_DIR=PATH uses that folder (waiting for it to be free) instead of a pool slot: the
-warm-up builds the template so, and a benchmark measures a folder seeded from it.
+       python launch_kernel.py SLOTS_DIR EVCXR_JUPYTER --spare PID   (only start a spare, for
+       the kernels to come in this folder, that ends with process PID)
+LLM_LAB_KERNEL_DIR=PATH uses that folder (waiting for it to be free) instead of a pool slot, and
+no spare: the warm-up builds the template so, and notebook runs and benchmarks use it.
+LLM_LAB_SPARE_KERNELS=0 turns spares off. LLM_LAB_SPARE_WARMUP (a JSON list of cells, set by the
+kernelspec) is the warm-up; without it there are no spares.
 """
 
 import fcntl
+import hashlib
+import hmac
+import json
 import os
+import re
+import select
 import shutil
+import signal
+import subprocess
 import sys
 import time
+import uuid
 
 TEMPLATE = "template"
 # Slots beyond this are not worth keeping: the kernel falls back to a folder of its own.
 MAX_SLOTS = 32
 # Written into a folder only once it is complete: a copy interrupted half-way is not used.
 READY = ".llm-lab-ready"
+SPARES = "spares"
+# A spare nobody claimed for this long is ended (it holds a slot and ~0.5 GB of memory).
+MAX_IDLE = float(os.environ.get("LLM_LAB_SPARE_MAX_IDLE", 2 * 3600))
+# A warming spare yields the processor to the student's kernels (when it can be undone).
+WARMUP_NICE = 10
+# A key whose lock file is this old (seconds) is forgotten: its lock and log files are removed.
+OLD_KEY = 2 * 24 * 3600
+# How often a waiting spare checks that the sources it compiled did not change.
+RECHECK = 5.0
+# A warm-up that takes longer than this (a cold build of candle takes minutes) is abandoned.
+WARMUP_LIMIT = 1800
+DELIMITER = b"<IDS|MSG>"
+# Kernel-to-client messages whose execution count the warm-up shifted.
+COUNTED = ("execute_input", "execute_reply", "execute_result", "error")
+
+
+def log(text):
+    print(f"llm-lab: {text}", file=sys.stderr, flush=True)
 
 
 def lock(path, exclusive=True, wait=0.0):
@@ -64,11 +114,8 @@ def seed(slots, folder):
         # copy2 keeps modification times, which cargo compares to decide what is fresh.
         shutil.copytree(template, partial, symlinks=True)
         os.rename(partial, folder)
-        print(
-            f"llm-lab: build folder {folder} copied from the warmed template in "
-            f"{time.monotonic() - started:.1f} s",
-            file=sys.stderr,
-        )
+        log(f"build folder {folder} copied from the warmed template in "
+            f"{time.monotonic() - started:.1f} s")
     finally:
         if held is not None:
             held.close()
@@ -76,11 +123,18 @@ def seed(slots, folder):
 
 def user_slots(slots):
     """The pool of a user who cannot write the lab's (a lab set up by another user)."""
-    import hashlib
-
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     digest = hashlib.sha256(os.path.abspath(slots).encode()).hexdigest()[:16]
     return os.path.join(cache, "llm-lab", "kernels", digest)
+
+
+def pool_of(slots):
+    """The folder this user's kernels take slots in."""
+    if os.access(slots, os.W_OK):
+        return slots
+    pool = user_slots(slots)
+    os.makedirs(pool, exist_ok=True)
+    return pool
 
 
 def take_folder(slots):
@@ -98,10 +152,7 @@ def take_folder(slots):
         else:
             os.makedirs(folder, exist_ok=True)
         return folder, held
-    pool = slots
-    if not os.access(slots, os.W_OK):
-        pool = user_slots(slots)
-        os.makedirs(pool, exist_ok=True)
+    pool = pool_of(slots)
     for n in range(MAX_SLOTS):
         candidate = os.path.join(pool, f"slot-{n}")
         held = lock(candidate + ".lock")
@@ -111,7 +162,620 @@ def take_folder(slots):
     return None, None
 
 
+# ---------------------------------------------------------------------------------------------
+# Processes: a pid is only trusted together with its start time (pids are reused).
+
+
+def start_time(pid):
+    """The start time of process `pid` (clock ticks since boot), or None if it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        # The command name (in parentheses) may hold spaces: fields count from its end.
+        return int(stat[stat.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def watch(pid, started):
+    """A pidfd that becomes readable when process `pid` (started at `started`) ends, or None if
+    it is already gone."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    if start_time(pid) != started:
+        os.close(fd)
+        return None
+    return fd
+
+
+def ended(fd):
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def may_unnice():
+    """Whether this user may give a niced process its priority back (root, or an RLIMIT_NICE
+    that allows it): only then does a spare warm up niced."""
+    import resource
+
+    return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
+
+
+def spare_child(niced):
+    """What a spare's evcxr runs before exec: SIGKILL when its keeper ends, and niced while it
+    warms up if the priority can be given back when it is claimed."""
+
+    def setup():
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if niced:
+            os.nice(WARMUP_NICE)
+
+    return setup
+
+
+def kill_group(pid):
+    """Ends process `pid` and everything in its process group (evcxr, its runner, cargo)."""
+    for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+        try:
+            kill()
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Jupyter's wire protocol, as much as a proxy needs.
+
+
+def signer(connection):
+    """A function signing a message's four JSON frames with the connection's key."""
+    key = connection.get("key", "").encode()
+    scheme = connection.get("signature_scheme") or "hmac-sha256"
+    if not key:
+        return lambda parts: b""
+    digest = scheme.split("-", 1)[1] if scheme.startswith("hmac-") else scheme
+    hashlib.new(digest)  # an unknown scheme fails here, before any message
+
+    def sign(parts):
+        mac = hmac.new(key, digestmod=digest)
+        for p in parts:
+            mac.update(p)
+        return mac.hexdigest().encode()
+
+    return sign
+
+
+def split(frames):
+    """(identities, signature, the four JSON frames, buffers), or None for a malformed message."""
+    try:
+        i = frames.index(DELIMITER)
+    except ValueError:
+        return None
+    if len(frames) < i + 6:
+        return None
+    return frames[:i], frames[i + 1], frames[i + 2:i + 6], frames[i + 6:]
+
+
+def endpoint(connection, port):
+    transport = connection.get("transport", "tcp")
+    if transport == "ipc":
+        return f"ipc://{connection['ip']}-{connection[port]}"
+    return f"{transport}://{connection['ip']}:{connection[port]}"
+
+
+def free_ports(n):
+    import socket
+
+    held, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        held.append(s)
+        ports.append(s.getsockname()[1])
+    for s in held:
+        s.close()
+    return ports
+
+
+def new_connection():
+    names = ["shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"]
+    c = dict(zip(names, free_ports(len(names))))
+    c.update(ip="127.0.0.1", transport="tcp", key=uuid.uuid4().hex,
+             signature_scheme="hmac-sha256", kernel_name="rust")
+    return c
+
+
+def request(session, msg_type, content):
+    """The four JSON frames of a new client request."""
+    header = {"msg_id": uuid.uuid4().hex, "session": session, "username": "llm-lab",
+              "date": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()),
+              "msg_type": msg_type, "version": "5.3"}
+    return header["msg_id"], [json.dumps(x).encode() for x in (header, {}, {}, content)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Spares: which ones fit this launch, claiming one, proxying to it, keeping one ready.
+
+
+def warmup_cells():
+    try:
+        cells = json.loads(os.environ.get("LLM_LAB_SPARE_WARMUP", ""))
+    except ValueError:
+        return None
+    if not isinstance(cells, list) or not all(isinstance(c, str) for c in cells) or not cells:
+        return None
+    return cells
+
+
+def newest_source(folder):
+    """The newest modification time under `folder` (its `target` and hidden folders aside)."""
+    newest = 0.0
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if d != "target" and not d.startswith(".")]
+        for name in files + [""]:
+            try:
+                newest = max(newest, os.stat(os.path.join(root, name)).st_mtime)
+            except OSError:
+                pass
+    return newest
+
+
+def spare_key(evcxr, cells, watched):
+    """What a spare must share with a launch to stand in for its kernel: `watched` is the
+    process it ends with (the Jupyter server), so that two servers never share one."""
+    cwd = os.path.realpath(os.getcwd())
+    # The crates the warm-up compiled (`:dep name = { path = "…" }`): a changed course crate
+    # needs a new spare.
+    sources = []
+    for path in re.findall(r'path\s*=\s*"([^"]+)"', "\n".join(cells)):
+        sources.append([path, newest_source(os.path.join(cwd, path))])
+    prefixes = ("EVCXR_", "CARGO", "RUST", "LLM_LAB_", "CANDLE_", "PATH", "HOME", "XDG_")
+    settings = sorted((k, v) for k, v in os.environ.items() if k.startswith(prefixes))
+    with open(__file__, "rb") as f:
+        launcher = hashlib.sha256(f.read()).hexdigest()
+    evcxr = os.path.realpath(evcxr)
+    try:
+        built = os.stat(evcxr).st_mtime
+    except OSError:
+        built = None
+    server = [watched, start_time(watched)]
+    text = json.dumps([cwd, evcxr, built, cells, sources, settings, launcher, server])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def spares_enabled():
+    if os.environ.get("LLM_LAB_KERNEL_DIR") or os.environ.get("LLM_LAB_SPARE_KERNELS") == "0":
+        return False
+    return warmup_cells() is not None and hasattr(os, "pidfd_open")
+
+
+def claim(spares, key):
+    """The spare for `key`, renamed to a folder of this launch's own; None if there is none."""
+    src = os.path.join(spares, key)
+    dst = f"{src}.claimed-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(src, dst)
+    except OSError:
+        return None
+    try:
+        me = {"pid": os.getpid(), "start": start_time(os.getpid())}
+        with open(os.path.join(dst, "claimer.tmp"), "w") as f:
+            json.dump(me, f)
+        os.rename(os.path.join(dst, "claimer.tmp"), os.path.join(dst, "claimer.json"))
+        with open(os.path.join(dst, "info.json")) as f:
+            info = json.load(f)
+        with open(os.path.join(dst, "connection.json")) as f:
+            connection = json.load(f)
+        alive = watch(info["evcxr_pid"], info["evcxr_start"])
+        if alive is None:
+            raise RuntimeError("the spare's evcxr is gone")
+        info["ready"] = os.path.exists(os.path.join(dst, "ready"))
+        return dst, info, connection, alive
+    except Exception as e:  # a broken spare: its keeper cleans up once its claimer has exited
+        log(f"the spare kernel could not be used ({e}); starting a new kernel")
+        return None
+
+
+def start_keeper(slots, evcxr, spares, key, watched):
+    """Starts a detached keeper for `key` that ends with process `watched` (it gives up if
+    another keeper holds the key)."""
+    started = start_time(watched)
+    if started is None:
+        return
+    args = [sys.executable, os.path.abspath(__file__), "--keeper", slots, evcxr, spares, key,
+            str(watched), str(started)]
+    with open(os.path.join(spares, key + ".log"), "a") as err:
+        # The keeper forks once more and this child exits: nothing is left for evcxr to reap.
+        subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                       start_new_session=True, close_fds=True, check=False, timeout=30)
+
+
+def proxy(claimed, jupyter_file):
+    """Serves Jupyter's connection with the claimed spare's evcxr until that evcxr exits. Raises
+    before serving anything when a port cannot be bound or reached (the caller goes cold)."""
+    import zmq
+
+    folder, info, spare, evcxr_ended = claimed
+    with open(jupyter_file) as f:
+        jupyter = json.load(f)
+    to_kernel, to_client = signer(spare), signer(jupyter)
+    # Jupyter's side checks with its key, the spare's with the spare's.
+    from_client, from_kernel = to_client, to_kernel
+    offset, warmup_session = int(info["offset"]), info["session"]
+    ctx = zmq.Context()
+    made = []
+
+    def socket(kind, identity=None):
+        s = ctx.socket(kind)
+        s.linger = 1000
+        if identity is not None:
+            s.identity = identity
+        made.append(s)
+        return s
+
+    identity = uuid.uuid4().hex.encode()
+    # The kernel answers stdin requests to the identity of the shell request: share it.
+    k_shell, k_stdin = socket(zmq.DEALER, identity), socket(zmq.DEALER, identity)
+    k_control, k_hb = socket(zmq.DEALER), socket(zmq.DEALER)
+    k_iopub = socket(zmq.SUB)
+    k_iopub.setsockopt(zmq.SUBSCRIBE, b"")
+    for s, port in ((k_shell, "shell_port"), (k_stdin, "stdin_port"),
+                    (k_control, "control_port"), (k_hb, "hb_port"), (k_iopub, "iopub_port")):
+        s.connect(endpoint(spare, port))
+    c_shell, c_stdin, c_control = socket(zmq.ROUTER), socket(zmq.ROUTER), socket(zmq.ROUTER)
+    c_hb, c_iopub = socket(zmq.ROUTER), socket(zmq.PUB)
+    try:
+        for s, port in ((c_shell, "shell_port"), (c_stdin, "stdin_port"),
+                        (c_control, "control_port"), (c_hb, "hb_port"), (c_iopub, "iopub_port")):
+            s.bind(endpoint(jupyter, port))
+    except zmq.ZMQError:
+        for s in made:
+            s.close(linger=0)
+        ctx.term()
+        raise
+    # Serving from here on: this process is the kernel.
+    log(f"kernel served by a warm spare ({'ready' if info['ready'] else 'still warming up'})")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+    parent_ended = watch(parent, start_time(parent))
+
+    def shift(msg_type, content):
+        if msg_type not in COUNTED:
+            return content
+        c = json.loads(content)
+        n = c.get("execution_count")
+        if isinstance(n, int) and n > offset:
+            c["execution_count"] = n - offset
+            return json.dumps(c).encode()
+        return content
+
+    def forward(frames, check, sign, to, downstream, iopub=False):
+        try:
+            relay(frames, check, sign, to, downstream, iopub)
+        except Exception as e:  # one odd message must not end the student's kernel
+            log(f"a message could not be passed on ({type(e).__name__}: {e})")
+
+    def relay(frames, check, sign, to, downstream, iopub):
+        parsed = split(frames)
+        if parsed is None:
+            return
+        idents, signature, parts, buffers = parsed
+        if not hmac.compare_digest(signature, check(parts)):
+            log("a message with a bad signature was dropped")
+            return
+        if downstream:
+            if iopub and warmup_session:
+                try:
+                    if json.loads(parts[1]).get("session") == warmup_session:
+                        return  # the warm-up's own output: not the student's
+                except ValueError:
+                    return
+            try:
+                msg_type = json.loads(parts[0]).get("msg_type")
+                parts = [parts[0], parts[1], parts[2], shift(msg_type, parts[3])]
+            except ValueError:
+                return
+        to.send_multipart(idents + [DELIMITER, sign(parts)] + parts + buffers, copy=False)
+
+    beats = []  # identities of the heartbeats sent to the kernel, oldest first
+    poller = zmq.Poller()
+    for s in (c_shell, c_stdin, c_control, c_hb, k_shell, k_stdin, k_control, k_hb, k_iopub):
+        poller.register(s, zmq.POLLIN)
+    poller.register(evcxr_ended, zmq.POLLIN)
+    if parent_ended is not None:
+        poller.register(parent_ended, zmq.POLLIN)
+    closing_at = None
+    while True:
+        events = dict(poller.poll(200))
+        for s, _ in list(events.items()):
+            if s is c_shell:
+                forward(s.recv_multipart(), from_client, to_kernel, k_shell, False)
+            elif s is c_control:
+                forward(s.recv_multipart(), from_client, to_kernel, k_control, False)
+            elif s is c_stdin:
+                forward(s.recv_multipart(), from_client, to_kernel, k_stdin, False)
+            elif s is k_shell:
+                forward(s.recv_multipart(), from_kernel, to_client, c_shell, True)
+            elif s is k_control:
+                forward(s.recv_multipart(), from_kernel, to_client, c_control, True)
+            elif s is k_stdin:
+                forward(s.recv_multipart(), from_kernel, to_client, c_stdin, True)
+            elif s is k_iopub:
+                forward(s.recv_multipart(), from_kernel, to_client, c_iopub, True, iopub=True)
+            elif s is c_hb:
+                frames = s.recv_multipart()
+                cut = frames.index(b"") if b"" in frames else len(frames)
+                beats.append(frames[:cut])
+                del beats[:-100]
+                k_hb.send_multipart([b""] + frames[cut + 1:])
+            elif s is k_hb:
+                frames = s.recv_multipart()
+                if beats:
+                    c_hb.send_multipart(beats.pop(0) + [b""] + frames[1:])
+            elif s == evcxr_ended or s == parent_ended:
+                if closing_at is None:
+                    # The last replies (a shutdown_reply) may still be on their way.
+                    closing_at = time.monotonic() + 0.2
+                poller.unregister(s)
+        if closing_at is not None and time.monotonic() >= closing_at:
+            break
+    for s in made:
+        s.close(linger=500)
+    ctx.term()
+    if parent_ended is not None and ended(parent_ended) and not ended(evcxr_ended):
+        kill_group(info["evcxr_pid"])
+
+
+def remove(spares, folder):
+    """Removes a spare's folder, out of reach of any claim first."""
+    gone = os.path.join(spares, f".gone-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(folder, gone)
+    except OSError:
+        return
+    shutil.rmtree(gone, ignore_errors=True)
+
+
+def sweep(spares):
+    """Removes the folders of spares whose keeper was killed before it could, and the lock and
+    log files of keys nobody used for days (every server start makes new keys)."""
+    for name in os.listdir(spares):
+        path = os.path.join(spares, name)
+        if name.endswith(".lock") and not os.path.isdir(path):
+            try:
+                if time.time() - os.stat(path).st_mtime < OLD_KEY:
+                    continue
+            except OSError:
+                continue
+            held = lock(path)
+            if held is not None:
+                for old in (path, path[:-len(".lock")] + ".log"):
+                    try:
+                        os.unlink(old)
+                    except OSError:
+                        pass
+                held.close()
+            continue
+        if not os.path.isdir(path):
+            continue
+        try:
+            with open(os.path.join(path, "info.json")) as f:
+                info = json.load(f)
+            owner, started = info["keeper_pid"], info["keeper_start"]
+        except (OSError, ValueError, KeyError):
+            # Being built (`KEY.new-PID`) or removed (`.gone-PID-…`) by process PID.
+            m = re.search(r"\.new-(\d+)$", name) or re.match(r"\.gone-(\d+)-", name)
+            if m is None:
+                continue
+            owner, started = int(m.group(1)), None
+        now = start_time(owner)
+        if now is None or (started is not None and now != started):
+            remove(spares, path)
+
+
+def unnice(group):
+    """Gives a claimed spare (every thread of its process group) the priority of a kernel."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.getpgid(int(pid)) != group:
+                continue
+            for task in os.listdir(f"/proc/{pid}/task"):
+                os.setpriority(os.PRIO_PROCESS, int(task), 0)
+        except OSError:
+            pass
+
+
+class Keeper:
+    """One spare: its slot, its evcxr, its folder in the spares folder (see the file)."""
+
+    def __init__(self, slots, evcxr, spares, key):
+        self.slots, self.evcxr, self.spares, self.key = slots, evcxr, spares, key
+        self.proc = self.dir_fd = self.slot_lock = self.key_lock = None
+
+    def where(self):
+        """The spare's folder wherever claims moved it."""
+        return os.readlink(f"/proc/self/fd/{self.dir_fd}") if self.dir_fd is not None else None
+
+    def cleanup(self, why):
+        log(f"keeper {os.getpid()}: {why}; ending the spare")
+        if self.proc is not None:
+            kill_group(self.proc.pid)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        folder = self.where()
+        if folder is not None and os.path.dirname(folder) == os.path.realpath(self.spares):
+            remove(self.spares, folder)
+        if self.slot_lock is not None:
+            self.slot_lock.close()
+
+    def run(self, watched_pid, watched_start):
+        self.watched = watched_pid
+        self.key_lock = lock(os.path.join(self.spares, self.key + ".lock"), wait=30)
+        if self.key_lock is None:
+            return  # another keeper's spare for this key is warming or waiting
+        try:
+            server = watch(watched_pid, watched_start)
+            if server is None:
+                return
+            sweep(self.spares)
+            name = os.path.join(self.spares, self.key)
+            if os.path.exists(name):
+                # The lock was free: its keeper died (and its evcxr with it).
+                remove(self.spares, name)
+            folder, self.slot_lock = take_folder(self.slots)
+            if folder is None:
+                return
+            building = f"{name}.new-{os.getpid()}"
+            os.makedirs(building)
+            self.dir_fd = os.open(building, os.O_RDONLY | os.O_DIRECTORY)
+            connection = new_connection()
+            with open(os.path.join(building, "connection.json"), "w") as f:
+                json.dump(connection, f)
+            env = dict(os.environ, EVCXR_TMPDIR=folder)
+            self.proc = subprocess.Popen(
+                [self.evcxr, "--control_file", os.path.join(building, "connection.json")],
+                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                pass_fds=[self.slot_lock.fileno()], preexec_fn=spare_child(may_unnice()),
+                start_new_session=True)
+            self.serve(server, building, name, connection)
+        except Exception as e:
+            self.cleanup(f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            self.key_lock.close()
+
+    def serve(self, server, building, name, connection):
+        import zmq
+
+        evcxr_ended = watch(self.proc.pid, start_time(self.proc.pid))
+        if evcxr_ended is None:
+            return self.cleanup("evcxr did not start")
+        cells = warmup_cells()
+        session = uuid.uuid4().hex
+        info = {"keeper_pid": os.getpid(), "keeper_start": start_time(os.getpid()),
+                "evcxr_pid": self.proc.pid,
+                "evcxr_start": start_time(self.proc.pid), "session": session,
+                "offset": len(cells)}
+        with open(os.path.join(building, "info.json"), "w") as f:
+            json.dump(info, f)
+        ctx = zmq.Context()
+        shell = ctx.socket(zmq.DEALER)
+        shell.linger = 0
+        shell.connect(endpoint(connection, "shell_port"))
+        sign = signer(connection)
+        pending = set()
+        for cell in cells:
+            msg_id, parts = request(session, "execute_request", {
+                "code": cell, "silent": False, "store_history": False,
+                "user_expressions": {}, "allow_stdin": False, "stop_on_error": False})
+            shell.send_multipart([DELIMITER, sign(parts)] + parts)
+            pending.add(msg_id)
+        # Claimable from now on: a claimer's cells queue behind the warm-up.
+        os.rename(building, name)
+        started, failed = time.monotonic(), None
+        recheck = started + RECHECK
+        ready_at = None
+        poller = zmq.Poller()
+        poller.register(shell, zmq.POLLIN)
+        poller.register(evcxr_ended, zmq.POLLIN)
+        poller.register(server, zmq.POLLIN)
+        while True:
+            events = dict(poller.poll(250))
+            if shell in events:
+                parsed = split(shell.recv_multipart())
+                if parsed is not None:
+                    header = json.loads(parsed[2][1] or b"{}")
+                    content = json.loads(parsed[2][3] or b"{}")
+                    if header.get("msg_id") in pending:
+                        pending.discard(header["msg_id"])
+                        if content.get("status") != "ok" and failed is None:
+                            failed = header["msg_id"]
+                        if not pending and failed is None:
+                            ready_at = time.monotonic()
+                            with open(os.path.join(self.where(), "ready"), "w") as f:
+                                f.write(f"{ready_at - started:.1f}\n")
+                            log(f"keeper {os.getpid()}: spare warm in {ready_at - started:.1f} s")
+            if evcxr_ended in events:
+                return self.cleanup("its evcxr exited")
+            if server in events:
+                return self.cleanup("the Jupyter server that started it is gone")
+            claimed = not self.at(name)
+            if claimed:
+                break
+            if failed is not None or (pending and time.monotonic() - started > WARMUP_LIMIT):
+                if self.retire(name):
+                    return self.cleanup("its warm-up failed or did not end")
+                break  # claimed in the meantime: the student's kernel goes on
+            if ready_at is not None and time.monotonic() - ready_at > MAX_IDLE:
+                if self.retire(name):
+                    return self.cleanup(f"nobody claimed it in {MAX_IDLE:.0f} s")
+                break
+            if time.monotonic() >= recheck:
+                recheck = time.monotonic() + RECHECK
+                # An edited course crate: no launch will ask for this spare any more.
+                if spare_key(self.evcxr, cells, self.watched) != self.key:
+                    if self.retire(name):
+                        return self.cleanup("the sources it compiled changed")
+                    break
+        shell.close()
+        ctx.term()
+        # Claimed: the launcher that claimed it starts the next spare, which needs the key.
+        self.key_lock.close()
+        self.serve_claimer(evcxr_ended, server)
+
+    def at(self, name):
+        """Whether the spare's folder is still unclaimed under `name`."""
+        try:
+            return os.stat(name).st_ino == os.fstat(self.dir_fd).st_ino
+        except OSError:
+            return False
+
+    def retire(self, name):
+        """Takes the spare out of reach of claims; False if a claimer was first."""
+        retired = os.path.join(self.spares, f".gone-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(name, retired)
+        except OSError:
+            return False
+        return True
+
+    def serve_claimer(self, evcxr_ended, server):
+        # A new keeper may take the key now.
+        deadline, claimer = time.monotonic() + 10, None
+        while claimer is None and time.monotonic() < deadline:
+            try:
+                with open("claimer.json", opener=lambda p, fl: os.open(p, fl, dir_fd=self.dir_fd)) as f:
+                    c = json.load(f)
+                claimer = watch(c["pid"], c["start"])
+                if claimer is None:
+                    return self.cleanup("its claimer exited at once")
+            except (OSError, ValueError):
+                time.sleep(0.05)
+        if claimer is None:
+            return self.cleanup("its claimer never said who it is")
+        unnice(self.proc.pid)
+        ready = select.select([claimer, evcxr_ended, server], [], [])[0]
+        why = {claimer: "its claimer exited", evcxr_ended: "its evcxr exited",
+               server: "the Jupyter server that started it is gone"}[ready[0]]
+        self.cleanup(why)
+
+
+def keeper_main(args):
+    slots, evcxr, spares, key, watched_pid, watched_start = args
+    if os.fork() > 0:
+        os._exit(0)  # the launcher waits for this one; the keeper goes on, reparented
+    log(f"keeper {os.getpid()} for spare {key} started")
+    Keeper(slots, evcxr, spares, key).run(int(watched_pid), int(watched_start))
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--keeper":
+        return keeper_main(sys.argv[2:])
     slots, evcxr, connection = sys.argv[1:4]
     slots = os.path.abspath(slots)
     env = dict(os.environ)
@@ -119,18 +783,58 @@ def main():
         os.makedirs(slots, exist_ok=True)
     except OSError:
         pass
+    if connection == "--spare":
+        # Only a spare for later kernels, that ends with the given process (e.g. the server).
+        if not spares_enabled():
+            sys.exit("llm-lab: spare kernels are off here")
+        spares = os.path.join(pool_of(slots), SPARES)
+        os.makedirs(spares, exist_ok=True)
+        watched = int(sys.argv[4])
+        start_keeper(slots, evcxr, spares, spare_key(evcxr, warmup_cells(), watched), watched)
+        return
+    spares = key = None
+    if spares_enabled():
+        try:
+            spares = os.path.join(pool_of(slots), SPARES)
+            os.makedirs(spares, exist_ok=True)
+            # The server that started this launch: the next spare ends with it.
+            key = spare_key(evcxr, warmup_cells(), os.getppid())
+            claimed = claim(spares, key)
+        except Exception as e:
+            log(f"no spare kernel ({type(e).__name__}: {e})")
+            spares = claimed = None
+        if claimed is not None:
+            keep_a_spare(slots, evcxr, spares, key)
+            try:
+                proxy(claimed, connection)
+                return
+            except Exception as e:
+                log(f"the spare kernel could not be served ({type(e).__name__}: {e}); "
+                    "starting a new kernel")
+                # Its keeper sees its evcxr end and cleans up.
+                kill_group(claimed[1]["evcxr_pid"])
+            spares = None  # a spare was started above
     try:
         folder, held = take_folder(slots)
     except OSError as e:
-        print(f"llm-lab: no build folder of its own for this kernel ({e}); it compiles in a "
-              "temporary one", file=sys.stderr)
+        log(f"no build folder of its own for this kernel ({e}); it compiles in a temporary one")
         folder = held = None
+    if spares is not None:
+        # After this kernel took its build folder: the spare takes the next one.
+        keep_a_spare(slots, evcxr, spares, key)
     if folder is not None:
         env["EVCXR_TMPDIR"] = folder
         # The lock is held as long as the kernel (and whatever inherits it) lives.
         os.set_inheritable(held.fileno(), True)
     # else: evcxr makes a temporary folder of its own (cold, but safe).
     os.execve(evcxr, [evcxr, "--control_file", connection], env)
+
+
+def keep_a_spare(slots, evcxr, spares, key):
+    try:
+        start_keeper(slots, evcxr, spares, key, os.getppid())
+    except Exception as e:
+        log(f"no spare kernel for the next kernel ({type(e).__name__}: {e})")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-//! `cargo xtask bench-notebook` runs a new kernel and a restarted one to their first logits and a
-//! trivial cell, and reports every step with its time; nothing it started is left running. Needs
+//! `cargo xtask bench-notebook` runs a new kernel and a restarted one to their first logits, cold
+//! and with warm spare kernels, and a trivial cell, and reports every step with its time; nothing
+//! it started is left running (spares included). Needs
 //! the lab installed (`cargo xtask setup`); without it the test says why and passes. Times are
 //! printed, never asserted.
 
@@ -34,7 +35,13 @@ fn bench_notebook_reports_every_step() {
         })
         .collect();
     let mut expected = vec![];
-    for phase in ["fresh kernel", "kernel restart"] {
+    let phases = [
+        "fresh kernel",
+        "kernel restart",
+        "spare: new",
+        "spare: restart",
+    ];
+    for phase in phases {
         for step in [
             "kernel ready",
             "`:dep` cell",
@@ -53,7 +60,7 @@ fn bench_notebook_reports_every_step() {
         "{stdout}"
     );
     // A phase's total covers its steps.
-    for phase in ["fresh kernel", "kernel restart"] {
+    for phase in phases {
         let of = |step: &str| {
             rows.iter()
                 .find(|(n, _)| n == &format!("{phase} {step}"))
@@ -63,6 +70,10 @@ fn bench_notebook_reports_every_step() {
         let parts = of("`:dep` cell") + of("model load") + of("first logits");
         assert!(of("total to first logits") >= parts, "{stdout}");
     }
+    assert!(
+        stderr.contains("an idle warm spare holds"),
+        "no spare memory note: {stderr}"
+    );
     assert!(
         support::tagged(&tag.0, &tag.1).is_empty(),
         "the benchmark left processes running"
