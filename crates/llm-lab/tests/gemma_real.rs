@@ -94,14 +94,15 @@ fn tokenizer_gives_llama_cpp_ids_and_decodes_back() {
 /// within 0.22 of each other. So the check walks llama.cpp's 24 tokens through our KV cache
 /// (our generation path, the file's quantized weights) and requires, at every position, that
 /// llama.cpp's token be our top token or within `TIE` of it, and that it be our top token at
-/// ≥ 90 % of the positions. Measured: 158 of 168 positions agree, the largest gap 0.39 (logits
+/// ≥ 90 % of the positions. Measured: 161 of 168 positions agree, the largest gap 0.20 (logits
 /// are ~20–40); `def fibonacci(n):` continues identically, token for token. The largest gap is
 /// itself sensitive: activations are rounded to 8 bits before every product, so a change in the
-/// last bits of one GELU can flip a rounding. Two exact forms of the same GELU (candle's, with
-/// libm's `tanhf`, and this crate's vectorised `x·σ(2u)`) give 155 / 0.26 and 158 / 0.39.
+/// last bits of one number can flip a rounding. It was 0.26 with candle's GELU and ties rounded
+/// away from zero, 0.39 with this crate's vectorised GELU, 0.20 (161 agreeing) once activations
+/// were rounded exactly as llama.cpp's x86 quantizer rounds them.
 #[test]
 fn greedy_continuations_match_llama_cpp() {
-    const TIE: f32 = 0.45;
+    const TIE: f32 = 0.3;
     let Some(path) = real_gemma("greedy_continuations_match_llama_cpp") else {
         return;
     };
@@ -228,7 +229,8 @@ fn the_cache_gives_the_full_pass_logits() {
 /// 32, and the prompt's and the step's sums run in different orders (attention over many queries
 /// or one; `row_group`'s groups or the tiles), so a last-bit difference can move one activation
 /// across a rounding boundary (1 % of its block's largest value), which the layers above carry
-/// on. Measured on this sentence: 1.19 at most, on logits of ~20–40; the bound is 1.5.
+/// on. Measured on this sentence: 1.19, then 1.38 once activations were rounded as llama.cpp's
+/// x86 quantizer rounds them (the same sensitivity, elsewhere), on logits of ~20–40; bound 2.
 #[test]
 fn the_cache_gives_the_full_pass_logits_with_the_files_weights() {
     let Some(path) = real_gemma("the_cache_gives_the_full_pass_logits_with_the_files_weights")
@@ -249,7 +251,7 @@ fn the_cache_gives_the_full_pass_logits_with_the_files_weights() {
         worst = worst.max(diff);
     }
     assert!(
-        worst < 1.5,
+        worst < 2.0,
         "a step's logits differ from the full pass's by {worst}"
     );
 }

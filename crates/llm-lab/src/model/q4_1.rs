@@ -137,8 +137,9 @@ pub fn matmul_many(kernel: Kernel, ws: &[&Q4_1Matrix], x: &[f32], m: usize, ys: 
     simd::matmul_many(kernel, ws, &xq, m, ys);
 }
 
-/// Rounds each row of `x` to Q8_1 blocks: `q = round(x / d)`, `d = max|x| / 127`, `s = d·Σq`,
-/// with `d` and `s` rounded to f16 as the format stores them.
+/// Rounds each row of `x` to Q8_1 blocks as llama.cpp's x86 quantizer does:
+/// `q = round(x · (127 / max|x|))` ties to even, `d = max|x| / 127`, `s = d·Σq`, with `d` and
+/// `s` rounded to f16 as the format stores them.
 fn quantize_activations(x: &[f32], cols: usize) -> Q8_1Rows {
     let nb = cols / BLOCK;
     let stride = nb.div_ceil(GROUP) * GROUP;
@@ -154,7 +155,7 @@ fn quantize_activations(x: &[f32], cols: usize) -> Q8_1Rows {
         for (b, xs) in row.chunks_exact(BLOCK).enumerate() {
             let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
             let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             let pair = &mut out.qs[(t * stride + b - b % 2) * BLOCK..][..2 * BLOCK];
             let half = (b % 2) * 16;
             let mut sum = 0i32;

@@ -117,8 +117,11 @@ impl Q8_0Matrix {
     }
 }
 
-/// Rounds each row of `x` to Q8_0 blocks as llama.cpp does: `d = max|x| / 127` (stored as f16),
-/// `q = round(x / d)` ([`simd::round_code`]).
+/// Rounds each row of `x` to Q8_0 blocks as llama.cpp's x86 quantizer does, to the bit:
+/// `d = max|x| / 127` (stored as f16), `q = round(x · (127 / max|x|))`, ties to even
+/// ([`simd::round_code`]). (Its portable reference multiplies by `1 / d` and rounds ties away
+/// from zero: the last bit of a code differs now and then, and Gemma's greedy continuations
+/// follow llama.cpp's more closely with the x86 one.)
 pub(super) fn quantize_activations(x: &[f32], cols: usize) -> Q8_0Rows {
     let blocks = cols / BLOCK;
     let n = x.len() / BLOCK;
@@ -131,7 +134,7 @@ pub(super) fn quantize_activations(x: &[f32], cols: usize) -> Q8_0Rows {
     for block in x.chunks_exact(BLOCK) {
         let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         out.d.push(half::f16::from_f32(d).to_f32());
         let start = out.qs.len();
         out.qs
