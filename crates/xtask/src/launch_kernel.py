@@ -487,24 +487,22 @@ def proxy(claimed, jupyter_file):
     poller.register(evcxr_ended, zmq.POLLIN)
     if parent_ended is not None:
         poller.register(parent_ended, zmq.POLLIN)
+    # Signed channels: where a message read on each socket goes, and how it is re-signed.
+    routes = {
+        c_shell: (from_client, to_kernel, k_shell, False),
+        c_control: (from_client, to_kernel, k_control, False),
+        c_stdin: (from_client, to_kernel, k_stdin, False),
+        k_shell: (from_kernel, to_client, c_shell, True),
+        k_control: (from_kernel, to_client, c_control, True),
+        k_stdin: (from_kernel, to_client, c_stdin, True),
+        k_iopub: (from_kernel, to_client, c_iopub, True),
+    }
     closing_at = None
     while True:
         events = dict(poller.poll(200))
         for s, _ in list(events.items()):
-            if s is c_shell:
-                forward(s.recv_multipart(), from_client, to_kernel, k_shell, False)
-            elif s is c_control:
-                forward(s.recv_multipart(), from_client, to_kernel, k_control, False)
-            elif s is c_stdin:
-                forward(s.recv_multipart(), from_client, to_kernel, k_stdin, False)
-            elif s is k_shell:
-                forward(s.recv_multipart(), from_kernel, to_client, c_shell, True)
-            elif s is k_control:
-                forward(s.recv_multipart(), from_kernel, to_client, c_control, True)
-            elif s is k_stdin:
-                forward(s.recv_multipart(), from_kernel, to_client, c_stdin, True)
-            elif s is k_iopub:
-                forward(s.recv_multipart(), from_kernel, to_client, c_iopub, True, iopub=True)
+            if s in routes:
+                forward(s.recv_multipart(), *routes[s], iopub=s is k_iopub)
             elif s is c_hb:
                 frames = s.recv_multipart()
                 cut = frames.index(b"") if b"" in frames else len(frames)
