@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use llm_lab::models;
-use llm_lab::Model;
+
+pub use crate::model_args::ModelCommand;
 
 /// `cargo xtask`: the project's commands.
 #[derive(Parser, Debug)]
@@ -43,19 +43,8 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
-    /// Fetch models into the cache (default: all known)
-    Fetch {
-        #[arg(value_name = "NAME")]
-        names: Vec<String>,
-    },
-    /// Print the model's module tree and its numbers
-    Inspect(ModelArg),
-    /// Print tokens, then their ids as a JSON array on the last line
-    Tokenize(TokenizeArgs),
-    /// Stream a continuation (or, with --chat, an answer)
-    Generate(GenerateArgs),
-    /// Tokens/s and peak memory: glass-box (tracing off/on) vs candle's quantized_llama (and llama.cpp)
-    Bench(BenchArgs),
+    #[command(flatten)]
+    Model(ModelCommand),
     /// Time the kernel: a new kernel and a restart to the first logits, a trivial cell
     BenchNotebook {
         /// How many times the trivial cell runs
@@ -69,20 +58,6 @@ pub enum Command {
     Test(TestArgs),
     /// JupyterLab in headless Chromium: the explorer live without a re-run, a lesson run in the browser
     Browser(BrowserArgs),
-}
-
-/// `--model NAME|PATH`, shared by the commands that load a model.
-#[derive(Args, Debug, Clone)]
-pub struct ModelArg {
-    /// A registered model name or the path of a GGUF file / Hugging Face folder
-    #[arg(long, value_name = "NAME|PATH", default_value = models::DEFAULT_MODEL)]
-    pub model: String,
-}
-
-impl ModelArg {
-    pub fn load(&self) -> Result<Model> {
-        Ok(Model::load_named(&self.model)?)
-    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -115,86 +90,6 @@ pub struct GradeArgs {
     #[arg(long, value_name = "SECS", default_value_t = 120,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout: u64,
-}
-
-#[derive(Args, Debug, Clone)]
-#[command(group = clap::ArgGroup::new("input").required(true).args(["text", "file"]))]
-pub struct TokenizeArgs {
-    #[command(flatten)]
-    pub model: ModelArg,
-    /// The text to tokenize
-    #[arg(long, value_name = "T")]
-    pub text: Option<String>,
-    /// A file whose text to tokenize
-    #[arg(long, value_name = "F")]
-    pub file: Option<PathBuf>,
-}
-
-#[derive(Args, Debug, Clone)]
-#[command(allow_negative_numbers = true)]
-pub struct GenerateArgs {
-    #[command(flatten)]
-    pub model: ModelArg,
-    /// The prompt to continue (or, with --chat, the user's message)
-    #[arg(long, value_name = "P")]
-    pub prompt: String,
-    /// Wrap the prompt in the model's chat template
-    #[arg(long)]
-    pub chat: bool,
-    /// At most this many new tokens
-    #[arg(long, value_name = "N", default_value_t = 64)]
-    pub max_new_tokens: usize,
-    /// 0 = greedy, 1 = the model's own distribution
-    #[arg(long, value_name = "T")]
-    pub temperature: Option<f32>,
-    /// Keep only the K most likely tokens
-    #[arg(long, value_name = "K")]
-    pub top_k: Option<usize>,
-    /// Nucleus sampling: keep the most likely tokens up to probability P, in (0, 1]
-    #[arg(long, value_name = "P")]
-    pub top_p: Option<f32>,
-    /// Keep tokens at least M times as likely as the best one, in [0, 1]
-    #[arg(long, value_name = "M")]
-    pub min_p: Option<f32>,
-    /// > 1 discourages repeating recent tokens
-    #[arg(long, value_name = "R")]
-    pub repetition_penalty: Option<f32>,
-    /// Seed of the random generator
-    #[arg(long, value_name = "S")]
-    pub seed: Option<u64>,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct BenchArgs {
-    #[command(flatten)]
-    pub model: ModelArg,
-    /// Also write the results as JSON to this file
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
-    /// Prompt length in tokens
-    #[arg(long, value_name = "N", default_value_t = 64)]
-    pub prompt_tokens: usize,
-    /// Generated tokens per run
-    #[arg(long, value_name = "N", default_value_t = 64)]
-    pub gen_tokens: usize,
-    /// Runs per engine and round (each engine keeps its best)
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    pub repeats: usize,
-    /// Rounds in which the engines take turns
-    #[arg(long, value_name = "N", default_value_t = 2)]
-    pub rounds: usize,
-    /// llama.cpp's llama-bench binary, measured on the same file
-    #[arg(long, value_name = "PATH")]
-    pub llama_bench: Option<PathBuf>,
-    /// Internal: the engine a child process measures
-    #[arg(long, hide = true)]
-    pub engine: Option<String>,
-    /// Internal: the model file a child process loads
-    #[arg(long, hide = true)]
-    pub model_path: Option<PathBuf>,
-    /// Internal: the prompt's token ids as JSON
-    #[arg(long, hide = true)]
-    pub tokens: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -283,16 +178,12 @@ pub fn run(command: Option<Command>) -> Result<()> {
         return Ok(());
     };
     match command {
-        Command::Fetch { names } => fetch(&names),
-        Command::Inspect(model) => inspect(&model),
-        Command::Tokenize(args) => tokenize(&args),
-        Command::Generate(args) => generate(&args),
+        Command::Model(_) => forward_to_model_commands(),
         Command::Setup => crate::lab::setup(),
         Command::Lab(args) => crate::lab::lab(&args),
         Command::Notebooks { names } => crate::notebooks::notebooks(&names),
         Command::Exercises { check } => crate::notebooks::exercises(check),
         Command::Check(args) => crate::check::check(&args),
-        Command::Bench(args) => crate::bench::bench(&args),
         Command::Grade(args) => crate::grade::grade(&args),
         Command::BenchNotebook { trivial_runs } => {
             crate::bench_notebook::bench_notebook(trivial_runs)
@@ -302,81 +193,35 @@ pub fn run(command: Option<Command>) -> Result<()> {
     }
 }
 
-fn fetch(names: &[String]) -> Result<()> {
-    let names: Vec<&str> = if names.is_empty() {
-        models::registry().iter().map(|m| m.name).collect()
-    } else {
-        names.iter().map(String::as_str).collect()
-    };
-    for name in names {
-        let path = models::fetch(name)?;
-        println!("{name}: {}", path.display());
-        println!(
-            "  {}",
-            models::license_notice(models::spec(name)?, &models::cache_dir())
-        );
-    }
-    Ok(())
-}
-
-fn inspect(model: &ModelArg) -> Result<()> {
-    let model = model.load()?;
-    println!("{model}");
-    println!("source: {}", model.source.display());
-    Ok(())
-}
-
-fn tokenize(args: &TokenizeArgs) -> Result<()> {
-    let text = match (&args.text, &args.file) {
-        (Some(t), _) => t.clone(),
-        (None, Some(f)) => {
-            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?
-        }
-        (None, None) => return Err(anyhow!("give exactly one of --text T or --file F")),
-    };
-    let model = args.model.load()?;
-    let ids = model.encode(&text)?;
-    let pieces: Vec<String> = ids
-        .iter()
-        .map(|&i| format!("{:?}", model.tokenizer.token_text(i)))
-        .collect();
-    println!("{} tokens: {}", ids.len(), pieces.join(" "));
-    println!("{}", serde_json::to_string(&ids)?);
-    Ok(())
-}
-
-fn generate(args: &GenerateArgs) -> Result<()> {
-    use llm_lab::chat::Message;
-    use llm_lab::generate::{CachedModel, GenerateOptions, Generation};
-    use llm_lab::sampling::SamplerConfig;
-    let d = SamplerConfig::default();
-    let sampler = SamplerConfig {
-        temperature: args.temperature.unwrap_or(d.temperature),
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        repetition_penalty: args.repetition_penalty.unwrap_or(d.repetition_penalty),
-        seed: args.seed.unwrap_or(d.seed),
-        ..d
-    };
-    sampler.validate()?;
-    let options = GenerateOptions {
-        max_new_tokens: args.max_new_tokens,
-        sampler,
-        stream: true,
-        ..Default::default()
-    };
-    let model = args.model.load()?;
-    let out = if args.chat {
-        let text = model.render_chat(&[Message::user(&args.prompt)])?;
-        let tokens = model.tokenizer.encode(&text)?;
-        Generation::new(CachedModel::new(&model), &tokens, options)?.finish()?
-    } else {
-        print!("{}", args.prompt);
-        model.generate(&args.prompt, options)?
-    };
-    eprintln!("[{} tokens, stopped by {:?}]", out.steps.len(), out.stop);
-    Ok(())
+/// Runs a model command (already parsed here, so its options are known good) in the
+/// `llm-lab` binary, which cargo builds on first use: xtask itself does not link the model.
+fn forward_to_model_commands() -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .and_then(|p| p.parent())
+        .context("the repository's folder")?;
+    let status = std::process::Command::new(env!("CARGO"))
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "llm-lab-cli",
+            "--bin",
+            "llm-lab",
+            "--",
+        ])
+        .args(std::env::args_os().skip(1))
+        .current_dir(root)
+        .status()
+        .context("cannot start cargo to run the model command")?;
+    // The command said what went wrong, if anything: only its exit code is passed on (a
+    // signal as the shell reports it, 128 + its number).
+    use std::os::unix::process::ExitStatusExt;
+    std::process::exit(
+        status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+    )
 }
 
 #[cfg(test)]
@@ -419,10 +264,10 @@ mod tests {
             argv.extend(["--model", "/some/file.gguf"]);
             let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
             let model = match cli.command.unwrap() {
-                Command::Inspect(m) => m.model,
-                Command::Tokenize(a) => a.model.model,
-                Command::Generate(a) => a.model.model,
-                Command::Bench(a) => a.model.model,
+                Command::Model(ModelCommand::Inspect(m)) => m.model,
+                Command::Model(ModelCommand::Tokenize(a)) => a.model.model,
+                Command::Model(ModelCommand::Generate(a)) => a.model.model,
+                Command::Model(ModelCommand::Bench(a)) => a.model.model,
                 other => panic!("{other:?}"),
             };
             assert_eq!(model, "/some/file.gguf");
@@ -430,13 +275,10 @@ mod tests {
     }
 
     #[test]
-    fn negative_values_reach_the_validation() {
-        let cli =
-            Cli::try_parse_from(["xtask", "generate", "--prompt", "x", "--temperature", "-1"])
-                .unwrap();
-        let Some(Command::Generate(g)) = cli.command else {
-            panic!()
-        };
-        assert_eq!(g.temperature, Some(-1.0));
+    fn every_model_command_is_listed() {
+        let cli = Cli::command();
+        for name in ["fetch", "inspect", "tokenize", "generate", "bench"] {
+            assert!(cli.find_subcommand(name).is_some(), "{name}");
+        }
     }
 }

@@ -328,17 +328,12 @@ pub fn setup() -> Result<()> {
     timed("JupyterLab settings of the lab (no news pop-up)", || {
         lab.write_settings()
     })?;
-    timed("models", || {
-        for m in llm_lab::models::registry() {
-            llm_lab::models::fetch(m.name)?;
-        }
-        Ok(())
-    })?;
     timed(
-        "warm the kernels' template build folder (a kernel reaches its first logits)",
+        "warm the kernels' template build folder (a kernel fetches the models, then prints logits)",
         || {
             if lab.template_is_current() {
                 eprintln!("    already warm for this version of the course crate");
+                eprintln!("    (the models are fetched on first use; `cargo xtask fetch` fetches them now)");
                 return Ok(());
             }
             let secs = warm(&lab)?;
@@ -434,11 +429,17 @@ fn show_build_progress(folder: &Path, done: &std::sync::atomic::AtomicBool) {
     }
 }
 
-/// Runs a one-cell notebook — the lessons' first cell and a forward pass — on a fresh kernel in
-/// the template build folder, which new kernels then start from, and returns its wall time.
+/// The warm-up's cell that fetches every model of the registry, naming each.
+pub const FETCH_CELL: &str = "for m in models::registry() {\n    println!(\"model {}: {}\", m.name, models::fetch(m.name)?.display());\n}";
+
+/// Runs a small notebook — the lessons' first cell, the models' fetch and a forward pass — on a
+/// fresh kernel in the template build folder, which new kernels then start from, and returns its
+/// wall time.
 pub fn warm(lab: &Lab) -> Result<f64> {
     let cells = [
         crate::notebooks::SETUP_CELL,
+        // The models, fetched by the course crate itself (xtask does not link it).
+        FETCH_CELL,
         "let model = Model::load_default()?;\nlet logits = model.logits(\"The capital of France is\")?;\nprintln!(\"{:?}\", logits.top_k(3));",
     ];
     // The notebook sits where lessons do, so its relative `:dep` path is the same; its file is

@@ -18,17 +18,15 @@ pub mod lesson03;
 pub mod lesson04;
 pub mod lesson05;
 pub mod runner;
+// The report lines' format, which `cargo xtask` compiles in too (std only).
+mod protocol;
 
 pub use lesson01::{attention, causal_mask, count_heads, count_kv_heads, multi_head};
 pub use lesson02::{block, count_layers, layer_norm};
 pub use lesson03::positional_encoding;
 pub use lesson04::{temperature, top_p, SAMPLE_LOGITS};
 pub use lesson05::{generation_loop, inverse_cdf, temperature_loop, top_p_sample, window_loop};
-
-/// The start of the line a report prints for tooling.
-pub const REPORT_PREFIX: &str = "llm-lab check: ";
-/// The start of the line a failed report prints with its hint.
-pub const HINT_PREFIX: &str = "llm-lab hint: ";
+pub use protocol::{parse_hint_line, parse_report_line, HINT_PREFIX, REPORT_PREFIX};
 
 /// How an exercise went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,29 +106,4 @@ impl std::fmt::Display for Report {
             _ => write!(f, "{}", self.plain_line()),
         }
     }
-}
-
-/// Parses a line a report printed: `(exercise, status word)`, or None for any other line.
-///
-/// ```
-/// use llm_lab::check::parse_report_line;
-/// assert_eq!(
-///     parse_report_line("llm-lab check: top-p = failed"),
-///     Some(("top-p".to_string(), "failed".to_string()))
-/// );
-/// assert_eq!(parse_report_line("hello"), None);
-/// ```
-pub fn parse_report_line(line: &str) -> Option<(String, String)> {
-    parse_tagged(line, REPORT_PREFIX)
-}
-
-/// Parses a hint line: `(exercise, hint)`.
-pub fn parse_hint_line(line: &str) -> Option<(String, String)> {
-    parse_tagged(line, HINT_PREFIX)
-}
-
-fn parse_tagged(line: &str, prefix: &str) -> Option<(String, String)> {
-    // Exercise names never hold " = "; hints may, so split at the first one.
-    let (name, value) = line.trim().strip_prefix(prefix)?.split_once(" = ")?;
-    Some((name.trim().to_string(), value.trim().to_string()))
 }

@@ -14,7 +14,7 @@ use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use llm_lab::{KvCache, Model, TraceOptions};
 
-use crate::cli::BenchArgs;
+use crate::args::BenchArgs;
 
 const TEXT: &str = "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg \
 combined movable metal type, oil-based ink and a wooden screw press into a system that could produce books \
@@ -327,7 +327,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     // only the children's memory is measured.
     let Model {
         tokenizer, source, ..
-    } = args.model.load()?;
+    } = crate::load(&args.model)?;
     let path = source;
     let file_mb = std::fs::metadata(&path)?.len() as f64 / (1024.0 * 1024.0);
     let mut prompt = tokenizer.encode(TEXT)?;
