@@ -194,7 +194,8 @@ pub fn run(command: Option<Command>) -> Result<()> {
 }
 
 /// Runs a model command (already parsed here, so its options are known good) in the
-/// `llm-lab` binary, which cargo builds on first use: xtask itself does not link the model.
+/// `llm-lab` binary, which cargo builds on first use (minutes on a new machine: cargo's lines show
+/// it) — xtask itself does not link the model.
 fn forward_to_model_commands() -> Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
