@@ -118,13 +118,27 @@ def seed(slots, folder):
         shutil.rmtree(partial, ignore_errors=True)
         shutil.rmtree(folder, ignore_errors=True)
         # copy2 keeps modification times, which cargo compares to decide what is fresh.
-        shutil.copytree(template, partial, symlinks=True)
+        shutil.copytree(template, partial, symlinks=True, copy_function=copy_file)
         os.rename(partial, folder)
         log(f"build folder {folder} copied from the warmed template in "
             f"{time.monotonic() - started:.1f} s")
     finally:
         if held is not None:
             held.close()
+
+
+def copy_file(src, dst):
+    """copy2, except that a lock file its owner alone may read (rustc makes its incremental
+    sessions' locks private) is copied as the empty file it is: another user's copy of a
+    template set up by root would otherwise fail."""
+    try:
+        return shutil.copy2(src, dst)
+    except PermissionError:
+        if not src.endswith(".lock") or os.path.getsize(src) != 0:
+            raise
+        open(dst, "w").close()
+        shutil.copystat(src, dst)
+        return dst
 
 
 def user_slots(slots):

@@ -170,18 +170,18 @@ fn lab_serves_as_the_current_user() {
     }
 }
 
-/// As root, the same as a normal user made with `useradd`, through `runuser`. That user must reach
-/// the repository, the lab's Python (its `.venv` links to the interpreter it was made from) and
-/// cargo's folders; when something on that path is closed to others, the test says which.
-#[test]
-fn lab_serves_as_a_normal_user() {
+/// A normal user made with `useradd`, who can reach the repository, the lab's Python (its
+/// `.venv` links to the interpreter it was made from) and cargo's folders; None (with the reason
+/// printed) when the test cannot run here: not root, no lab, no `useradd`, or a folder on the way
+/// closed to others.
+fn normal_user() -> Option<(&'static str, std::path::PathBuf)> {
     if let Some(why) = support::lab_missing() {
         eprintln!("skipped: {why}");
-        return;
+        return None;
     }
     if !is_root() {
         eprintln!("skipped: covered by lab_serves_as_the_current_user (not root)");
-        return;
+        return None;
     }
     const USER: &str = "llmlab-student";
     let exists = Command::new("id")
@@ -194,7 +194,7 @@ fn lab_serves_as_a_normal_user() {
             .status();
         if !made.is_ok_and(|s| s.success()) {
             eprintln!("skipped: cannot create the user {USER} with useradd");
-            return;
+            return None;
         }
     }
     let root = support::root();
@@ -220,18 +220,37 @@ fn lab_serves_as_a_normal_user() {
                  others; e.g. `chmod o+x /root` opens /root for traversal only)",
                 needed.display()
             );
-            return;
+            return None;
         }
     }
-    let tag = support::tag("lab-user");
+    Some((USER, cargo_home))
+}
+
+/// `runuser` as `user`, with the lab's cargo and rustup (installed by root, read-only) and the
+/// test's tag.
+fn as_user(user: &str, cargo_home: &std::path::Path, tag: &(String, String)) -> Command {
     let mut cmd = Command::new("runuser");
-    cmd.args(["-u", USER, "--", "env"])
+    cmd.args(["-u", user, "--", "env"])
         .arg(format!("{}={}", tag.0, tag.1))
-        // The lab was installed by root: the same cargo and rustup, read-only.
         .arg(format!("CARGO_HOME={}", cargo_home.display()))
-        .args(std::env::var("RUSTUP_HOME").map(|h| format!("RUSTUP_HOME={h}")))
-        .arg(env!("CARGO_BIN_EXE_xtask"))
-        .args(["lab", "--no-browser", "--port", &free_port().to_string()]);
+        .args(std::env::var("RUSTUP_HOME").map(|h| format!("RUSTUP_HOME={h}")));
+    cmd
+}
+
+/// As root, the same as a normal user made with `useradd`, through `runuser`.
+#[test]
+fn lab_serves_as_a_normal_user() {
+    let Some((user, cargo_home)) = normal_user() else {
+        return;
+    };
+    let tag = support::tag("lab-user");
+    let mut cmd = as_user(user, &cargo_home, &tag);
+    cmd.arg(env!("CARGO_BIN_EXE_xtask")).args([
+        "lab",
+        "--no-browser",
+        "--port",
+        &free_port().to_string(),
+    ]);
     let mut served = serve(cmd);
     assert_serves(&mut served);
     assert!(
@@ -240,3 +259,107 @@ fn lab_serves_as_a_normal_user() {
         served.seen.join("\n")
     );
 }
+
+/// A student's kernel in a lab root set up (a classroom machine): the user cannot write the lab's
+/// build folders, so the launcher copies root's warmed template into the user's own pool
+/// (`~/.cache/llm-lab/kernels`), starts a spare there and takes it; the model comes from root's
+/// model cache, read-only. The lesson's first cells give the first logits.
+#[test]
+fn a_normal_users_kernel_starts_warm_in_its_own_pool() {
+    let Some((user, cargo_home)) = normal_user() else {
+        return;
+    };
+    let root = support::root();
+    let home = String::from_utf8(
+        Command::new("runuser")
+            .args(["-u", user, "--", "sh", "-c", "echo $HOME"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let work = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let script = work.path().join("kernel.py");
+    std::fs::write(&script, USER_KERNEL).unwrap();
+    let cache = std::env::var("LLM_LAB_CACHE").map_or_else(
+        |_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap())
+                .join(".cache")
+                .join("llm-lab")
+        },
+        std::path::PathBuf::from,
+    );
+    let tag = support::tag("kernel-user");
+    let out = as_user(user, &cargo_home, &tag)
+        .arg(format!("HOME={home}"))
+        .arg(format!("LLM_LAB_CACHE={}", cache.display()))
+        .arg(format!("PATH={}", std::env::var("PATH").unwrap()))
+        .arg("CANDLE_NUM_THREADS=1")
+        .arg(root.join(".venv/bin/python"))
+        .arg(&script)
+        .current_dir(root.join("notebooks"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["kernel"], "proxy", "{report}\n{stderr}");
+    let statuses = report["statuses"].to_string();
+    assert_eq!(statuses, r#"["ok","ok","ok"]"#, "{report}\n{stderr}");
+    assert!(
+        report["output"].as_str().unwrap().contains(" Paris"),
+        "{report}"
+    );
+    // The user's own pool, owned by the user (root's stays untouched).
+    let pool = std::path::Path::new(&home).join(".cache/llm-lab/kernels");
+    let owner = Command::new("stat")
+        .args(["-c", "%U"])
+        .arg(&pool)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&owner.stdout).trim(), user);
+    // The spare the kernel took and the next one end with the client.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !support::tagged(&tag.0, &tag.1).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(support::tagged(&tag.0, &tag.1), vec![]);
+}
+
+/// The client of `a_normal_users_kernel_starts_warm_in_its_own_pool`: the lab's kernel, the
+/// lessons' first cells; one JSON line.
+const USER_KERNEL: &str = r#"
+import json
+from jupyter_client.manager import start_new_kernel
+
+cells = [':dep llm-lab = { path = "../crates/llm-lab" }\nuse llm_lab::prelude::*;',
+         "let model = Model::load_default()?;",
+         'let logits = model.logits("The capital of France is")?;\nprintln!("{:?}", logits.top_k(3));']
+km, kc = start_new_kernel(kernel_name="rust", startup_timeout=600)
+out, statuses = [], []
+try:
+    with open(f"/proc/{km.provisioner.process.pid}/cmdline", "rb") as f:
+        kernel = "proxy" if b"launch_kernel.py" in f.read() else "cold"
+    for cell in cells:
+        def keep(msg):
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                out.append(msg["content"]["evalue"])
+        reply = kc.execute_interactive(cell, timeout=600, output_hook=keep)
+        statuses.append(reply["content"]["status"])
+finally:
+    kc.stop_channels()
+    km.shutdown_kernel(now=False)
+print(json.dumps({"kernel": kernel, "statuses": statuses, "output": "".join(out)}))
+"#;
