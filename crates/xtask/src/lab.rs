@@ -26,11 +26,13 @@ const READY: &str = ".llm-lab-ready";
 
 /// What a spare kernel runs before a student claims it (see `launch_kernel.py`): the lessons'
 /// setup cell, a `let` (the first one makes evcxr's rust-analyzer load the crate graph, which
-/// `:dep` alone does not), and `:clear`, which drops that variable again.
-pub fn spare_warmup() -> [&'static str; 3] {
+/// `:dep` alone does not), an expression whose value is shown (the first one costs more than the
+/// next), and `:clear`, which drops the variable again.
+pub fn spare_warmup() -> [&'static str; 4] {
     [
         crate::notebooks::SETUP_CELL,
-        "let __w = Rng::new(0);",
+        "let mut __w = Rng::new(0);",
+        "__w.next_u64() % 2",
         ":clear",
     ]
 }
