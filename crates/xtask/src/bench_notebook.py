@@ -2,10 +2,8 @@
 
 A fresh kernel runs the lessons' first cells (the `:dep` cell, the model load, the first logits),
 then the kernel is restarted and runs them again: both cold, in a build folder seeded from the
-warmed template. Then the same with warm spare kernels, as a student meets them in the lab: the
-folder's first kernel finds no spare, starts one and takes it while it warms (its cells run at
-once: the worst case); a spare is started for the lessons' folder and warms while the student
-reads; once it is ready a
+warmed template. Then the same with warm spare kernels, as a student meets them in the lab: a
+spare is started for the lessons' folder and warms while the student reads; once it is ready a
 new kernel claims it and runs the first cells; once the next spare is ready, that kernel is
 restarted (as JupyterLab does: a shutdown request) and runs them again. Then a trivial cell runs
 a few times. Each step is timed from this client: what a student waits for, kernel start
@@ -150,17 +148,6 @@ def main():
             km = kc = None
             # A student's kernels: no forced build folder, the lab's kernelspec.
             os.environ.pop("LLM_LAB_KERNEL_DIR", None)
-            # The first kernel of a folder finds no spare waiting: it starts one and takes it
-            # while it warms. Its cells are run at once, the worst case (a student who reads
-            # the lesson's first lines first waits less: the warm-up runs meanwhile).
-            started = time.monotonic()
-            km, kc = start_new_kernel(kernel_name=spare["kernel"], startup_timeout=300)
-            ok = first_logits(km, kc, "spare: first", started)
-            kc.stop_channels()
-            km.shutdown_kernel(now=True)
-            km = kc = None
-            # Its launcher started the next spare: the one the next new kernel claims.
-        if ok and spare:
             subprocess.run(spare["prime"] + ["--spare", str(os.getpid())],
                            env=dict(os.environ, **spare["env"]), check=True, timeout=120)
             folder, waited = wait_for_spare(spare["pool"])

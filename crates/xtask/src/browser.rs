@@ -59,9 +59,12 @@ pub fn browser(args: &BrowserArgs) -> Result<()> {
         .tempdir()?;
     let log_path = out.join("jupyterlab.log");
     let log = std::fs::File::create(&log_path)?;
-    let mut lab_cmd = Command::new(std::env::current_exe()?);
+    // The README's command itself, through cargo (not this process's own file: a `cargo test` of
+    // the workspace during `cargo xtask test` may have replaced it with a build of other features).
+    let mut lab_cmd = Command::new(env!("CARGO"));
     lab_cmd
-        .args(["lab", "--no-browser", "--port", &port.to_string()])
+        .args(["xtask", "lab", "--no-browser", "--port", &port.to_string()])
+        .current_dir(&lab.root)
         .env("JUPYTER_TOKEN", &token)
         .env("JUPYTER_DATA_DIR", data_dir.path())
         .stdout(log.try_clone()?)

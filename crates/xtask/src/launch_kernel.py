@@ -24,10 +24,10 @@ kernel's numbers. The keeper ends its evcxr, frees the slot and removes the spar
 the claimer exits (even killed), when the process that started the launcher (the Jupyter server)
 is gone, when nobody claimed the spare for MAX_IDLE seconds (LLM_LAB_SPARE_MAX_IDLE, 2 hours by
 default), or when the sources its warm-up compiled change. Anything failing on the way to a
-spare falls back to the cold start. A launch that finds no spare (the first kernel of a folder,
-or the loser of a race for one) starts a spare itself and claims it while it warms: the warm-up
-runs while the student reads the notebook's first lines, instead of the first cell waiting for
-it. Everything of a spare lives in SLOTS_DIR/spares (or the
+spare falls back to the cold start. A launch never claims a spare it started itself: evcxr
+answers Jupyter's `kernel_info_request` only after the warm-up's cells, and a warm-up that must
+compile (an edited course crate, a build folder from an older template) outlasts the Jupyter
+server's 60 s wait for that answer. Everything of a spare lives in SLOTS_DIR/spares (or the
 user's own pool): KEY (a spare to claim: its connection file, info.json, `ready` once warm),
 KEY.claimed-… (claimed), KEY.lock (held by the keeper of KEY's unclaimed spare), KEY.log.
 
@@ -71,9 +71,6 @@ RECHECK = 5.0
 # A warm-up that takes longer than this (a cold build of candle takes minutes) is abandoned.
 WARMUP_LIMIT = 1800
 DELIMITER = b"<IDS|MSG>"
-# How long a launch that found no spare waits for the one it started to become claimable (the
-# keeper takes a slot, copying the template into a new one, and starts evcxr: seconds).
-OWN_SPARE_WAIT = 20.0
 # Kernel-to-client messages whose execution count the warm-up shifted.
 COUNTED = ("execute_input", "execute_reply", "execute_result", "error")
 
@@ -818,8 +815,6 @@ def main():
             # The server that started this launch: the next spare ends with it.
             key = spare_key(evcxr, warmup_cells(), os.getppid())
             claimed = claim(spares, key)
-            if claimed is None:
-                claimed = own_spare(slots, evcxr, spares, key)
         except Exception as e:
             log(f"no spare kernel ({type(e).__name__}: {e})")
             spares = claimed = None
@@ -848,22 +843,6 @@ def main():
         os.set_inheritable(held.fileno(), True)
     # else: evcxr makes a temporary folder of its own (cold, but safe).
     os.execve(evcxr, [evcxr, "--control_file", connection], env)
-
-
-def own_spare(slots, evcxr, spares, key):
-    """No spare was waiting: starts one and claims it as soon as it can be claimed, still
-    warming. None when none came in OWN_SPARE_WAIT seconds (the launch then starts cold)."""
-    keep_a_spare(slots, evcxr, spares, key)
-    deadline = time.monotonic() + OWN_SPARE_WAIT
-    while time.monotonic() < deadline:
-        if os.path.isdir(os.path.join(spares, key)):
-            claimed = claim(spares, key)
-            if claimed is not None:
-                log("no spare kernel was waiting: this kernel is a new one, warming up while "
-                    "the notebook is read")
-                return claimed
-        time.sleep(0.05)
-    return None
 
 
 def keep_a_spare(slots, evcxr, spares, key):

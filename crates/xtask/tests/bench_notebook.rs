@@ -38,7 +38,6 @@ fn bench_notebook_reports_every_step() {
     let phases = [
         "fresh kernel",
         "kernel restart",
-        "spare: first",
         "spare: new",
         "spare: restart",
     ];

@@ -262,8 +262,9 @@ fn lab_serves_as_a_normal_user() {
 
 /// A student's kernel in a lab root set up (a classroom machine): the user cannot write the lab's
 /// build folders, so the launcher copies root's warmed template into the user's own pool
-/// (`~/.cache/llm-lab/kernels`), starts a spare there and takes it; the model comes from root's
-/// model cache, read-only. The lesson's first cells give the first logits.
+/// (`~/.cache/llm-lab/kernels`) and the kernel builds there without compiling any dependency
+/// again; the model comes from root's model cache, read-only. The lesson's first cells give the
+/// first logits.
 #[test]
 fn a_normal_users_kernel_starts_warm_in_its_own_pool() {
     let Some((user, cargo_home)) = normal_user() else {
@@ -313,7 +314,19 @@ fn a_normal_users_kernel_starts_warm_in_its_own_pool() {
     );
     assert!(out.status.success(), "{stdout}\n{stderr}");
     let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert_eq!(report["kernel"], "proxy", "{report}\n{stderr}");
+    // A cold start (the first kernel: no spare waiting) in a copy of root's warm template: cargo
+    // compiles the cell's crate and nothing else (a failed copy means a temporary folder where
+    // every crate is compiled again, as root's registry may not even be readable to the user).
+    assert_eq!(report["kernel"], "cold", "{report}\n{stderr}");
+    let compiled: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("Compiling "))
+        .filter(|c| !c.starts_with("ctx ") && !c.starts_with("llm-lab "))
+        .collect();
+    assert!(
+        compiled.is_empty(),
+        "compiled again: {compiled:?}\n{stderr}"
+    );
     let statuses = report["statuses"].to_string();
     assert_eq!(statuses, r#"["ok","ok","ok"]"#, "{report}\n{stderr}");
     assert!(
@@ -328,6 +341,13 @@ fn a_normal_users_kernel_starts_warm_in_its_own_pool() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&owner.stdout).trim(), user);
+    let slot = std::fs::read_dir(&pool)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("slot-0"))
+        .find(|p| p.exists())
+        .expect("no build folder in the user's pool");
+    assert!(slot.join(".llm-lab-ready").exists(), "{}", slot.display());
     // The spare the kernel took and the next one end with the client.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !support::tagged(&tag.0, &tag.1).is_empty() && std::time::Instant::now() < deadline {

@@ -194,15 +194,6 @@ def scenario(name, spec, pool, result):
             result["spare"] = [run(k1[1], c) for c in CELLS]
             result["claimed_folder_ready"] = os.path.exists(os.path.join(folder, "ready"))
             result["seen"] = list(SEEN)
-        elif name == "first":
-            # No spare waiting (the first kernel of a folder): the launch starts one and takes it.
-            k0 = start({"LLM_LAB_SPARE_KERNELS": "0"})
-            kernels.append(k0)
-            result["cold"] = [run(k0[1], c) for c in CELLS]
-            k1 = start()
-            kernels.append(k1)
-            result["kinds"] = [kind(k0[0]), kind(k1[0])]
-            result["spare"] = [run(k1[1], c) for c in CELLS]
         elif name == "race":
             prime(spec, os.getpid())
             wait_ready(pool)
