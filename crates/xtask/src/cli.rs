@@ -202,15 +202,7 @@ fn forward_to_model_commands() -> Result<()> {
         .and_then(|p| p.parent())
         .context("the repository's folder")?;
     let status = std::process::Command::new(env!("CARGO"))
-        .args([
-            "run",
-            "--quiet",
-            "--package",
-            "llm-lab-cli",
-            "--bin",
-            "llm-lab",
-            "--",
-        ])
+        .args(["run", "--package", "llm-lab-cli", "--bin", "llm-lab", "--"])
         .args(std::env::args_os().skip(1))
         .current_dir(root)
         .status()
