@@ -209,11 +209,17 @@ fn normal_user() -> Option<(&'static str, std::path::PathBuf)> {
         python.clone(),
         cargo_home.join("bin"),
     ] {
-        let reachable = Command::new("runuser")
+        let reachable = match Command::new("runuser")
             .args(["-u", USER, "--", "test", "-x"])
             .arg(&needed)
             .status()
-            .is_ok_and(|s| s.success());
+        {
+            Ok(status) => status.success(),
+            Err(e) => {
+                eprintln!("skipped: cannot run runuser ({e}; it is in /usr/sbin on Debian)");
+                return None;
+            }
+        };
         if !reachable {
             eprintln!(
                 "skipped: the user {USER} cannot reach {} (a folder on its path is closed to \

@@ -28,14 +28,22 @@ def spare_ready(pool):
             if "." not in os.path.basename(os.path.dirname(p))]
 
 
-def wait_ready(pool, limit=300):
+def wait_ready(pool, limit=600):
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         found = spare_ready(pool)
         if found:
             return found[0]
         time.sleep(0.2)
-    raise TimeoutError(f"no spare became ready within {limit} s")
+    # What the keepers said (they log to spares/KEY.log) and what is in the pool, for the report.
+    logs = []
+    for path in glob.glob(os.path.join(pool, "spares", "*.log")):
+        with open(path, errors="replace") as f:
+            logs.append(f.read()[-4000:])
+    listing = sorted(os.listdir(os.path.join(pool, "spares"))) if os.path.isdir(
+        os.path.join(pool, "spares")) else []
+    raise TimeoutError(f"no spare became ready within {limit} s; spares/: {listing}; "
+                       f"keeper logs: {logs}")
 
 
 def prime(spec, watched):
