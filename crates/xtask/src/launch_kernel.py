@@ -60,6 +60,8 @@ MAX_SLOTS = 32
 # Written into a folder only once it is complete: a copy interrupted half-way is not used.
 READY = ".llm-lab-ready"
 SPARES = "spares"
+# Written into a claimed spare's folder once its warm-up is over (whether it failed or not).
+WARMED = "warmed"
 # A spare nobody claimed for this long is ended (it holds a slot and ~0.5 GB of memory).
 MAX_IDLE = float(os.environ.get("LLM_LAB_SPARE_MAX_IDLE", 2 * 3600))
 # A warming spare yields the processor to the student's kernels (when it can be undone).
@@ -71,6 +73,8 @@ RECHECK = 5.0
 # A warm-up that takes longer than this (a cold build of candle takes minutes) is abandoned.
 WARMUP_LIMIT = 1800
 DELIMITER = b"<IDS|MSG>"
+# How long a new evcxr may take to answer its first kernel_info_request.
+KERNEL_INFO_LIMIT = 30
 # Kernel-to-client messages whose execution count the warm-up shifted.
 COUNTED = ("execute_input", "execute_reply", "execute_result", "error")
 
@@ -396,6 +400,46 @@ def claim(spares, key):
         return None
 
 
+def kernel_info(shell, sign, session, evcxr_ended, limit=KERNEL_INFO_LIMIT):
+    """The content of evcxr's kernel_info_reply on `shell`, or None if it gives none in time."""
+    msg_id, parts = request(session, "kernel_info_request", {})
+    shell.send_multipart([DELIMITER, sign(parts)] + parts)
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if ended(evcxr_ended):
+            return None
+        if not shell.poll(100):
+            continue
+        parsed = split(shell.recv_multipart())
+        if parsed is None or not hmac.compare_digest(parsed[1], sign(parsed[2])):
+            continue
+        try:
+            parent = json.loads(parsed[2][1])
+            content = json.loads(parsed[2][3])
+        except ValueError:
+            continue
+        if parent.get("msg_id") == msg_id and isinstance(content, dict):
+            return content
+    return None
+
+
+def take_reply(shell, pending):
+    """Reads one message on the warm-up's shell: the id of a warm-up cell that failed, or None.
+    A reply to a cell in `pending` is taken out of it."""
+    parsed = split(shell.recv_multipart())
+    if parsed is None:
+        return None
+    try:
+        parent = json.loads(parsed[2][1] or b"{}")
+        content = json.loads(parsed[2][3] or b"{}")
+    except ValueError:
+        return None
+    if parent.get("msg_id") not in pending:
+        return None
+    pending.discard(parent["msg_id"])
+    return None if content.get("status") == "ok" else parent["msg_id"]
+
+
 def start_keeper(slots, evcxr, spares, key, watched):
     """Starts a detached keeper for `key` that ends with process `watched` (it gives up if
     another keeper holds the key)."""
@@ -475,6 +519,39 @@ def proxy(claimed, jupyter_file):
         except Exception as e:  # one odd message must not end the student's kernel
             log(f"a message could not be passed on ({type(e).__name__}: {e})")
 
+    # A spare claimed while it warms: evcxr takes the next request from any client once a cell
+    # is done, so the student's requests wait here until the keeper marks the warm-up over (else
+    # a cell could run between the warm-up's and lose its variables to its `:clear`). Meanwhile
+    # the proxy answers kernel_info itself, from the reply the keeper asked for before the
+    # warm-up: evcxr would answer only after it, and Jupyter gives up on a kernel that is silent
+    # for 60 s.
+    warming = {"on": not info["ready"], "held": []}
+    cached_info = info.get("kernel_info") if isinstance(info.get("kernel_info"), dict) else None
+    own_session = uuid.uuid4().hex
+
+    def warm_up_over():
+        return any(os.path.exists(os.path.join(folder, m)) for m in ("ready", WARMED))
+
+    def release():
+        warming["on"] = False
+        for frames in warming["held"]:
+            k_shell.send_multipart(frames, copy=False)
+        warming["held"].clear()
+
+    def reply(idents, to, request_header, msg_type, content):
+        header = {"msg_id": uuid.uuid4().hex, "session": own_session, "username": "llm-lab",
+                  "date": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()),
+                  "msg_type": msg_type, "version": "5.3"}
+        parts = [json.dumps(header).encode(), request_header, b"{}",
+                 json.dumps(content).encode()]
+        to.send_multipart(idents + [DELIMITER, to_client(parts)] + parts)
+
+    def answer_kernel_info(idents, parts, to):
+        topic = [b"kernel.llm-lab.status"]
+        reply(topic, c_iopub, parts[0], "status", {"execution_state": "busy"})
+        reply(idents, to, parts[0], "kernel_info_reply", cached_info)
+        reply(topic, c_iopub, parts[0], "status", {"execution_state": "idle"})
+
     def relay(frames, check, sign, to, downstream, iopub):
         parsed = split(frames)
         if parsed is None:
@@ -483,6 +560,12 @@ def proxy(claimed, jupyter_file):
         if not hmac.compare_digest(signature, check(parts)):
             log("a message with a bad signature was dropped")
             return
+        if not downstream and warming["on"] and to is not k_stdin:
+            if cached_info and json.loads(parts[0]).get("msg_type") == "kernel_info_request":
+                return answer_kernel_info(idents, parts, c_shell if to is k_shell else c_control)
+            if to is k_shell:
+                warming["held"].append(idents + [DELIMITER, sign(parts)] + parts + buffers)
+                return
         if downstream:
             if iopub and warmup_session:
                 try:
@@ -517,6 +600,8 @@ def proxy(claimed, jupyter_file):
     closing_at = None
     while True:
         events = dict(poller.poll(200))
+        if warming["on"] and warm_up_over():
+            release()
         for s, _ in list(events.items()):
             if s in routes:
                 forward(s.recv_multipart(), *routes[s], iopub=s is k_iopub)
@@ -672,17 +757,18 @@ class Keeper:
             return self.cleanup("evcxr did not start")
         cells = warmup_cells()
         session = uuid.uuid4().hex
-        info = {"keeper_pid": os.getpid(), "keeper_start": start_time(os.getpid()),
-                "evcxr_pid": self.proc.pid,
-                "evcxr_start": start_time(self.proc.pid), "session": session,
-                "offset": len(cells)}
-        with open(os.path.join(building, "info.json"), "w") as f:
-            json.dump(info, f)
         ctx = zmq.Context()
         shell = ctx.socket(zmq.DEALER)
         shell.linger = 0
         shell.connect(endpoint(connection, "shell_port"))
         sign = signer(connection)
+        info = {"keeper_pid": os.getpid(), "keeper_start": start_time(os.getpid()),
+                "evcxr_pid": self.proc.pid,
+                "evcxr_start": start_time(self.proc.pid), "session": session,
+                "offset": len(cells),
+                # Asked before the warm-up, which evcxr would answer only after its cells:
+                # the claimer's proxy answers Jupyter's kernel_info_request while it warms.
+                "kernel_info": kernel_info(shell, sign, session, evcxr_ended)}
         pending = set()
         for cell in cells:
             msg_id, parts = request(session, "execute_request", {
@@ -690,6 +776,8 @@ class Keeper:
                 "user_expressions": {}, "allow_stdin": False, "stop_on_error": False})
             shell.send_multipart([DELIMITER, sign(parts)] + parts)
             pending.add(msg_id)
+        with open(os.path.join(building, "info.json"), "w") as f:
+            json.dump(info, f)
         # Claimable from now on: a claimer's cells queue behind the warm-up.
         os.rename(building, name)
         started, failed = time.monotonic(), None
@@ -702,19 +790,11 @@ class Keeper:
         while True:
             events = dict(poller.poll(250))
             if shell in events:
-                parsed = split(shell.recv_multipart())
-                if parsed is not None:
-                    header = json.loads(parsed[2][1] or b"{}")
-                    content = json.loads(parsed[2][3] or b"{}")
-                    if header.get("msg_id") in pending:
-                        pending.discard(header["msg_id"])
-                        if content.get("status") != "ok" and failed is None:
-                            failed = header["msg_id"]
-                        if not pending and failed is None:
-                            ready_at = time.monotonic()
-                            with open(os.path.join(self.where(), "ready"), "w") as f:
-                                f.write(f"{ready_at - started:.1f}\n")
-                            log(f"keeper {os.getpid()}: spare warm in {ready_at - started:.1f} s")
+                failed = take_reply(shell, pending) or failed
+                if not pending and failed is None:
+                    ready_at = time.monotonic()
+                    self.mark("ready", f"{ready_at - started:.1f}")
+                    log(f"keeper {os.getpid()}: spare warm in {ready_at - started:.1f} s")
             if evcxr_ended in events:
                 return self.cleanup("its evcxr exited")
             if server in events:
@@ -737,11 +817,18 @@ class Keeper:
                     if self.retire(name):
                         return self.cleanup("the sources it compiled changed")
                     break
-        shell.close()
-        ctx.term()
         # Claimed: the launcher that claimed it starts the next spare, which needs the key.
         self.key_lock.close()
-        self.serve_claimer(evcxr_ended, server)
+        try:
+            self.serve_claimer(evcxr_ended, server, shell, pending, started)
+        finally:
+            shell.close()
+            ctx.term()
+
+    def mark(self, name, text=""):
+        """Writes the marker file `name` into the spare's folder, wherever claims moved it."""
+        with open(os.path.join(self.where(), name), "w") as f:
+            f.write(text + "\n")
 
     def at(self, name):
         """Whether the spare's folder is still unclaimed under `name`."""
@@ -759,8 +846,11 @@ class Keeper:
             return False
         return True
 
-    def serve_claimer(self, evcxr_ended, server):
-        # A new keeper may take the key now.
+    def serve_claimer(self, evcxr_ended, server, shell, pending, started):
+        """Waits for the claimer to end, and tells its proxy (the marker WARMED) once the warm-up
+        whose replies are `pending` is over: it holds the student's requests until then."""
+        import zmq
+
         deadline, claimer = time.monotonic() + 10, None
         while claimer is None and time.monotonic() < deadline:
             try:
@@ -774,10 +864,28 @@ class Keeper:
         if claimer is None:
             return self.cleanup("its claimer never said who it is")
         unnice(self.proc.pid)
-        ready = select.select([claimer, evcxr_ended, server], [], [])[0]
+        poller = zmq.Poller()
+        for fd in (claimer, evcxr_ended, server):
+            poller.register(fd, zmq.POLLIN)
+        if pending:
+            poller.register(shell, zmq.POLLIN)
+        else:
+            self.mark(WARMED)
         why = {claimer: "its claimer exited", evcxr_ended: "its evcxr exited",
-               server: "the Jupyter server that started it is gone"}[ready[0]]
-        self.cleanup(why)
+               server: "the Jupyter server that started it is gone"}
+        while True:
+            events = dict(poller.poll())
+            if shell in events:
+                take_reply(shell, pending)
+                if not pending:
+                    poller.unregister(shell)
+                    took = time.monotonic() - started
+                    self.mark(WARMED, f"{took:.1f}")
+                    log(f"keeper {os.getpid()}: claimed spare warm in {took:.1f} s")
+                continue
+            ended_fd = next((fd for fd in why if fd in events), None)
+            if ended_fd is not None:
+                return self.cleanup(why[ended_fd])
 
 
 def keeper_main(args):

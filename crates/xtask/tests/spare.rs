@@ -152,8 +152,14 @@ fn a_spare_claimed_while_warming_hides_the_warm_up() {
         assert_eq!(c["count"], s["count"], "{c} {s}");
         assert_eq!(c["output"], s["output"], "{c} {s}");
     }
-    // The student's cells queued behind the warm-up, which had not ended at the claim, and its
-    // output never reached the student.
+    // Jupyter had its kernel (kernel_info answered by the proxy with evcxr's own reply) while
+    // the warm-up still ran; the student's cells queued behind it, and its output never
+    // reached the student.
+    assert_eq!(r["ready_before_warm_up_ended"], true);
+    assert_eq!(r["warm_up_ended"], true);
+    assert_eq!(r["kernel_info"]["implementation"], "evcxr_jupyter", "{}", r["kernel_info"]);
+    assert_eq!(r["kernel_info"]["status"], "ok");
+    assert_eq!(r["kernel_info"], r["kernel_info_after"]);
     assert_eq!(r["claimed_folder_ready"], false);
     let seen = r["seen"].to_string();
     assert!(

@@ -178,9 +178,14 @@ def scenario(name, spec, pool, result):
         elif name == "warming":
             # A warm-up that prints: the student must not see it.
             path = os.path.join(os.environ["JUPYTER_PATH"], "kernels", KERNEL, "kernel.json")
+            # A long first cell (as the `:dep` cell is) that marks its end: Jupyter must get
+            # its kernel before that, and the student's cells must wait for the `:clear`.
+            done = os.path.abspath("warm-up-done")
             spec["env"]["LLM_LAB_SPARE_WARMUP"] = json.dumps(
-                ["let __w = 1;",
-                 'std::thread::sleep(std::time::Duration::from_secs(3)); println!("warm-up output");',
+                ['std::thread::sleep(std::time::Duration::from_secs(15)); '
+                 'println!("warm-up output"); '
+                 f'std::fs::write({json.dumps(done)}, "").unwrap();',
+                 "let __w = 1;",
                  ":clear"])
             with open(path, "w") as f:
                 json.dump(spec, f)
@@ -197,10 +202,16 @@ def scenario(name, spec, pool, result):
             del SEEN[:]
             k1 = start()
             kernels.append(k1)
+            # start_new_kernel returns once the kernel answered kernel_info.
+            result["ready_before_warm_up_ended"] = not os.path.exists(done)
+            result["kernel_info"] = k1[1].kernel_info(reply=True, timeout=30)["content"]
             info, folder = claimed_info(pool)
             result["kinds"] = [kind(k1[0])]
             result["spare"] = [run(k1[1], c) for c in CELLS]
             result["claimed_folder_ready"] = os.path.exists(os.path.join(folder, "ready"))
+            result["warm_up_ended"] = os.path.exists(done)
+            # Once the warm-up is over, kernel_info comes from evcxr itself again.
+            result["kernel_info_after"] = k1[1].kernel_info(reply=True, timeout=30)["content"]
             result["seen"] = list(SEEN)
         elif name == "race":
             prime(spec, os.getpid())
