@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 
 from jupyter_client.manager import start_new_kernel
 
@@ -54,19 +55,22 @@ def run_cell(kc, source, timeout):
             return time.monotonic() - t, error, "".join(text)
 
 
-def ready_spare(pool):
-    """The folder of an unclaimed spare whose warm-up has finished, or None."""
+def ready_spare(pool, since=0.0):
+    """The folder of an unclaimed spare whose warm-up finished (after time `since`), or None."""
     for marker in glob.glob(os.path.join(pool, "spares", "*", "ready")):
         folder = os.path.dirname(marker)
-        if "." not in os.path.basename(folder):
-            return folder
+        try:
+            if "." not in os.path.basename(folder) and os.stat(marker).st_mtime >= since:
+                return folder
+        except OSError:
+            pass
     return None
 
 
-def wait_for_spare(pool, limit=1800):
+def wait_for_spare(pool, limit=1800, since=0.0):
     started = time.monotonic()
     while time.monotonic() - started < limit:
-        folder = ready_spare(pool)
+        folder = ready_spare(pool, since)
         if folder is not None:
             return folder, time.monotonic() - started
         time.sleep(0.2)
@@ -99,6 +103,123 @@ def rss_mib(pid):
     return total / 1024, count
 
 
+class Lab:
+    """A Jupyter server started as `cargo xtask lab` starts it (the lab's configuration, whose
+    extension warms a spare kernel for the lessons as the server starts), on a free port."""
+
+    def __init__(self, spec):
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.token = uuid.uuid4().hex
+        self.base = f"127.0.0.1:{self.port}"
+        args = [spec["jupyter"], "server", "--no-browser", f"--port={self.port}",
+                "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={self.token}",
+                f"--ServerApp.root_dir={spec['root']}"]
+        if os.geteuid() == 0:
+            args.append("--allow-root")
+        env = dict(os.environ, JUPYTER_PATH=spec["jupyter_path"])
+        self.log = open(os.path.join(spec["pool"], f"server-{self.port}.log"), "w")
+        self.started, self.started_at = time.monotonic(), time.time()
+        self.proc = subprocess.Popen(args, cwd=spec["root"], env=env, stdin=subprocess.DEVNULL,
+                                     stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                self.call("GET", "/api/status")
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("the Jupyter server did not start")
+                time.sleep(0.2)
+
+    def call(self, method, path, body=None):
+        import http.client
+
+        conn = http.client.HTTPConnection(self.base, timeout=60)
+        conn.request(method, path, body=None if body is None else json.dumps(body),
+                     headers={"Authorization": f"token {self.token}",
+                              "Content-Type": "application/json"})
+        response = conn.getresponse()
+        data = response.read()
+        if response.status >= 400:
+            raise RuntimeError(f"{method} {path}: {response.status} {data[:500]!r}")
+        return json.loads(data or b"null")
+
+    def open_notebook(self, path, kernel):
+        """Starts the notebook's kernel as JupyterLab does when it opens a notebook; a client of
+        its channels (the server's websocket)."""
+        import websocket
+
+        session = self.call("POST", "/api/sessions", {
+            "path": path, "type": "notebook", "name": "", "kernel": {"name": kernel}})
+        ws = websocket.create_connection(
+            f"ws://{self.base}/api/kernels/{session['kernel']['id']}/channels",
+            header=[f"Authorization: token {self.token}"], timeout=3600)
+        return WebsocketKernel(ws)
+
+    def close(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+class WebsocketKernel:
+    """A notebook's kernel as JupyterLab talks to it: JSON messages on one websocket."""
+
+    def __init__(self, ws):
+        self.ws, self.session = ws, uuid.uuid4().hex
+
+    def send(self, channel, msg_type, content):
+        msg_id = uuid.uuid4().hex
+        self.ws.send(json.dumps({
+            "header": {"msg_id": msg_id, "session": self.session, "username": "bench",
+                       "msg_type": msg_type, "version": "5.3",
+                       "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+            "parent_header": {}, "metadata": {}, "content": content, "channel": channel,
+            "buffers": []}))
+        return msg_id
+
+    def ready(self, limit=300):
+        """Waits for the kernel's answer to kernel_info, as JupyterLab does before a cell runs."""
+        msg_id = self.send("shell", "kernel_info_request", {})
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            msg = json.loads(self.ws.recv())
+            if (msg.get("channel") == "shell"
+                    and msg["parent_header"].get("msg_id") == msg_id):
+                return
+        raise TimeoutError(f"no kernel_info_reply within {limit} s")
+
+    def run(self, source, timeout):
+        """Like run_cell: (seconds, error text or None, output text)."""
+        t = time.monotonic()
+        msg_id = self.send("shell", "execute_request", {
+            "code": source, "silent": False, "store_history": True, "user_expressions": {},
+            "allow_stdin": False, "stop_on_error": True})
+        error, text = None, []
+        self.ws.settimeout(timeout)
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("channel") != "iopub" or msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                text.append(content["text"])
+            elif kind in ("execute_result", "display_data"):
+                text.append(content["data"].get("text/plain", ""))
+            elif kind == "error":
+                error = f"{content['ename']}: {content['evalue']}"
+            elif kind == "status" and content["execution_state"] == "idle":
+                return time.monotonic() - t, error, "".join(text)
+
+
 def main():
     kernel, cells_path, out_path = sys.argv[1:4]
     with open(cells_path, encoding="utf-8") as f:
@@ -120,12 +241,13 @@ def main():
               file=sys.stderr, flush=True)
         return error is None
 
-    def first_logits(km, kc, phase, started):
+    def first_logits(km, kc, phase, started, run=None):
+        run = run or (lambda source, limit: run_cell(kc, source, limit))
         ok = record(phase, "kernel ready", time.monotonic() - started)
         for name, source in cells["first"]:
             if not ok:
                 return False
-            seconds, error, output = run_cell(kc, source, 3600)
+            seconds, error, output = run(source, 3600)
             ok = record(phase, name, seconds, error, output)
         if ok:
             record(phase, "total to first logits", time.monotonic() - started)
@@ -174,6 +296,31 @@ def main():
                 seconds, error, output = run_cell(kc, cells["trivial"], 600)
                 if not record("trivial cell", f"run {i + 1}", seconds, error, output):
                     break
+        lab = cells.get("lab")
+        if ok and lab:
+            if kc is not None:
+                kc.stop_channels()
+                km.shutdown_kernel(now=True)
+                km = kc = None
+            # The first kernel after `cargo xtask lab`: the lesson opened at once (the student
+            # runs its cells while the spare the server started still warms), then in a new
+            # server once that spare is warm (the student read the lesson's start first).
+            for phase, wait in (("lab: at once", False), ("lab: spare warm", True)):
+                if not ok:
+                    break
+                server = Lab(lab)
+                try:
+                    if wait:
+                        wait_for_spare(lab["pool"], since=server.started_at)
+                        note(f"the lab's spare for the lessons was warm "
+                             f"{time.monotonic() - server.started:.1f} s after the server "
+                             "started (the student opens and reads the lesson; not counted)")
+                    started = time.monotonic()
+                    kernel = server.open_notebook(lab["notebook"], lab["kernel"])
+                    kernel.ready()
+                    ok = first_logits(None, None, phase, started, run=kernel.run)
+                finally:
+                    server.close()
     except Exception as e:
         result["error"] = f"{type(e).__name__}: {e}"
     finally:

@@ -102,7 +102,7 @@ fn load_average() -> String {
 /// A kernelspec like the lab's whose launcher keeps its slots and spares in `pool`, a folder of
 /// the benchmark's own that takes the lab's warmed template (and its lock) by symbolic links:
 /// the lab's own spares are neither used nor disturbed.
-fn spare_kernel(lab: &Lab, dir: &std::path::Path) -> Result<Value> {
+fn spare_kernel(lab: &Lab, dir: &std::path::Path, name: &str) -> Result<Value> {
     let evcxr = crate::lab::evcxr_binary().context("evcxr_jupyter is not installed")?;
     let pool = dir.join("pool");
     std::fs::create_dir_all(&pool)?;
@@ -111,12 +111,13 @@ fn spare_kernel(lab: &Lab, dir: &std::path::Path) -> Result<Value> {
     std::os::unix::fs::symlink(template.with_extension("lock"), pool.join("template.lock"))?;
     let mut spec = lab.kernel_spec(&evcxr);
     spec["argv"][2] = json!(pool);
-    let spec_dir = dir.join("jupyter").join("kernels").join(SPARE_KERNEL);
+    let spec_dir = dir.join("jupyter").join("kernels").join(name);
     std::fs::create_dir_all(&spec_dir)?;
     std::fs::write(spec_dir.join("kernel.json"), spec.to_string())?;
     let argv = spec["argv"].as_array().context("kernelspec argv")?;
     Ok(json!({
-        "kernel": SPARE_KERNEL,
+        "kernel": name,
+        "jupyter_path": dir.join("jupyter"),
         "pool": pool,
         "prime": argv[..4].to_vec(),
         "env": spec["env"],
@@ -148,11 +149,18 @@ pub fn bench_notebook(trivial_runs: u32) -> Result<()> {
         tmp.path().join("out.json"),
     );
     std::fs::write(&script, SCRIPT)?;
-    let spare = spare_kernel(&lab, &tmp.path().join("spare"))?;
+    let spare = spare_kernel(&lab, &tmp.path().join("spare"), SPARE_KERNEL)?;
+    // The lab's server with its spare-warming extension, on a pool of the benchmark's own: its
+    // kernelspec takes the lab kernel's name (JUPYTER_PATH comes first).
+    lab.write_settings()?;
+    let mut in_lab = spare_kernel(&lab, &tmp.path().join("lab"), crate::lab::KERNEL_NAME)?;
+    in_lab["jupyter"] = json!(lab.jupyter());
+    in_lab["root"] = json!(lab.root);
+    in_lab["notebook"] = json!(lab.first_lesson().context("no lesson in notebooks/")?);
     std::fs::write(
         &cells,
         json!({"first": first_cells(), "trivial": "1 + 1", "trivial_runs": trivial_runs,
-               "spare": spare})
+               "spare": spare, "lab": in_lab})
         .to_string(),
     )?;
     let folder = tmp.path().join("kernel");
@@ -160,7 +168,7 @@ pub fn bench_notebook(trivial_runs: u32) -> Result<()> {
     std::fs::create_dir(&other_tmp)?;
     let mut cmd = Command::new(lab.python());
     cmd.arg(&script)
-        .arg("rust")
+        .arg(crate::lab::KERNEL_NAME)
         .arg(&cells)
         .arg(&out)
         // Where the lessons are, so the `:dep` cell's relative path is theirs.

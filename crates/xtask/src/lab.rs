@@ -21,6 +21,15 @@ pub const PYTHON_PACKAGES: &[&str] = &[
 pub const EVCXR_VERSION: &str = "0.22.0";
 /// Starts each kernel in a build folder of its own that outlives it (see the file).
 const LAUNCHER: &str = include_str!("launch_kernel.py");
+/// The name of the course's kernel in Jupyter (the notebooks' kernelspec names it too). Not
+/// evcxr's own `rust`: a kernelspec `evcxr_jupyter --install` wrote in the user's folder would
+/// hide the lab's, and evcxr rewrites a `rust` kernelspec found on JUPYTER_PATH at every start.
+pub const KERNEL_NAME: &str = "llm-lab";
+/// The name the lab's kernel had before, removed by setup.
+const OLD_KERNEL_NAME: &str = "rust";
+/// The Jupyter server extension that warms a spare kernel for the lessons as the lab starts.
+const WARM_SPARES: &str = include_str!("warm_spares.py");
+const WARM_SPARES_MODULE: &str = "llm_lab_warm_spares";
 /// Marks a build folder whose warm-up finished (the launcher copies only such a template).
 const READY: &str = ".llm-lab-ready";
 
@@ -109,7 +118,19 @@ impl Lab {
             .join("share")
             .join("jupyter")
             .join("kernels")
-            .join("rust")
+            .join(KERNEL_NAME)
+    }
+
+    /// Removes the lab's kernelspec of an older version, under the name evcxr uses too.
+    fn remove_old_kernel(&self) -> Result<()> {
+        let old = self.kernel_dir().with_file_name(OLD_KERNEL_NAME);
+        let ours = std::fs::read_to_string(old.join("kernel.json"))
+            .is_ok_and(|spec| spec.contains("launch_kernel.py"));
+        if ours {
+            std::fs::remove_dir_all(&old)
+                .with_context(|| format!("cannot remove the old kernelspec {}", old.display()))?;
+        }
+        Ok(())
     }
 
     /// Whether everything `setup` installs is in place.
@@ -309,6 +330,7 @@ pub fn setup() -> Result<()> {
         "Rust kernel registered in .venv, with its launcher (a build folder per kernel, warm spares)",
         || {
             std::fs::create_dir_all(lab.kernel_dir())?;
+            lab.remove_old_kernel()?;
             std::fs::create_dir_all(lab.kernel_slots())?;
             // Whole or not at all: a kernel may start while setup runs.
             let launcher = lab.launcher().with_extension("py.tmp");
@@ -327,9 +349,10 @@ pub fn setup() -> Result<()> {
             }
         },
     )?;
-    timed("JupyterLab settings of the lab (no news pop-up)", || {
-        lab.write_settings()
-    })?;
+    timed(
+        "Jupyter settings of the lab (no news pop-up; a spare kernel warms as it starts)",
+        || lab.write_settings(),
+    )?;
     timed(
         "warm the kernels' template build folder (a kernel fetches the models, then prints logits)",
         || {
@@ -498,48 +521,83 @@ impl Lab {
             .join("overrides.json")
     }
 
-    fn write_settings(&self) -> Result<()> {
-        let path = self.settings_overrides();
-        let readable_by_all = |p: &Path| {
-            #[cfg(unix)]
-            return std::fs::metadata(p).is_ok_and(|m| {
-                std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o004 != 0
-            });
-            #[cfg(not(unix))]
-            true
-        };
-        if std::fs::read_to_string(&path).is_ok_and(|s| s == SETTINGS_OVERRIDES)
-            && readable_by_all(&path)
-        {
-            return Ok(());
+    /// The lab's own Jupyter configuration, in `.venv`: JupyterLab's settings (no news pop-up)
+    /// and the server extension that warms a spare kernel for the lessons as the server starts
+    /// (`warm_spares.py`).
+    pub fn write_settings(&self) -> Result<()> {
+        write_shared(&self.settings_overrides(), SETTINGS_OVERRIDES)?;
+        let purelib = Command::new(self.python())
+            .args([
+                "-c",
+                "import sysconfig; print(sysconfig.get_path('purelib'))",
+            ])
+            .output()
+            .context("cannot run the lab's Python")?;
+        let purelib = String::from_utf8_lossy(&purelib.stdout).trim().to_string();
+        if purelib.is_empty() {
+            bail!("the lab's Python names no folder for its packages");
         }
-        let dir = path.parent().context("settings path has a folder")?;
-        std::fs::create_dir_all(dir)?;
-        // Written whole then renamed: JupyterLab never reads half a file.
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        std::io::Write::write_all(&mut tmp, SETTINGS_OVERRIDES.as_bytes())?;
-        // tempfile makes it private (0600); JupyterLab may run as another user of the lab.
-        #[cfg(unix)]
-        std::fs::set_permissions(
-            tmp.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        write_shared(
+            &Path::new(&purelib).join(format!("{WARM_SPARES_MODULE}.py")),
+            WARM_SPARES,
         )?;
-        tmp.persist(&path)?;
-        Ok(())
+        let enable = serde_json::json!({
+            "ServerApp": { "jpserver_extensions": { WARM_SPARES_MODULE: true } }
+        });
+        write_shared(
+            &self
+                .venv
+                .join("etc/jupyter/jupyter_server_config.d")
+                .join(format!("{WARM_SPARES_MODULE}.json")),
+            &serde_json::to_string_pretty(&enable)?,
+        )
     }
 
-    /// The page JupyterLab opens: the first lesson, else the README.
-    fn first_page(&self) -> String {
-        let lesson = crate::notebooks::list(&self.root.join("notebooks"))
+    /// The first lesson, relative to the repository.
+    pub fn first_lesson(&self) -> Option<String> {
+        crate::notebooks::list(&self.root.join("notebooks"))
             .ok()
             .and_then(|v| v.into_iter().next())
             .and_then(|p| {
                 p.strip_prefix(&self.root)
                     .ok()
                     .map(|r| r.to_string_lossy().into_owned())
-            });
-        format!("/lab/tree/{}", lesson.unwrap_or_else(|| "README.md".into()))
+            })
     }
+
+    /// The page JupyterLab opens: the first lesson, else the README.
+    fn first_page(&self) -> String {
+        let page = self.first_lesson().unwrap_or_else(|| "README.md".into());
+        format!("/lab/tree/{page}")
+    }
+}
+
+/// Writes `text` to `path` unless it is there already, readable by every user of the lab.
+fn write_shared(path: &Path, text: &str) -> Result<()> {
+    let readable_by_all = |p: &Path| {
+        #[cfg(unix)]
+        return std::fs::metadata(p)
+            .is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o004 != 0);
+        #[cfg(not(unix))]
+        true
+    };
+    if std::fs::read_to_string(path).is_ok_and(|s| s == text) && readable_by_all(path) {
+        return Ok(());
+    }
+    let dir = path.parent().context("a file of the lab has a folder")?;
+    std::fs::create_dir_all(dir)?;
+    // Written whole then renamed: Jupyter never reads half a file.
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes())?;
+    // tempfile makes it private (0600); JupyterLab may run as another user of the lab.
+    #[cfg(unix)]
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 /// Whether xtask runs as root (containers, cloud VMs, Codespaces).
@@ -571,8 +629,9 @@ pub fn lab(args: &LabArgs) -> Result<()> {
         eprintln!("spare kernels: off (LLM_LAB_SPARE_KERNELS=0): every kernel starts cold");
     } else {
         eprintln!(
-            "spare kernels: on (each notebook folder keeps one kernel warmed for its next new \
-             kernel or restart; LLM_LAB_SPARE_KERNELS=0 turns them off)"
+            "spare kernels: on (one starts warming for notebooks/ now; each notebook folder keeps \
+             one kernel warmed for its next new kernel or restart; LLM_LAB_SPARE_KERNELS=0 turns \
+             them off)"
         );
     }
     if running_as_root() {
@@ -597,6 +656,14 @@ pub fn lab(args: &LabArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_warming_extension_names_the_labs_kernel() {
+        assert!(
+            WARM_SPARES.contains(&format!("\nKERNEL = \"{KERNEL_NAME}\"\n")),
+            "warm_spares.py must name the kernel {KERNEL_NAME}"
+        );
+    }
 
     #[test]
     fn reads_evcxr_version_from_cargo_record() {

@@ -24,12 +24,21 @@ kernel's numbers. The keeper ends its evcxr, frees the slot and removes the spar
 the claimer exits (even killed), when the process that started the launcher (the Jupyter server)
 is gone, when nobody claimed the spare for MAX_IDLE seconds (LLM_LAB_SPARE_MAX_IDLE, 2 hours by
 default), or when the sources its warm-up compiled change. Anything failing on the way to a
-spare falls back to the cold start. A launch never claims a spare it started itself: evcxr
-answers Jupyter's `kernel_info_request` only after the warm-up's cells, and a warm-up that must
-compile (an edited course crate, a build folder from an older template) outlasts the Jupyter
-server's 60 s wait for that answer. Everything of a spare lives in SLOTS_DIR/spares (or the
-user's own pool): KEY (a spare to claim: its connection file, info.json, `ready` once warm),
-KEY.claimed-… (claimed), KEY.lock (held by the keeper of KEY's unclaimed spare), KEY.log.
+spare falls back to the cold start. The lab's Jupyter server asks for a spare for the lessons'
+folder as it starts (`warm_spares.py`, through `--spare`), so the first lesson's kernel is warm
+too; a launch that finds its key's spare still starting (`KEY.new-PID`) waits for it.
+
+A spare may be claimed before its warm-up is over. evcxr answers `kernel_info_request` only
+after the cells queued before it (and Jupyter gives up on a kernel silent for 60 s), and it takes
+the next request from any of its clients in turn (a student's cell could run between the
+warm-up's and lose its variables to `:clear`). So the keeper asks for evcxr's kernel_info reply
+before the warm-up, the proxy answers Jupyter's with it and holds the student's requests until
+the keeper marks the warm-up over (`warmed`). A launch never claims a spare it started itself:
+it would gain nothing when the student runs the first cell at once. Everything of a spare lives
+in SLOTS_DIR/spares (or the user's own pool): KEY (a spare to claim: its connection file,
+info.json, `ready` once warm), KEY.new-PID (being started by keeper PID), KEY.claimed-…
+(claimed; `warmed` once its warm-up is over), KEY.lock (held by the keeper of KEY's unclaimed
+spare), KEY.log.
 
 usage: python launch_kernel.py SLOTS_DIR EVCXR_JUPYTER CONNECTION_FILE
        python launch_kernel.py SLOTS_DIR EVCXR_JUPYTER --spare PID   (only start a spare, for
@@ -74,7 +83,10 @@ RECHECK = 5.0
 WARMUP_LIMIT = 1800
 DELIMITER = b"<IDS|MSG>"
 # How long a new evcxr may take to answer its first kernel_info_request.
-KERNEL_INFO_LIMIT = 30
+KERNEL_INFO_LIMIT = 15
+# How long a launch waits for a spare whose keeper is starting it (copying its build folder,
+# starting evcxr): Jupyter waits 60 s for a new kernel's first answer.
+STARTING_LIMIT = 30
 # Kernel-to-client messages whose execution count the warm-up shifted.
 COUNTED = ("execute_input", "execute_reply", "execute_result", "error")
 
@@ -305,7 +317,7 @@ def new_connection():
     names = ["shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"]
     c = dict(zip(names, free_ports(len(names))))
     c.update(ip="127.0.0.1", transport="tcp", key=uuid.uuid4().hex,
-             signature_scheme="hmac-sha256", kernel_name="rust")
+             signature_scheme="hmac-sha256", kernel_name="llm-lab")
     return c
 
 
@@ -438,6 +450,20 @@ def take_reply(shell, pending):
         return None
     pending.discard(parent["msg_id"])
     return None if content.get("status") == "ok" else parent["msg_id"]
+
+
+def claim_starting(spares, key, limit=STARTING_LIMIT):
+    """claim(), or if a keeper is still starting the spare for `key` (its folder `KEY.new-PID`:
+    the lab's server starts one as the lesson's kernel is asked for), the spare once it starts."""
+    deadline = time.monotonic() + limit
+    while True:
+        claimed = claim(spares, key)
+        if claimed is not None or time.monotonic() >= deadline:
+            return claimed
+        starting = [n for n in os.listdir(spares) if n.startswith(key + ".new-")]
+        if not any(start_time(int(n.rsplit("-", 1)[1])) is not None for n in starting):
+            return None
+        time.sleep(0.1)
 
 
 def start_keeper(slots, evcxr, spares, key, watched):
@@ -722,17 +748,18 @@ class Keeper:
             server = watch(watched_pid, watched_start)
             if server is None:
                 return
-            sweep(self.spares)
             name = os.path.join(self.spares, self.key)
-            if os.path.exists(name):
-                # The lock was free: its keeper died (and its evcxr with it).
-                remove(self.spares, name)
-            folder, self.slot_lock = take_folder(self.slots)
-            if folder is None:
-                return
+            # Made first: a launch that finds it waits for the spare (see claim_starting).
             building = f"{name}.new-{os.getpid()}"
             os.makedirs(building)
             self.dir_fd = os.open(building, os.O_RDONLY | os.O_DIRECTORY)
+            if os.path.exists(name):
+                # The lock was free: its keeper died (and its evcxr with it).
+                remove(self.spares, name)
+            sweep(self.spares)
+            folder, self.slot_lock = take_folder(self.slots)
+            if folder is None:
+                return self.cleanup("no build folder is free")
             connection = new_connection()
             with open(os.path.join(building, "connection.json"), "w") as f:
                 json.dump(connection, f)
@@ -913,7 +940,14 @@ def main():
         spares = os.path.join(pool_of(slots), SPARES)
         os.makedirs(spares, exist_ok=True)
         watched = int(sys.argv[4])
-        start_keeper(slots, evcxr, spares, spare_key(evcxr, warmup_cells(), watched), watched)
+        key = spare_key(evcxr, warmup_cells(), watched)
+        start_keeper(slots, evcxr, spares, key, watched)
+        # Returns once the spare can be found (a launch waits for one being started).
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+                n == key or n.startswith(key + ".") and not n.endswith((".lock", ".log"))
+                for n in os.listdir(spares)):
+            time.sleep(0.02)
         return
     spares = key = None
     if spares_enabled():
@@ -922,7 +956,7 @@ def main():
             os.makedirs(spares, exist_ok=True)
             # The server that started this launch: the next spare ends with it.
             key = spare_key(evcxr, warmup_cells(), os.getppid())
-            claimed = claim(spares, key)
+            claimed = claim_starting(spares, key)
         except Exception as e:
             log(f"no spare kernel ({type(e).__name__}: {e})")
             spares = claimed = None

@@ -35,7 +35,7 @@ pub fn new_notebook(cells: &[&str]) -> Value {
 
 fn kernel_metadata() -> Value {
     json!({
-        "kernelspec": {"display_name": "Rust (llm-lab)", "language": "rust", "name": "rust"},
+        "kernelspec": {"display_name": "Rust (llm-lab)", "language": "rust", "name": crate::lab::KERNEL_NAME},
         "language_info": {"codemirror_mode": "rust", "file_extension": ".rs", "mimetype": "text/rust", "name": "Rust", "pygment_lexer": "rust", "version": ""}
     })
 }
@@ -253,7 +253,7 @@ pub fn execute_in(lab: &Lab, nb: &Path, limits: Limits, folder: Option<&Path>) -
         .arg(nb)
         .arg(&out)
         .arg(&status)
-        .arg("rust")
+        .arg(crate::lab::KERNEL_NAME)
         .arg(limits.cell.to_string())
         .arg(limits.dep.to_string())
         .arg(if limits.stop_on_error { "1" } else { "0" })

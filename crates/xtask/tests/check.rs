@@ -26,7 +26,7 @@ fn exercise_notebook(dir: &Path, name: &str, attention: &str) -> PathBuf {
     ];
     let nb = json!({
         "cells": cells.iter().map(|c| json!({"cell_type": "code", "execution_count": null, "metadata": {}, "outputs": [], "source": c})).collect::<Vec<_>>(),
-        "metadata": {"kernelspec": {"display_name": "Rust (llm-lab)", "language": "rust", "name": "rust"}},
+        "metadata": {"kernelspec": {"display_name": "Rust (llm-lab)", "language": "rust", "name": "llm-lab"}},
         "nbformat": 4,
         "nbformat_minor": 4
     });

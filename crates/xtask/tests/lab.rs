@@ -83,6 +83,16 @@ fn serve(mut cmd: Command) -> Served {
 
 /// A plain HTTP/1.0 GET; returns the status code and the whole response (headers, body).
 fn get(url: &str) -> (u16, String) {
+    request("GET", url, "")
+}
+
+/// The body of a response from [`request`].
+fn body(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// A plain HTTP/1.0 request with a JSON body (none if empty).
+fn request(method: &str, url: &str, json: &str) -> (u16, String) {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     // JupyterLab prints its URL a moment before it listens.
@@ -99,7 +109,13 @@ fn get(url: &str) -> (u16, String) {
         }
     };
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{json}",
+        json.len()
+    )
+    .unwrap();
     let mut response = String::new();
     s.read_to_string(&mut response).unwrap();
     let code = response
@@ -113,8 +129,8 @@ fn get(url: &str) -> (u16, String) {
 /// The lab answers on its URL, opens on the first lesson, and its settings hold no news.
 fn assert_serves(served: &mut Served) {
     eprintln!("{}", served.seen.join("\n"));
-    let (code, body) = get(&served.url);
-    assert_eq!(code, 200, "{}: {body}", served.url);
+    let (code, page) = get(&served.url);
+    assert_eq!(code, 200, "{}: {page}", served.url);
     let token = served.url.split("token=").nth(1).unwrap().to_string();
     let base = served.url.split("/lab").next().unwrap().to_string();
     let lesson = format!("{base}/lab/tree/notebooks/01_atencao_multicabecas.ipynb?token={token}");
@@ -133,7 +149,7 @@ fn assert_serves(served: &mut Served) {
         "{base}/lab/api/settings/@jupyterlab/apputils-extension:notification?token={token}"
     ));
     assert_eq!(code, 200, "{response}");
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let body = body(&response);
     let v: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(
         v["schema"]["properties"]["fetchNews"]["default"], "false",
@@ -169,6 +185,84 @@ fn lab_serves_as_the_current_user() {
         );
     }
 }
+
+/// The lab's server warms a spare kernel for the lessons as it starts (its extension,
+/// `warm_spares.py`): the kernel JupyterLab starts when it opens the first lesson claims it, and
+/// Jupyter has it ready (the proxy answers kernel_info while the spare may still be warming).
+#[test]
+fn the_first_lessons_kernel_claims_the_spare_warmed_as_the_lab_starts() {
+    if let Some(why) = support::lab_missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let tag = support::tag("lab-first-kernel");
+    let mut cmd = support::xtask(&tag);
+    cmd.args(["lab", "--no-browser", "--port", &free_port().to_string()]);
+    let mut served = serve(cmd);
+    assert_serves(&mut served);
+    let token = served.url.split("token=").nth(1).unwrap().to_string();
+    let base = served.url.split("/lab").next().unwrap().to_string();
+    // What JupyterLab does when it opens a notebook: a session, which starts its kernel.
+    let (code, response) = request(
+        "POST",
+        &format!("{base}/api/sessions?token={token}"),
+        r#"{"path": "notebooks/01_atencao_multicabecas.ipynb", "type": "notebook", "name": "",
+            "kernel": {"name": "llm-lab"}}"#,
+    );
+    assert_eq!(code, 201, "{response}");
+    let session: serde_json::Value = serde_json::from_str(body(&response)).unwrap();
+    let kernel = session["kernel"]["id"].as_str().unwrap();
+    // JupyterLab's side: the kernel's channels on the server's websocket, the lesson's cells.
+    let out = Command::new(support::root().join(".venv/bin/python"))
+        .arg("-c")
+        .arg(LESSON_CLIENT)
+        .arg(base.trim_start_matches("http://"))
+        .arg(&token)
+        .arg(kernel)
+        .current_dir(support::root().join("crates/xtask/src"))
+        .output()
+        .unwrap();
+    served.seen.extend(served.log.try_iter());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    let log = served.seen.join("\n");
+    assert!(out.status.success(), "{stdout}\n{stderr}\n{log}");
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        report["errors"],
+        serde_json::json!([null, null, null]),
+        "{report}\n{log}"
+    );
+    assert!(
+        report["output"].as_str().unwrap().contains(" Paris"),
+        "{report}"
+    );
+    assert!(
+        log.contains("llm-lab: kernel served by a warm spare"),
+        "the lesson's kernel started cold:\n{log}"
+    );
+}
+
+/// The client of `the_first_lessons_kernel_claims_the_spare_warmed_as_the_lab_starts`: BASE
+/// TOKEN KERNEL_ID; the benchmark's websocket client, the lessons' first cells; one JSON line.
+const LESSON_CLIENT: &str = r#"
+import json, sys
+from bench_notebook import WebsocketKernel
+import websocket
+
+base, token, kernel = sys.argv[1:4]
+cells = [':dep llm-lab = { path = "../crates/llm-lab" }\nuse llm_lab::prelude::*;',
+         "let model = Model::load_default()?;",
+         'let logits = model.logits("The capital of France is")?;\nprintln!("{:?}", logits.top_k(3));']
+ws = websocket.create_connection(f"ws://{base}/api/kernels/{kernel}/channels",
+                                 header=[f"Authorization: token {token}"], timeout=600)
+k = WebsocketKernel(ws)
+k.ready()
+results = [k.run(cell, 600) for cell in cells]
+print(json.dumps({"errors": [r[1] for r in results], "output": "".join(r[2] for r in results)}))
+"#;
 
 /// A normal user made with `useradd`, who can reach the repository, the lab's Python (its
 /// `.venv` links to the interpreter it was made from) and cargo's folders; None (with the reason
@@ -371,7 +465,7 @@ from jupyter_client.manager import start_new_kernel
 cells = [':dep llm-lab = { path = "../crates/llm-lab" }\nuse llm_lab::prelude::*;',
          "let model = Model::load_default()?;",
          'let logits = model.logits("The capital of France is")?;\nprintln!("{:?}", logits.top_k(3));']
-km, kc = start_new_kernel(kernel_name="rust", startup_timeout=600)
+km, kc = start_new_kernel(kernel_name="llm-lab", startup_timeout=600)
 out, statuses = [], []
 try:
     with open(f"/proc/{km.provisioner.process.pid}/cmdline", "rb") as f:

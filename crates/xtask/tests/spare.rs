@@ -19,7 +19,7 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// The evcxr binary the lab's kernelspec runs.
 fn evcxr() -> Option<String> {
-    let spec = support::root().join(".venv/share/jupyter/kernels/rust/kernel.json");
+    let spec = support::root().join(".venv/share/jupyter/kernels/llm-lab/kernel.json");
     let spec: Value = serde_json::from_str(&std::fs::read_to_string(spec).ok()?).ok()?;
     spec["argv"][3].as_str().map(str::to_string)
 }
@@ -157,7 +157,11 @@ fn a_spare_claimed_while_warming_hides_the_warm_up() {
     // reached the student.
     assert_eq!(r["ready_before_warm_up_ended"], true);
     assert_eq!(r["warm_up_ended"], true);
-    assert_eq!(r["kernel_info"]["implementation"], "evcxr_jupyter", "{}", r["kernel_info"]);
+    assert_eq!(
+        r["kernel_info"]["implementation"], "evcxr_jupyter",
+        "{}",
+        r["kernel_info"]
+    );
     assert_eq!(r["kernel_info"]["status"], "ok");
     assert_eq!(r["kernel_info"], r["kernel_info_after"]);
     assert_eq!(r["claimed_folder_ready"], false);

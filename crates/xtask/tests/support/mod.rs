@@ -19,7 +19,7 @@ pub fn root() -> PathBuf {
 pub fn lab_missing() -> Option<String> {
     let root = root();
     let python = root.join(".venv/bin/python");
-    let kernel = root.join(".venv/share/jupyter/kernels/rust/kernel.json");
+    let kernel = root.join(".venv/share/jupyter/kernels/llm-lab/kernel.json");
     if !python.exists() {
         return Some(format!(
             "{} is missing: run `cargo xtask setup`",
