@@ -82,8 +82,8 @@ RECHECK = 5.0
 # A warm-up that takes longer than this (a cold build of candle takes minutes) is abandoned.
 WARMUP_LIMIT = 1800
 DELIMITER = b"<IDS|MSG>"
-# How long a new evcxr may take to answer its first kernel_info_request.
-KERNEL_INFO_LIMIT = 15
+# evcxr's answer to the keeper's kernel_info_request, in a spare's folder.
+KERNEL_INFO = "kernel_info.json"
 # How long a launch waits for a spare whose keeper is starting it (copying its build folder,
 # starting evcxr): Jupyter waits 60 s for a new kernel's first answer.
 STARTING_LIMIT = 30
@@ -412,32 +412,9 @@ def claim(spares, key):
         return None
 
 
-def kernel_info(shell, sign, session, evcxr_ended, limit=KERNEL_INFO_LIMIT):
-    """The content of evcxr's kernel_info_reply on `shell`, or None if it gives none in time."""
-    msg_id, parts = request(session, "kernel_info_request", {})
-    shell.send_multipart([DELIMITER, sign(parts)] + parts)
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if ended(evcxr_ended):
-            return None
-        if not shell.poll(100):
-            continue
-        parsed = split(shell.recv_multipart())
-        if parsed is None or not hmac.compare_digest(parsed[1], sign(parsed[2])):
-            continue
-        try:
-            parent = json.loads(parsed[2][1])
-            content = json.loads(parsed[2][3])
-        except ValueError:
-            continue
-        if parent.get("msg_id") == msg_id and isinstance(content, dict):
-            return content
-    return None
-
-
 def take_reply(shell, pending):
-    """Reads one message on the warm-up's shell: the id of a warm-up cell that failed, or None.
-    A reply to a cell in `pending` is taken out of it."""
+    """Reads one message on the warm-up's shell: (the request it answers, its content) if that
+    request is in `pending` (and takes it out), else None."""
     parsed = split(shell.recv_multipart())
     if parsed is None:
         return None
@@ -446,10 +423,10 @@ def take_reply(shell, pending):
         content = json.loads(parsed[2][3] or b"{}")
     except ValueError:
         return None
-    if parent.get("msg_id") not in pending:
+    if parent.get("msg_id") not in pending or not isinstance(content, dict):
         return None
     pending.discard(parent["msg_id"])
-    return None if content.get("status") == "ok" else parent["msg_id"]
+    return parent["msg_id"], content
 
 
 def claim_starting(spares, key, limit=STARTING_LIMIT):
@@ -548,20 +525,32 @@ def proxy(claimed, jupyter_file):
     # A spare claimed while it warms: evcxr takes the next request from any client once a cell
     # is done, so the student's requests wait here until the keeper marks the warm-up over (else
     # a cell could run between the warm-up's and lose its variables to its `:clear`). Meanwhile
-    # the proxy answers kernel_info itself, from the reply the keeper asked for before the
-    # warm-up: evcxr would answer only after it, and Jupyter gives up on a kernel that is silent
-    # for 60 s.
-    warming = {"on": not info["ready"], "held": []}
-    cached_info = info.get("kernel_info") if isinstance(info.get("kernel_info"), dict) else None
+    # the proxy answers kernel_info itself, with evcxr's answer to the keeper's request sent
+    # before the warm-up (once it came): evcxr would answer Jupyter's only after the warm-up,
+    # and Jupyter gives up on a kernel that is silent for 60 s.
+    warming = {"on": not info["ready"], "held": [], "asked": [], "info": None}
     own_session = uuid.uuid4().hex
 
     def warm_up_over():
         return any(os.path.exists(os.path.join(folder, m)) for m in ("ready", WARMED))
 
+    def kernel_info():
+        """evcxr's kernel_info reply once the keeper has it (evcxr answers it a few seconds
+        after it starts), else None."""
+        if warming["info"] is None:
+            try:
+                with open(os.path.join(folder, KERNEL_INFO)) as f:
+                    warming["info"] = json.load(f)
+            except (OSError, ValueError):
+                pass
+        return warming["info"]
+
     def release():
+        """The warm-up is over: evcxr answers everything from now on, held requests first."""
         warming["on"] = False
-        for frames in warming["held"]:
-            k_shell.send_multipart(frames, copy=False)
+        for to, frames in [a[:2] for a in warming["asked"]] + warming["held"]:
+            to.send_multipart(frames, copy=False)
+        warming["asked"].clear()
         warming["held"].clear()
 
     def reply(idents, to, request_header, msg_type, content):
@@ -575,8 +564,15 @@ def proxy(claimed, jupyter_file):
     def answer_kernel_info(idents, parts, to):
         topic = [b"kernel.llm-lab.status"]
         reply(topic, c_iopub, parts[0], "status", {"execution_state": "busy"})
-        reply(idents, to, parts[0], "kernel_info_reply", cached_info)
+        reply(idents, to, parts[0], "kernel_info_reply", kernel_info())
         reply(topic, c_iopub, parts[0], "status", {"execution_state": "idle"})
+
+    def answer_asked():
+        """Answers the kernel_info requests that came before evcxr's reply did."""
+        if warming["asked"] and kernel_info() is not None:
+            for _, _, idents, parts, to in warming["asked"]:
+                answer_kernel_info(idents, parts, to)
+            warming["asked"].clear()
 
     def relay(frames, check, sign, to, downstream, iopub):
         parsed = split(frames)
@@ -587,10 +583,15 @@ def proxy(claimed, jupyter_file):
             log("a message with a bad signature was dropped")
             return
         if not downstream and warming["on"] and to is not k_stdin:
-            if cached_info and json.loads(parts[0]).get("msg_type") == "kernel_info_request":
-                return answer_kernel_info(idents, parts, c_shell if to is k_shell else c_control)
+            frames = idents + [DELIMITER, sign(parts)] + parts + buffers
+            if json.loads(parts[0]).get("msg_type") == "kernel_info_request":
+                client = c_shell if to is k_shell else c_control
+                if kernel_info() is not None:
+                    return answer_kernel_info(idents, parts, client)
+                warming["asked"].append((to, frames, idents, parts, client))
+                return
             if to is k_shell:
-                warming["held"].append(idents + [DELIMITER, sign(parts)] + parts + buffers)
+                warming["held"].append((k_shell, frames))
                 return
         if downstream:
             if iopub and warmup_session:
@@ -626,8 +627,10 @@ def proxy(claimed, jupyter_file):
     closing_at = None
     while True:
         events = dict(poller.poll(200))
-        if warming["on"] and warm_up_over():
-            release()
+        if warming["on"]:
+            answer_asked()
+            if warm_up_over():
+                release()
         for s, _ in list(events.items()):
             if s in routes:
                 forward(s.recv_multipart(), *routes[s], iopub=s is k_iopub)
@@ -792,11 +795,12 @@ class Keeper:
         info = {"keeper_pid": os.getpid(), "keeper_start": start_time(os.getpid()),
                 "evcxr_pid": self.proc.pid,
                 "evcxr_start": start_time(self.proc.pid), "session": session,
-                "offset": len(cells),
-                # Asked before the warm-up, which evcxr would answer only after its cells:
-                # the claimer's proxy answers Jupyter's kernel_info_request while it warms.
-                "kernel_info": kernel_info(shell, sign, session, evcxr_ended)}
-        pending = set()
+                "offset": len(cells)}
+        # Asked before the warm-up's cells, which evcxr answers first: the claimer's proxy
+        # answers Jupyter's kernel_info_request with it while the spare warms.
+        self.info_id, parts = request(session, "kernel_info_request", {})
+        shell.send_multipart([DELIMITER, sign(parts)] + parts)
+        pending = {self.info_id}
         for cell in cells:
             msg_id, parts = request(session, "execute_request", {
                 "code": cell, "silent": False, "store_history": False,
@@ -817,7 +821,7 @@ class Keeper:
         while True:
             events = dict(poller.poll(250))
             if shell in events:
-                failed = take_reply(shell, pending) or failed
+                failed = self.on_reply(take_reply(shell, pending)) or failed
                 if not pending and failed is None:
                     ready_at = time.monotonic()
                     self.mark("ready", f"{ready_at - started:.1f}")
@@ -852,10 +856,24 @@ class Keeper:
             shell.close()
             ctx.term()
 
+    def on_reply(self, taken):
+        """Keeps evcxr's kernel_info reply (for the proxy); the id of a warm-up cell that
+        failed, or None."""
+        if taken is None:
+            return None
+        msg_id, content = taken
+        if msg_id == self.info_id:
+            self.mark(KERNEL_INFO, json.dumps(content))
+            return None
+        return None if content.get("status") == "ok" else msg_id
+
     def mark(self, name, text=""):
-        """Writes the marker file `name` into the spare's folder, wherever claims moved it."""
-        with open(os.path.join(self.where(), name), "w") as f:
+        """Writes the file `name` (whole: then renamed) into the spare's folder, wherever claims
+        moved it."""
+        tmp = os.path.join(self.where(), name + ".tmp")
+        with open(tmp, "w") as f:
             f.write(text + "\n")
+        os.rename(tmp, os.path.join(self.where(), name))
 
     def at(self, name):
         """Whether the spare's folder is still unclaimed under `name`."""
@@ -903,7 +921,7 @@ class Keeper:
         while True:
             events = dict(poller.poll())
             if shell in events:
-                take_reply(shell, pending)
+                self.on_reply(take_reply(shell, pending))
                 if not pending:
                     poller.unregister(shell)
                     took = time.monotonic() - started
