@@ -443,14 +443,16 @@ def claim_starting(spares, key, limit=STARTING_LIMIT):
         time.sleep(0.1)
 
 
-def start_keeper(slots, evcxr, spares, key, watched):
+def start_keeper(slots, evcxr, spares, key, watched, after=""):
     """Starts a detached keeper for `key` that ends with process `watched` (it gives up if
-    another keeper holds the key)."""
+    another keeper holds the key). With `after`, a claimed spare's folder, it starts its evcxr
+    only once that spare's warm-up is over: two warm-ups at once on two cores would slow down the
+    one the student waits for."""
     started = start_time(watched)
     if started is None:
         return
     args = [sys.executable, os.path.abspath(__file__), "--keeper", slots, evcxr, spares, key,
-            str(watched), str(started)]
+            str(watched), str(started), after]
     with open(os.path.join(spares, key + ".log"), "a") as err:
         # The keeper forks once more and this child exits: nothing is left for evcxr to reap.
         subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
@@ -468,7 +470,9 @@ def proxy(claimed, jupyter_file):
     to_kernel, to_client = signer(spare), signer(jupyter)
     # Jupyter's side checks with its key, the spare's with the spare's.
     from_client, from_kernel = to_client, to_kernel
-    offset, warmup_session = int(info["offset"]), info["session"]
+    # Execution counts the warm-up took: every cell of a spare claimed once warm, else as many
+    # as the keeper says when it marks the warm-up over (it cuts a claimed one short).
+    counted, warmup_session = {"offset": int(info["offset"])}, info["session"]
     ctx = zmq.Context()
     made = []
 
@@ -510,7 +514,7 @@ def proxy(claimed, jupyter_file):
         if msg_type not in COUNTED:
             return content
         c = json.loads(content)
-        n = c.get("execution_count")
+        n, offset = c.get("execution_count"), counted["offset"]
         if isinstance(n, int) and n > offset:
             c["execution_count"] = n - offset
             return json.dumps(c).encode()
@@ -532,7 +536,12 @@ def proxy(claimed, jupyter_file):
     own_session = uuid.uuid4().hex
 
     def warm_up_over():
-        return any(os.path.exists(os.path.join(folder, m)) for m in ("ready", WARMED))
+        try:
+            with open(os.path.join(folder, WARMED)) as f:
+                counted["offset"] = int(f.read().split()[0])
+            return True
+        except (OSError, ValueError, IndexError):
+            return os.path.exists(os.path.join(folder, "ready"))
 
     def kernel_info():
         """evcxr's kernel_info reply once the keeper has it (evcxr answers it a few seconds
@@ -742,7 +751,7 @@ class Keeper:
         if self.slot_lock is not None:
             self.slot_lock.close()
 
-    def run(self, watched_pid, watched_start):
+    def run(self, watched_pid, watched_start, after=""):
         self.watched = watched_pid
         self.key_lock = lock(os.path.join(self.spares, self.key + ".lock"), wait=30)
         if self.key_lock is None:
@@ -750,6 +759,8 @@ class Keeper:
         try:
             server = watch(watched_pid, watched_start)
             if server is None:
+                return
+            if after and not self.wait_warm(after, server):
                 return
             name = os.path.join(self.spares, self.key)
             # Made first: a launch that finds it waits for the spare (see claim_starting).
@@ -796,17 +807,15 @@ class Keeper:
                 "evcxr_pid": self.proc.pid,
                 "evcxr_start": start_time(self.proc.pid), "session": session,
                 "offset": len(cells)}
+        self.shell, self.sign, self.session = shell, sign, session
         # Asked before the warm-up's cells, which evcxr answers first: the claimer's proxy
         # answers Jupyter's kernel_info_request with it while the spare warms.
         self.info_id, parts = request(session, "kernel_info_request", {})
         shell.send_multipart([DELIMITER, sign(parts)] + parts)
-        pending = {self.info_id}
-        for cell in cells:
-            msg_id, parts = request(session, "execute_request", {
-                "code": cell, "silent": False, "store_history": False,
-                "user_expressions": {}, "allow_stdin": False, "stop_on_error": False})
-            shell.send_multipart([DELIMITER, sign(parts)] + parts)
-            pending.add(msg_id)
+        self.pending = {self.info_id}
+        # One cell at a time, so that a claim can cut the warm-up short (see cut_short).
+        self.queue, self.sent = list(cells), 0
+        self.send_next()
         with open(os.path.join(building, "info.json"), "w") as f:
             json.dump(info, f)
         # Claimable from now on: a claimer's cells queue behind the warm-up.
@@ -821,8 +830,10 @@ class Keeper:
         while True:
             events = dict(poller.poll(250))
             if shell in events:
-                failed = self.on_reply(take_reply(shell, pending)) or failed
-                if not pending and failed is None:
+                failed = self.on_reply(take_reply(shell, self.pending)) or failed
+                if failed is None:
+                    self.send_next()
+                if not self.pending and failed is None:
                     ready_at = time.monotonic()
                     self.mark("ready", f"{ready_at - started:.1f}")
                     log(f"keeper {os.getpid()}: spare warm in {ready_at - started:.1f} s")
@@ -833,7 +844,7 @@ class Keeper:
             claimed = not self.at(name)
             if claimed:
                 break
-            if failed is not None or (pending and time.monotonic() - started > WARMUP_LIMIT):
+            if failed is not None or (self.pending and time.monotonic() - started > WARMUP_LIMIT):
                 if self.retire(name):
                     return self.cleanup("its warm-up failed or did not end")
                 break  # claimed in the meantime: the student's kernel goes on
@@ -851,10 +862,41 @@ class Keeper:
         # Claimed: the launcher that claimed it starts the next spare, which needs the key.
         self.key_lock.close()
         try:
-            self.serve_claimer(evcxr_ended, server, shell, pending, started)
+            self.serve_claimer(evcxr_ended, server, started)
         finally:
             shell.close()
             ctx.term()
+
+    def wait_warm(self, claimed, server):
+        """Waits until the claimed spare in folder `claimed` is warm (or gone); False if the
+        server ended meanwhile."""
+        started = time.monotonic()
+        while os.path.isdir(claimed) and time.monotonic() - started < WARMUP_LIMIT:
+            if any(os.path.exists(os.path.join(claimed, m)) for m in ("ready", WARMED)):
+                break
+            if select.select([server], [], [], 0.25)[0]:
+                return False
+        log(f"keeper {os.getpid()}: starts after {time.monotonic() - started:.1f} s, once the "
+            "claimed spare warmed")
+        return True
+
+    def send_next(self):
+        """Sends the warm-up's next cell, unless one is running or none is left."""
+        if not self.queue or len(self.pending - {self.info_id}) > 0:
+            return
+        msg_id, parts = request(self.session, "execute_request", {
+            "code": self.queue.pop(0), "silent": False, "store_history": False,
+            "user_expressions": {}, "allow_stdin": False, "stop_on_error": False})
+        self.shell.send_multipart([DELIMITER, self.sign(parts)] + parts)
+        self.pending.add(msg_id)
+        self.sent += 1
+
+    def cut_short(self):
+        """A claimed spare's warm-up ends with the cell it runs: the student is waiting, and
+        the next cells only do ahead what the student's own cells do anyway. Its last cell (the
+        `:clear` that drops what the warm-up defined) still runs if any cell but the first
+        (the lessons' setup cell, the student's own) was sent."""
+        self.queue = self.queue[-1:] if self.sent > 1 else []
 
     def on_reply(self, taken):
         """Keeps evcxr's kernel_info reply (for the proxy); the id of a warm-up cell that
@@ -891,10 +933,14 @@ class Keeper:
             return False
         return True
 
-    def serve_claimer(self, evcxr_ended, server, shell, pending, started):
-        """Waits for the claimer to end, and tells its proxy (the marker WARMED) once the warm-up
-        whose replies are `pending` is over: it holds the student's requests until then."""
+    def serve_claimer(self, evcxr_ended, server, started):
+        """Waits for the claimer to end, and tells its proxy (the marker WARMED, with the number
+        of warm-up cells evcxr counted) once the warm-up is over: it holds the student's requests
+        until then."""
         import zmq
+
+        shell, pending = self.shell, self.pending
+        self.cut_short()
 
         deadline, claimer = time.monotonic() + 10, None
         while claimer is None and time.monotonic() < deadline:
@@ -915,18 +961,20 @@ class Keeper:
         if pending:
             poller.register(shell, zmq.POLLIN)
         else:
-            self.mark(WARMED)
+            self.mark(WARMED, str(self.sent))
         why = {claimer: "its claimer exited", evcxr_ended: "its evcxr exited",
                server: "the Jupyter server that started it is gone"}
         while True:
             events = dict(poller.poll())
             if shell in events:
                 self.on_reply(take_reply(shell, pending))
+                self.send_next()
                 if not pending:
                     poller.unregister(shell)
                     took = time.monotonic() - started
-                    self.mark(WARMED, f"{took:.1f}")
-                    log(f"keeper {os.getpid()}: claimed spare warm in {took:.1f} s")
+                    self.mark(WARMED, str(self.sent))
+                    log(f"keeper {os.getpid()}: claimed spare warm in {took:.1f} s "
+                        f"({self.sent} warm-up cells)")
                 continue
             ended_fd = next((fd for fd in why if fd in events), None)
             if ended_fd is not None:
@@ -934,11 +982,11 @@ class Keeper:
 
 
 def keeper_main(args):
-    slots, evcxr, spares, key, watched_pid, watched_start = args
+    slots, evcxr, spares, key, watched_pid, watched_start, after = args
     if os.fork() > 0:
         os._exit(0)  # the launcher waits for this one; the keeper goes on, reparented
     log(f"keeper {os.getpid()} for spare {key} started")
-    Keeper(slots, evcxr, spares, key).run(int(watched_pid), int(watched_start))
+    Keeper(slots, evcxr, spares, key).run(int(watched_pid), int(watched_start), after)
 
 
 def main():
@@ -979,7 +1027,7 @@ def main():
             log(f"no spare kernel ({type(e).__name__}: {e})")
             spares = claimed = None
         if claimed is not None:
-            keep_a_spare(slots, evcxr, spares, key)
+            keep_a_spare(slots, evcxr, spares, key, after=claimed[0])
             try:
                 proxy(claimed, connection)
                 return
@@ -1005,9 +1053,9 @@ def main():
     os.execve(evcxr, [evcxr, "--control_file", connection], env)
 
 
-def keep_a_spare(slots, evcxr, spares, key):
+def keep_a_spare(slots, evcxr, spares, key, after=""):
     try:
-        start_keeper(slots, evcxr, spares, key, os.getppid())
+        start_keeper(slots, evcxr, spares, key, os.getppid(), after)
     except Exception as e:
         log(f"no spare kernel for the next kernel ({type(e).__name__}: {e})")
 

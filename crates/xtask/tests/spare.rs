@@ -165,6 +165,9 @@ fn a_spare_claimed_while_warming_hides_the_warm_up() {
     assert_eq!(r["kernel_info"]["status"], "ok");
     assert_eq!(r["kernel_info"], r["kernel_info_after"]);
     assert_eq!(r["claimed_folder_ready"], false);
+    // Claimed during its first cell, the warm-up ended with it (the `let` and its `:clear`
+    // were not run), and the counts above are shifted by that one cell.
+    assert_eq!(r["warm_up_cells_run"], "1");
     let seen = r["seen"].to_string();
     assert!(
         seen.contains("hi 42") && !seen.contains("warm-up output"),

@@ -210,6 +210,8 @@ def scenario(name, spec, pool, result):
             result["spare"] = [run(k1[1], c) for c in CELLS]
             result["claimed_folder_ready"] = os.path.exists(os.path.join(folder, "ready"))
             result["warm_up_ended"] = os.path.exists(done)
+            with open(os.path.join(folder, "warmed")) as f:
+                result["warm_up_cells_run"] = f.read().strip()
             # Once the warm-up is over, kernel_info comes from evcxr itself again.
             result["kernel_info_after"] = k1[1].kernel_info(reply=True, timeout=30)["content"]
             result["seen"] = list(SEEN)
