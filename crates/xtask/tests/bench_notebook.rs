@@ -1,5 +1,6 @@
 //! `cargo xtask bench-notebook` runs a new kernel and a restarted one to their first logits, cold
-//! and with warm spare kernels, and a trivial cell, and reports every step with its time; nothing
+//! and with warm spare kernels, a trivial cell, and the first lesson's kernel in a Jupyter server
+//! as `cargo xtask lab` starts it, and reports every step with its time; nothing
 //! it started is left running (spares included). Needs
 //! the lab installed (`cargo xtask setup`); without it the test says why and passes. Times are
 //! printed, never asserted.
@@ -34,25 +35,30 @@ fn bench_notebook_reports_every_step() {
             ))
         })
         .collect();
+    let steps = [
+        "kernel ready",
+        "`:dep` cell",
+        "model load",
+        "first logits",
+        "total to first logits",
+    ];
     let mut expected = vec![];
-    let phases = [
+    let kernels = [
         "fresh kernel",
         "kernel restart",
         "spare: new",
         "spare: restart",
     ];
-    for phase in phases {
-        for step in [
-            "kernel ready",
-            "`:dep` cell",
-            "model load",
-            "first logits",
-            "total to first logits",
-        ] {
-            expected.push(format!("{phase} {step}"));
-        }
+    // The lab's first kernel, through a Jupyter server with the lab's spare-warming extension.
+    let lab = ["lab: at once", "lab: spare warm"];
+    for phase in kernels {
+        expected.extend(steps.map(|step| format!("{phase} {step}")));
     }
     expected.extend(["trivial cell run 1".into(), "trivial cell run 2".into()]);
+    for phase in lab {
+        expected.extend(steps.map(|step| format!("{phase} {step}")));
+    }
+    let phases = kernels.iter().chain(&lab);
     let names: Vec<&str> = rows.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, expected, "{stdout}");
     assert!(
@@ -73,6 +79,10 @@ fn bench_notebook_reports_every_step() {
     assert!(
         stderr.contains("an idle warm spare holds"),
         "no spare memory note: {stderr}"
+    );
+    assert!(
+        stderr.contains("the lab's spare for the lessons was warm"),
+        "no note on the lab's spare: {stderr}"
     );
     assert!(
         support::tagged(&tag.0, &tag.1).is_empty(),
