@@ -429,6 +429,12 @@ def take_reply(shell, pending):
     return parent["msg_id"], content
 
 
+def warmed(folder):
+    """Whether the warm-up of the spare in `folder` is over: `ready` (warm before any claim) or
+    WARMED (claimed, and its keeper saw the last warm-up cell end)."""
+    return any(os.path.exists(os.path.join(folder, m)) for m in ("ready", WARMED))
+
+
 def claim_starting(spares, key, limit=STARTING_LIMIT):
     """claim(), or if a keeper is still starting the spare for `key` (its folder `KEY.new-PID`:
     the lab's server starts one as the lesson's kernel is asked for), the spare once it starts."""
@@ -536,12 +542,14 @@ def proxy(claimed, jupyter_file):
     own_session = uuid.uuid4().hex
 
     def warm_up_over():
+        if not warmed(folder):
+            return False
         try:
             with open(os.path.join(folder, WARMED)) as f:
                 counted["offset"] = int(f.read().split()[0])
-            return True
         except (OSError, ValueError, IndexError):
-            return os.path.exists(os.path.join(folder, "ready"))
+            pass  # `ready`: every cell ran
+        return True
 
     def kernel_info():
         """evcxr's kernel_info reply once the keeper has it (evcxr answers it a few seconds
@@ -872,7 +880,7 @@ class Keeper:
         server ended meanwhile."""
         started = time.monotonic()
         while os.path.isdir(claimed) and time.monotonic() - started < WARMUP_LIMIT:
-            if any(os.path.exists(os.path.join(claimed, m)) for m in ("ready", WARMED)):
+            if warmed(claimed):
                 break
             if select.select([server], [], [], 0.25)[0]:
                 return False
