@@ -783,11 +783,15 @@ class Keeper:
             if folder is None:
                 return self.cleanup("no build folder is free")
             connection = new_connection()
-            with open(os.path.join(building, "connection.json"), "w") as f:
-                json.dump(connection, f)
+            # evcxr reads its own copy from the slot, a path no claim renames (it may read it
+            # after the spare's folder became claimable); claimers read the spare's.
+            control = os.path.join(folder, "llm-lab-spare-connection.json")
+            for path in (control, os.path.join(building, "connection.json")):
+                with open(path, "w") as f:
+                    json.dump(connection, f)
             env = dict(os.environ, EVCXR_TMPDIR=folder)
             self.proc = subprocess.Popen(
-                [self.evcxr, "--control_file", os.path.join(building, "connection.json")],
+                [self.evcxr, "--control_file", control],
                 env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 pass_fds=[self.slot_lock.fileno()], preexec_fn=spare_child(may_unnice()),
                 start_new_session=True)
