@@ -28,31 +28,46 @@ import uuid
 from jupyter_client.manager import start_new_kernel
 
 
+class Outputs:
+    """What a cell's iopub messages show: its text and its error."""
+
+    def __init__(self):
+        self.text, self.error = [], None
+
+    def take(self, msg):
+        """Keeps the output of `msg` (a message of the cell); True once the kernel is idle."""
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "stream":
+            self.text.append(content["text"])
+        elif kind in ("execute_result", "display_data"):
+            self.text.append(content["data"].get("text/plain", ""))
+        elif kind == "error":
+            self.error = f"{content['ename']}: {content['evalue']}"
+        return kind == "status" and content["execution_state"] == "idle"
+
+    def result(self, started):
+        """(seconds since `started`, error text or None, output text)."""
+        return time.monotonic() - started, self.error, "".join(self.text)
+
+
 def run_cell(kc, source, timeout):
     """Executes `source`; returns (seconds, error text or None, output text)."""
     t = time.monotonic()
     msg_id = kc.execute(source, store_history=True)
-    error, text = None, []
+    out = Outputs()
     deadline = t + timeout
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            return time.monotonic() - t, f"no answer within {timeout} s", "".join(text)
+            return time.monotonic() - t, f"no answer within {timeout} s", "".join(out.text)
         try:
             msg = kc.get_iopub_msg(timeout=left)
         except Exception:  # queue.Empty: the deadline is checked above
             continue
         if msg["parent_header"].get("msg_id") != msg_id:
             continue
-        kind, content = msg["msg_type"], msg["content"]
-        if kind == "stream":
-            text.append(content["text"])
-        elif kind in ("execute_result", "display_data"):
-            text.append(content["data"].get("text/plain", ""))
-        elif kind == "error":
-            error = f"{content['ename']}: {content['evalue']}"
-        elif kind == "status" and content["execution_state"] == "idle":
-            return time.monotonic() - t, error, "".join(text)
+        if out.take(msg):
+            return out.result(t)
 
 
 def ready_spare(pool, since=0.0):
@@ -203,21 +218,14 @@ class WebsocketKernel:
         msg_id = self.send("shell", "execute_request", {
             "code": source, "silent": False, "store_history": True, "user_expressions": {},
             "allow_stdin": False, "stop_on_error": True})
-        error, text = None, []
+        out = Outputs()
         self.ws.settimeout(timeout)
         while True:
             msg = json.loads(self.ws.recv())
             if msg.get("channel") != "iopub" or msg["parent_header"].get("msg_id") != msg_id:
                 continue
-            kind, content = msg["msg_type"], msg["content"]
-            if kind == "stream":
-                text.append(content["text"])
-            elif kind in ("execute_result", "display_data"):
-                text.append(content["data"].get("text/plain", ""))
-            elif kind == "error":
-                error = f"{content['ename']}: {content['evalue']}"
-            elif kind == "status" and content["execution_state"] == "idle":
-                return time.monotonic() - t, error, "".join(text)
+            if out.take(msg):
+                return out.result(t)
 
 
 def main():
