@@ -219,6 +219,7 @@ fn the_first_lessons_kernel_claims_the_spare_warmed_as_the_lab_starts() {
         .arg(base.trim_start_matches("http://"))
         .arg(&token)
         .arg(kernel)
+        .arg(FIRST_CELLS)
         .current_dir(support::root().join("crates/xtask/src"))
         .output()
         .unwrap();
@@ -245,17 +246,21 @@ fn the_first_lessons_kernel_claims_the_spare_warmed_as_the_lab_starts() {
     );
 }
 
+/// The lessons' first cells (the course crate, the model, the first logits), a JSON list for the
+/// kernel clients below.
+const FIRST_CELLS: &str = r#"[":dep llm-lab = { path = \"../crates/llm-lab\" }\nuse llm_lab::prelude::*;",
+ "let model = Model::load_default()?;",
+ "let logits = model.logits(\"The capital of France is\")?;\nprintln!(\"{:?}\", logits.top_k(3));"]"#;
+
 /// The client of `the_first_lessons_kernel_claims_the_spare_warmed_as_the_lab_starts`: BASE
-/// TOKEN KERNEL_ID; the benchmark's websocket client, the lessons' first cells; one JSON line.
+/// TOKEN KERNEL_ID CELLS; the benchmark's websocket client runs CELLS; one JSON line.
 const LESSON_CLIENT: &str = r#"
 import json, sys
 from bench_notebook import WebsocketKernel
 import websocket
 
 base, token, kernel = sys.argv[1:4]
-cells = [':dep llm-lab = { path = "../crates/llm-lab" }\nuse llm_lab::prelude::*;',
-         "let model = Model::load_default()?;",
-         'let logits = model.logits("The capital of France is")?;\nprintln!("{:?}", logits.top_k(3));']
+cells = json.loads(sys.argv[4])
 ws = websocket.create_connection(f"ws://{base}/api/kernels/{kernel}/channels",
                                  header=[f"Authorization: token {token}"], timeout=600)
 k = WebsocketKernel(ws)
@@ -405,6 +410,7 @@ fn a_normal_users_kernel_starts_warm_in_its_own_pool() {
         .arg("CANDLE_NUM_THREADS=1")
         .arg(root.join(".venv/bin/python"))
         .arg(&script)
+        .arg(FIRST_CELLS)
         .current_dir(root.join("notebooks"))
         .output()
         .unwrap();
@@ -456,15 +462,13 @@ fn a_normal_users_kernel_starts_warm_in_its_own_pool() {
     assert_eq!(support::tagged(&tag.0, &tag.1), vec![]);
 }
 
-/// The client of `a_normal_users_kernel_starts_warm_in_its_own_pool`: the lab's kernel, the
-/// lessons' first cells; one JSON line.
+/// The client of `a_normal_users_kernel_starts_warm_in_its_own_pool`: the lab's kernel runs
+/// CELLS (its one argument); one JSON line.
 const USER_KERNEL: &str = r#"
-import json
+import json, sys
 from jupyter_client.manager import start_new_kernel
 
-cells = [':dep llm-lab = { path = "../crates/llm-lab" }\nuse llm_lab::prelude::*;',
-         "let model = Model::load_default()?;",
-         'let logits = model.logits("The capital of France is")?;\nprintln!("{:?}", logits.top_k(3));']
+cells = json.loads(sys.argv[1])
 km, kc = start_new_kernel(kernel_name="llm-lab", startup_timeout=600)
 out, statuses = [], []
 try:
