@@ -34,8 +34,8 @@ pub use crate::compare::max_abs_diff;
 pub use crate::scripted::ScriptedModel;
 
 /// The real Gemma 3 270M file for tests that need it: `$LLM_LAB_GEMMA` if set, else the
-/// registry's `gemma-3-270m` (fetched on first use) when the registry has it. `None` (and a line
-/// on stderr saying the test is skipped) when neither is available.
+/// registry's `gemma-3-270m` (fetched on first use) when the registry has it. `None` when
+/// neither is available (see [`missing`]: under `CI=true` the test fails).
 pub fn real_gemma(test: &str) -> Option<std::path::PathBuf> {
     use crate::models::GEMMA_3_270M;
     if let Some(p) = std::env::var_os("LLM_LAB_GEMMA") {
@@ -47,10 +47,25 @@ pub fn real_gemma(test: &str) -> Option<std::path::PathBuf> {
             Err(e) => eprintln!("{test}: cannot fetch {GEMMA_3_270M}: {e}"),
         }
     }
-    eprintln!(
-        "SKIPPED {test}: set LLM_LAB_GEMMA to gemma-3-270m-q4_k_m.gguf or run `cargo xtask fetch`"
+    missing(
+        test,
+        "the real Gemma 3 270M: set LLM_LAB_GEMMA to gemma-3-270m-q4_k_m.gguf or run `cargo xtask fetch`",
     );
     None
+}
+
+/// The test `test` cannot run here: `what` it needs is missing. Under `CI=true` the test fails,
+/// naming it; elsewhere (a developer's machine) it prints that the test is skipped.
+///
+/// ```should_panic
+/// std::env::set_var("CI", "true");
+/// llm_lab::testing::missing("a_test", "a model file");
+/// ```
+pub fn missing(test: &str, what: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: a prerequisite is missing (CI=true fails instead of skipping): {what}");
+    }
+    eprintln!("SKIPPED {test}: missing {what}");
 }
 
 /// The shape and storage of a tiny test model.

@@ -429,7 +429,7 @@ fn a_fifo_or_a_folder_is_an_immediate_error() {
     assert!(e.contains("is a folder"), "{e}");
     let fifo = dir.path().join("model.gguf");
     if !mkfifo(&fifo) {
-        eprintln!("no mkfifo here: FIFO cases skipped");
+        llm_lab::testing::missing("the FIFO cases", "mkfifo");
         return;
     }
     let e = load_without_hanging(&fifo).expect("a FIFO loaded as a model");

@@ -82,7 +82,7 @@ fn child_peak(path: &std::path::Path) -> u64 {
 
 fn assert_within_bound(name: &str, path: &std::path::Path) {
     if !std::path::Path::new("/proc/self/status").exists() {
-        eprintln!("SKIPPED {name}: no /proc on this system");
+        llm_lab::testing::missing(name, "/proc/self/status (Linux's /proc)");
         return;
     }
     let file = std::fs::metadata(path).unwrap().len();

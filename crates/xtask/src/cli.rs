@@ -58,6 +58,8 @@ pub enum Command {
     Test(TestArgs),
     /// JupyterLab in headless Chromium: the explorer live without a re-run, a lesson run in the browser
     Browser(BrowserArgs),
+    /// `.ci/run` as a new machine meets it (clean clone, empty home and CARGO_HOME), each step timed
+    CiFresh(CiFreshArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -108,6 +110,19 @@ pub struct TestArgs {
     /// Stop after the cargo tests and the exercises' drift check
     #[arg(long)]
     pub no_notebooks: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CiFreshArgs {
+    /// An empty or new folder for the clone, its home folder and the log (default: a new one in /tmp)
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// The repository to clone (default: this one; its committed HEAD, not the work tree)
+    #[arg(long, value_name = "REPO", hide = true)]
+    pub source: Option<PathBuf>,
+    /// Leave the test users of earlier runs in place (they are removed by default)
+    #[arg(long, hide = true)]
+    pub keep_test_users: bool,
 }
 
 /// Parses the process's arguments and runs the command; usage errors exit with code 2.
@@ -190,6 +205,7 @@ pub fn run(command: Option<Command>) -> Result<()> {
         }
         Command::Test(args) => crate::test::test(&args),
         Command::Browser(args) => crate::browser::browser(&args),
+        Command::CiFresh(args) => crate::ci_fresh::ci_fresh(&args),
     }
 }
 

@@ -306,26 +306,7 @@ pub fn setup() -> Result<()> {
         std::fs::write(lab.stamp(), PYTHON_PACKAGES.join("\n"))?;
         Ok(())
     })?;
-    let evcxr = timed(&format!("evcxr_jupyter {EVCXR_VERSION}"), || {
-        if let Some(b) =
-            evcxr_binary().filter(|b| evcxr_version(b).as_deref() == Some(EVCXR_VERSION))
-        {
-            eprintln!("    already installed: {}", b.display());
-            return Ok(b);
-        }
-        eprintln!("    building it from crates.io (about 11 minutes on 2 cores, once)");
-        run_with_progress(
-            "cargo install evcxr_jupyter",
-            Command::new(env!("CARGO")).args([
-                "install",
-                "evcxr_jupyter",
-                "--locked",
-                "--version",
-                EVCXR_VERSION,
-            ]),
-        )?;
-        evcxr_binary().context("evcxr_jupyter was installed but cannot be found in ~/.cargo/bin")
-    })?;
+    let evcxr = install_evcxr()?;
     timed(
         "Rust kernel registered in .venv, with its launcher (a build folder per kernel, warm spares)",
         || {
@@ -369,6 +350,33 @@ pub fn setup() -> Result<()> {
     eprintln!("setup done in {:.0} s", total.elapsed().as_secs_f64());
     eprintln!("(`cargo xtask bench-notebook` times a new kernel, a restart and a trivial cell)");
     Ok(())
+}
+
+/// Installs evcxr_jupyter (the pinned version) unless it is there; its binary.
+pub fn install_evcxr() -> Result<PathBuf> {
+    timed(&format!("evcxr_jupyter {EVCXR_VERSION}"), || {
+        if let Some(b) = installed_evcxr() {
+            eprintln!("    already installed: {}", b.display());
+            return Ok(b);
+        }
+        eprintln!("    building it from crates.io (about 7 to 11 minutes on 2 cores, once)");
+        run_with_progress(
+            "cargo install evcxr_jupyter",
+            Command::new(env!("CARGO")).args([
+                "install",
+                "evcxr_jupyter",
+                "--locked",
+                "--version",
+                EVCXR_VERSION,
+            ]),
+        )?;
+        evcxr_binary().context("evcxr_jupyter was installed but cannot be found in ~/.cargo/bin")
+    })
+}
+
+/// The pinned evcxr_jupyter, if it is installed.
+pub fn installed_evcxr() -> Option<PathBuf> {
+    evcxr_binary().filter(|b| evcxr_version(b).as_deref() == Some(EVCXR_VERSION))
 }
 
 /// Runs `cmd`, showing each crate cargo compiles with a counter and the time so far instead of

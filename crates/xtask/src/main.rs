@@ -3,6 +3,7 @@
 mod bench_notebook;
 mod browser;
 mod check;
+mod ci_fresh;
 mod cli;
 mod grade;
 // Two std-only files of the course crate, compiled in rather than linking the crate (and candle):
@@ -18,6 +19,7 @@ mod model_args;
 mod notebooks;
 mod process;
 mod test;
+mod test_users;
 
 fn main() -> std::process::ExitCode {
     cli::main()

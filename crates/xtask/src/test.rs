@@ -24,29 +24,55 @@ pub fn run_step(what: &str, cmd: &mut Command) -> Result<()> {
 
 pub fn test(args: &TestArgs) -> Result<()> {
     let total = Instant::now();
-    // Formatting and lints first: they take seconds and fail the most often.
+    // Formatting first: it takes a second and fails the most often.
     run_step(
         "cargo fmt --all --check",
         Command::new(env!("CARGO")).args(["fmt", "--all", "--check"]),
     )?;
-    run_step(
-        "cargo clippy --workspace --all-targets -- -D warnings",
-        Command::new(env!("CARGO")).args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]),
-    )?;
-    // Fetch before the tests, so the tests' own parallel first uses do not race on the download.
-    run_step(
-        "fetch the models",
-        Command::new(env!("CARGO")).args(["xtask", "fetch"]),
-    )?;
+    // evcxr_jupyter (the kernel; minutes to compile on a new machine) builds beside the
+    // workspace: each build ends in long single-crate compilations and links that leave the
+    // other core idle, which the other build fills.
+    let evcxr = (!args.no_notebooks && crate::lab::installed_evcxr().is_none())
+        .then(|| std::thread::spawn(crate::lab::install_evcxr));
+    let before_the_kernel = || -> Result<()> {
+        // One build of the workspace serves every later step: the tests, the doctests' library
+        // and the `llm-lab` binary (built for its own integration tests) share the dev
+        // profile's dependencies, so the model commands below compile nothing again.
+        run_step(
+            "cargo test --workspace --no-run (the one build of candle and the course crate)",
+            Command::new(env!("CARGO")).args(["test", "--workspace", "--no-run"]),
+        )?;
+        // Clippy after the build: its check of the dependencies reuses their build scripts
+        // and procedural macros, and the lints of the course's own crates come on top (a
+        // minute, where clippy first would compile every dependency for it alone).
+        run_step(
+            "cargo clippy --workspace --all-targets -- -D warnings",
+            Command::new(env!("CARGO")).args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        )?;
+        // Fetch before the tests, so the tests' own parallel first uses do not race on the
+        // download.
+        run_step(
+            "fetch the models",
+            Command::new(env!("CARGO")).args(["xtask", "fetch"]),
+        )
+    };
+    let done = before_the_kernel();
+    // Whatever happened, the kernel's build ends before this command does.
+    if let Some(evcxr) = evcxr {
+        evcxr
+            .join()
+            .map_err(|_| anyhow::anyhow!("the evcxr_jupyter build panicked"))??;
+    }
+    done?;
     // The kernel before the tests: xtask's own tests run `check` and `grade` on it (without it
-    // they can only say they skipped).
+    // they fail under CI=true, saying the lab is missing).
     let lab = Lab::new();
     if !args.no_notebooks && !lab.is_ready() {
         crate::lab::setup()?;

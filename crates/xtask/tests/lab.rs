@@ -1,6 +1,6 @@
 //! `cargo xtask lab --no-browser` starts JupyterLab and serves the course, as root and as a normal
 //! user; its own settings turn the news pop-up off. Needs the lab installed (`cargo xtask setup`);
-//! without it the tests say why and pass.
+//! without it the tests say why and pass (fail under `CI=true`).
 
 mod support;
 
@@ -166,7 +166,7 @@ fn is_root() -> bool {
 #[test]
 fn lab_serves_as_the_current_user() {
     if let Some(why) = support::lab_missing() {
-        eprintln!("skipped: {why}");
+        support::missing(&why);
         return;
     }
     let tag = support::tag("lab");
@@ -192,7 +192,7 @@ fn lab_serves_as_the_current_user() {
 #[test]
 fn the_first_lessons_kernel_claims_the_spare_warmed_as_the_lab_starts() {
     if let Some(why) = support::lab_missing() {
-        eprintln!("skipped: {why}");
+        support::missing(&why);
         return;
     }
     let tag = support::tag("lab-first-kernel");
@@ -269,33 +269,27 @@ results = [k.run(cell, 600) for cell in cells]
 print(json.dumps({"errors": [r[1] for r in results], "output": "".join(r[2] for r in results)}))
 "#;
 
-/// A normal user made with `useradd`, who can reach the repository, the lab's Python (its
-/// `.venv` links to the interpreter it was made from) and cargo's folders; None (with the reason
-/// printed) when the test cannot run here: not root, no lab, no `useradd`, or a folder on the way
-/// closed to others.
-fn normal_user() -> Option<(&'static str, std::path::PathBuf)> {
+/// A normal user of the test's own (`support::test_user`), who can reach the repository, the
+/// lab's Python (its `.venv` links to the interpreter it was made from) and cargo's folders. None
+/// when the test cannot run here: not root (the current-user test covers that case); a missing
+/// lab, `useradd` or `runuser`, or a folder on the way closed to others fail the test under
+/// `CI=true` (`support::missing`).
+fn normal_user(name: &str) -> Option<(support::TestUser, std::path::PathBuf)> {
     if let Some(why) = support::lab_missing() {
-        eprintln!("skipped: {why}");
+        support::missing(&why);
         return None;
     }
     if !is_root() {
-        eprintln!("skipped: covered by lab_serves_as_the_current_user (not root)");
+        eprintln!("not root: lab_serves_as_the_current_user covers a normal user");
         return None;
     }
-    const USER: &str = "llmlab-student";
-    let exists = Command::new("id")
-        .arg(USER)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !exists {
-        let made = Command::new("useradd")
-            .args(["--create-home", USER])
-            .status();
-        if !made.is_ok_and(|s| s.success()) {
-            eprintln!("skipped: cannot create the user {USER} with useradd");
+    let user = match support::test_user(name) {
+        Ok(user) => user,
+        Err(why) => {
+            support::missing(&why);
             return None;
         }
-    }
+    };
     let root = support::root();
     let python = std::fs::canonicalize(root.join(".venv/bin/python")).unwrap();
     let cargo_home = std::env::var("CARGO_HOME")
@@ -309,26 +303,29 @@ fn normal_user() -> Option<(&'static str, std::path::PathBuf)> {
         cargo_home.join("bin"),
     ] {
         let reachable = match Command::new("runuser")
-            .args(["-u", USER, "--", "test", "-x"])
+            .args(["-u", &user.name, "--", "test", "-x"])
             .arg(&needed)
             .status()
         {
             Ok(status) => status.success(),
             Err(e) => {
-                eprintln!("skipped: cannot run runuser ({e}; it is in /usr/sbin on Debian)");
+                support::missing(&format!(
+                    "cannot run runuser ({e}; it is in /usr/sbin on Debian)"
+                ));
                 return None;
             }
         };
         if !reachable {
-            eprintln!(
-                "skipped: the user {USER} cannot reach {} (a folder on its path is closed to \
-                 others; e.g. `chmod o+x /root` opens /root for traversal only)",
+            support::missing(&format!(
+                "the user {} cannot reach {} (a folder on its path is closed to others; e.g. \
+                 `chmod o+x /root` opens /root for traversal only)",
+                user.name,
                 needed.display()
-            );
+            ));
             return None;
         }
     }
-    Some((USER, cargo_home))
+    Some((user, cargo_home))
 }
 
 /// `runuser` as `user`, with the lab's cargo and rustup (installed by root, read-only) and the
@@ -345,11 +342,11 @@ fn as_user(user: &str, cargo_home: &std::path::Path, tag: &(String, String)) -> 
 /// As root, the same as a normal user made with `useradd`, through `runuser`.
 #[test]
 fn lab_serves_as_a_normal_user() {
-    let Some((user, cargo_home)) = normal_user() else {
+    let Some((user, cargo_home)) = normal_user("lab") else {
         return;
     };
     let tag = support::tag("lab-user");
-    let mut cmd = as_user(user, &cargo_home, &tag);
+    let mut cmd = as_user(&user.name, &cargo_home, &tag);
     cmd.arg(env!("CARGO_BIN_EXE_xtask")).args([
         "lab",
         "--no-browser",
@@ -372,20 +369,11 @@ fn lab_serves_as_a_normal_user() {
 /// first logits.
 #[test]
 fn a_normal_users_kernel_starts_warm_in_its_own_pool() {
-    let Some((user, cargo_home)) = normal_user() else {
+    let Some((user, cargo_home)) = normal_user("kernel") else {
         return;
     };
     let root = support::root();
-    let home = String::from_utf8(
-        Command::new("runuser")
-            .args(["-u", user, "--", "sh", "-c", "echo $HOME"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_string();
+    let home = user.home.display().to_string();
     let work = tempfile::tempdir().unwrap();
     std::fs::set_permissions(
         work.path(),
@@ -403,7 +391,7 @@ fn a_normal_users_kernel_starts_warm_in_its_own_pool() {
         std::path::PathBuf::from,
     );
     let tag = support::tag("kernel-user");
-    let out = as_user(user, &cargo_home, &tag)
+    let out = as_user(&user.name, &cargo_home, &tag)
         .arg(format!("HOME={home}"))
         .arg(format!("LLM_LAB_CACHE={}", cache.display()))
         .arg(format!("PATH={}", std::env::var("PATH").unwrap()))
@@ -446,7 +434,7 @@ fn a_normal_users_kernel_starts_warm_in_its_own_pool() {
         .arg(&pool)
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&owner.stdout).trim(), user);
+    assert_eq!(String::from_utf8_lossy(&owner.stdout).trim(), user.name);
     let slot = std::fs::read_dir(&pool)
         .unwrap()
         .flatten()
@@ -487,3 +475,55 @@ finally:
     km.shutdown_kernel(now=False)
 print(json.dumps({"kernel": kernel, "statuses": statuses, "output": "".join(out)}))
 "#;
+
+/// Tests never share a system user by accident: threads racing for two users each get theirs
+/// made once (its home folder its own) and hold it one at a time, whatever the order.
+#[test]
+fn test_users_are_made_once_and_leased_one_test_at_a_time() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    if !is_root() {
+        eprintln!("not root: no system user can be made here");
+        return;
+    }
+    let names = ["race-a", "race-b"];
+    for name in names {
+        support::remove_test_user(name).unwrap();
+    }
+    let inside = [AtomicUsize::new(0), AtomicUsize::new(0)];
+    let most = [AtomicUsize::new(0), AtomicUsize::new(0)];
+    let uids: Vec<(usize, u32)> = std::thread::scope(|s| {
+        let racers: Vec<_> = (0..6)
+            .map(|i| {
+                let (inside, most) = (&inside, &most);
+                s.spawn(move || {
+                    let which = i % 2;
+                    let user = support::test_user(names[which]).unwrap();
+                    let now = inside[which].fetch_add(1, SeqCst) + 1;
+                    most[which].fetch_max(now, SeqCst);
+                    std::thread::sleep(Duration::from_millis(30));
+                    inside[which].fetch_sub(1, SeqCst);
+                    (which, user.uid)
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for which in 0..2 {
+        assert_eq!(
+            most[which].load(SeqCst),
+            1,
+            "{} was leased twice at once",
+            names[which]
+        );
+        let mine: Vec<u32> = uids.iter().filter(|u| u.0 == which).map(|u| u.1).collect();
+        assert!(
+            mine.windows(2).all(|w| w[0] == w[1]),
+            "{}: {mine:?}",
+            names[which]
+        );
+    }
+    assert_ne!(uids[0].1, uids[1].1, "two names, one uid");
+    for name in names {
+        support::remove_test_user(name).unwrap();
+    }
+}

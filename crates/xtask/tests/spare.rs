@@ -3,7 +3,7 @@
 //! killed proxy or a gone server leaves no evcxr behind, an interrupt reaches the spare, a spare
 //! nobody claims ends, and the folders of killed keepers are swept. The
 //! warm-up here is a trivial `let` (no course crate), so each kernel starts in seconds. Needs
-//! the lab installed (`cargo xtask setup`); without it the tests say why and pass.
+//! the lab installed (`cargo xtask setup`); without it the tests say why and pass (fail under `CI=true`).
 
 mod support;
 
@@ -55,11 +55,11 @@ fn setup(work: &Path, evcxr: &str) -> PathBuf {
 /// has ended (the test fails if one outlives it by more than a few seconds).
 fn scenario(name: &str) -> Option<Value> {
     if let Some(why) = support::lab_missing() {
-        eprintln!("skipped: {why}");
+        support::missing(&why);
         return None;
     }
     let Some(evcxr) = evcxr() else {
-        eprintln!("skipped: the lab's kernelspec names no evcxr binary");
+        support::missing("the lab's kernelspec names no evcxr binary: run `cargo xtask setup`");
         return None;
     };
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());

@@ -26,10 +26,25 @@ pub fn lab_missing() -> Option<String> {
             python.display()
         ));
     }
-    let spec = std::fs::read_to_string(&kernel).ok()?;
-    let spec: serde_json::Value = serde_json::from_str(&spec).ok()?;
+    let spec = match std::fs::read_to_string(&kernel) {
+        Ok(spec) => spec,
+        Err(e) => {
+            return Some(format!(
+                "cannot read the lab's kernelspec {} ({e}): run `cargo xtask setup`",
+                kernel.display()
+            ))
+        }
+    };
+    let argv = serde_json::from_str::<serde_json::Value>(&spec)
+        .ok()
+        .and_then(|spec| spec["argv"].as_array().cloned());
+    let Some(argv) = argv else {
+        return Some(format!(
+            "the lab's kernelspec {} has no command line: run `cargo xtask setup`",
+            kernel.display()
+        ));
+    };
     // The kernel's command line: the launcher's Python and script, the evcxr binary.
-    let argv = spec["argv"].as_array()?;
     let missing = argv
         .iter()
         .filter_map(|a| a.as_str())
@@ -39,6 +54,21 @@ pub fn lab_missing() -> Option<String> {
         "{missing} of the kernel is not installed: run `cargo xtask setup`"
     ))
 }
+
+/// A test cannot run because `why` (a prerequisite is missing). Under `CI=true` that fails the
+/// test, saying what is missing; on a developer's machine the test says it is skipped and passes.
+pub fn missing(why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("a prerequisite is missing (CI=true, so this fails instead of skipping): {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
+// The system users the tests make, one per test, leased under a lock (shared with `ci-fresh`).
+#[path = "../../src/test_users.rs"]
+mod test_users;
+#[allow(unused_imports)]
+pub use test_users::{remove_test_user, test_user, TestUser};
 
 /// A tag unique to one test run, to put in the environment of the processes it starts.
 pub fn tag(name: &str) -> (String, String) {
