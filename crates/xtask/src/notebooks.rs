@@ -85,6 +85,9 @@ pub struct Limits {
     pub stop_on_error: bool,
     /// Run without network (grading other people's code), see [`offline_command`].
     pub offline: bool,
+    /// Threads of the kernel's matrix maths (`CANDLE_NUM_THREADS`); None: candle's default, one
+    /// per core. Kernels that run side by side share the cores instead of fighting over them.
+    pub threads: Option<usize>,
 }
 
 impl Limits {
@@ -94,6 +97,7 @@ impl Limits {
         dep: 3600,
         stop_on_error: true,
         offline: false,
+        threads: None,
     };
 
     /// A student's notebook with `cell` seconds per cell.
@@ -103,6 +107,7 @@ impl Limits {
             dep: cell.max(1800),
             stop_on_error: false,
             offline: false,
+            threads: None,
         }
     }
 }
@@ -211,16 +216,20 @@ const RUNNER: &str = include_str!("run_notebook.py");
 /// anything in a folder another kernel uses. The run is supervised: when it ends, times out or is
 /// interrupted, no process it started is left running and its temporary folder is gone.
 pub fn execute(lab: &Lab, nb: &Path, limits: Limits) -> Result<Run> {
-    // The template is warmed again once per command when the course crate changed since.
-    static CURRENT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    if CURRENT.get().is_none() {
-        if !lab.template_is_current() {
-            crate::lab::timed(
-                "the course crate changed: warm the kernels' template build folder again",
-                || crate::lab::warm(lab),
-            )?;
+    // The template is warmed again once per command when the course crate changed since (one
+    // warm-up, however many notebooks run at once: the others wait for it).
+    static CURRENT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    {
+        let mut current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
+        if !*current {
+            if !lab.template_is_current() {
+                crate::lab::timed(
+                    "the course crate changed: warm the kernels' template build folder again",
+                    || crate::lab::warm(lab),
+                )?;
+            }
+            *current = true;
         }
-        let _ = CURRENT.set(());
     }
     execute_in(lab, nb, limits, None)
 }
@@ -263,6 +272,9 @@ pub fn execute_in(lab: &Lab, nb: &Path, limits: Limits, folder: Option<&Path>) -
         .stderr(log);
     lab.kernel_env(&mut cmd, &evcxr_tmp);
     cmd.env("TMPDIR", &other_tmp);
+    if let Some(n) = limits.threads {
+        cmd.env("CANDLE_NUM_THREADS", n.to_string());
+    }
     // A safety net above the executor's own limits: kernel start, every cell's limit, shutdown.
     let cells = source["cells"].as_array().map_or(0, Vec::len) as u64;
     let overall = 300u64
@@ -435,59 +447,105 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// Executes every notebook of `kind` in `dir`; returns the problems found. With `write_back`,
-/// the executed notebook replaces the committed one (lessons and solutions keep their outputs).
+/// Executes every notebook of `kind` in `dir`, `jobs` at a time, each on a fresh kernel; returns
+/// the problems found, in the notebooks' order. With `write_back`, the executed notebook replaces
+/// the committed one (lessons and solutions keep their outputs).
 pub fn run_all(
     lab: &Lab,
     dir: &Path,
     kind: Kind,
     write_back: bool,
     only: &[String],
+    jobs: usize,
 ) -> Result<Vec<String>> {
+    let notebooks: Vec<PathBuf> = list(dir)?
+        .into_iter()
+        .filter(|nb| {
+            let name = nb.file_name().unwrap_or_default().to_string_lossy();
+            only.is_empty() || only.iter().any(|o| name.contains(o.as_str()))
+        })
+        .collect();
+    let jobs = jobs.clamp(1, notebooks.len().max(1));
+    // Side by side, the kernels split the cores between them.
+    let threads = (jobs > 1).then(|| {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        (cores / jobs).max(1)
+    });
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<(usize, Result<Vec<String>>)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..jobs)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = vec![];
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let Some(nb) = notebooks.get(i) else { break };
+                        let r = run_one(lab, nb, kind, write_back, threads);
+                        let stop = r.is_err();
+                        done.push((i, r));
+                        if stop {
+                            break;
+                        }
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a notebook worker panicked"))
+            .collect()
+    });
+    let mut results = results;
+    results.sort_by_key(|(i, _)| *i);
     let mut all = vec![];
-    for nb in list(dir)? {
-        let name = nb
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        if !only.is_empty() && !only.iter().any(|o| name.contains(o.as_str())) {
-            continue;
-        }
-        let t = std::time::Instant::now();
-        let rel = nb
-            .strip_prefix(&lab.root)
-            .unwrap_or(&nb)
-            .display()
-            .to_string();
-        let run = match execute(lab, &nb, Limits::SETUP) {
-            Err(e) if e.is::<crate::process::Interrupted>() => return Err(e),
-            Err(e) => {
-                all.push(format!("{rel}: {e:#}"));
-                continue;
-            }
-            Ok(run) => run,
-        };
-        let mut p = problems(kind, &run.nb);
-        if let Some(stop) = &run.stop {
-            p.insert(0, format!("did not run to its end: {stop}"));
-        }
-        p.extend(run.timeouts.iter().map(|i| format!("cell {i}: timed out")));
-        eprintln!(
-            "    {rel}: {} in {:.0} s{}",
-            if p.is_empty() { "ok" } else { "FAILED" },
-            t.elapsed().as_secs_f64(),
-            check_reports(&run.nb)
-                .iter()
-                .map(|(n, s)| format!("\n      {n}: {s}"))
-                .collect::<String>()
-        );
-        all.extend(p.iter().map(|x| format!("{rel}: {x}")));
-        if write_back && p.is_empty() {
-            write(&nb, &tidy(run.nb))?;
-        }
+    for (_, r) in results {
+        all.extend(r?);
     }
     Ok(all)
+}
+
+/// Runs one notebook: its problems (an error only when the run was interrupted).
+fn run_one(
+    lab: &Lab,
+    nb: &Path,
+    kind: Kind,
+    write_back: bool,
+    threads: Option<usize>,
+) -> Result<Vec<String>> {
+    let t = std::time::Instant::now();
+    let rel = nb
+        .strip_prefix(&lab.root)
+        .unwrap_or(nb)
+        .display()
+        .to_string();
+    let limits = Limits {
+        threads,
+        ..Limits::SETUP
+    };
+    let run = match execute(lab, nb, limits) {
+        Err(e) if e.is::<crate::process::Interrupted>() => return Err(e),
+        Err(e) => return Ok(vec![format!("{rel}: {e:#}")]),
+        Ok(run) => run,
+    };
+    let mut p = problems(kind, &run.nb);
+    if let Some(stop) = &run.stop {
+        p.insert(0, format!("did not run to its end: {stop}"));
+    }
+    p.extend(run.timeouts.iter().map(|i| format!("cell {i}: timed out")));
+    eprintln!(
+        "    {rel}: {} in {:.0} s{}",
+        if p.is_empty() { "ok" } else { "FAILED" },
+        t.elapsed().as_secs_f64(),
+        check_reports(&run.nb)
+            .iter()
+            .map(|(n, s)| format!("\n      {n}: {s}"))
+            .collect::<String>()
+    );
+    if write_back && p.is_empty() {
+        write(nb, &tidy(run.nb))?;
+    }
+    Ok(p.iter().map(|x| format!("{rel}: {x}")).collect())
 }
 
 /// Drops volatile metadata (execution timestamps) so that re-running changes only real outputs.
@@ -603,7 +661,8 @@ pub fn notebooks(names: &[String]) -> Result<()> {
     }
     let mut problems = vec![];
     for (dir, kind) in [("notebooks", Kind::Lesson), ("solutions", Kind::Solution)] {
-        problems.extend(run_all(&lab, &lab.root.join(dir), kind, true, names)?);
+        // One at a time: the committed outputs come from a kernel that has every core.
+        problems.extend(run_all(&lab, &lab.root.join(dir), kind, true, names, 1)?);
     }
     sync_exercises(&lab, true)?;
     if !problems.is_empty() {

@@ -77,12 +77,7 @@ pub fn test(args: &TestArgs) -> Result<()> {
     if !args.no_notebooks && !lab.is_ready() {
         crate::lab::setup()?;
     }
-    run_step(
-        "cargo test (library, doctests, xtask)",
-        Command::new(env!("CARGO"))
-            .args(["test", "--workspace", "--", "--test-threads", "2"])
-            .env("CANDLE_NUM_THREADS", "1"),
-    )?;
+    cargo_test()?;
     let lab = Lab::new();
     let drift = notebooks::sync_exercises(&lab, false)?;
     if !drift.is_empty() {
@@ -103,7 +98,7 @@ pub fn test(args: &TestArgs) -> Result<()> {
     ] {
         let t = Instant::now();
         eprintln!("==> execute {dir}/ on the evcxr kernel");
-        let p = notebooks::run_all(&lab, &lab.root.join(dir), kind, false, &[])?;
+        let p = notebooks::run_all(&lab, &lab.root.join(dir), kind, false, &[], notebook_jobs())?;
         eprintln!(
             "<== {dir}/: {} problem(s) in {:.0} s",
             p.len(),
@@ -144,6 +139,90 @@ pub fn test(args: &TestArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// How many notebooks run at once: two (each kernel spends most of its time in rustc and the
+/// Python client, one core each), or `LLM_LAB_NOTEBOOK_JOBS`.
+fn notebook_jobs() -> usize {
+    std::env::var("LLM_LAB_NOTEBOOK_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2)
+}
+
+/// The variable naming the file where a test that skips for a missing prerequisite appends a line
+/// (`llm_lab::testing::missing`, the xtask tests' `support::missing`).
+pub const SKIPPED_LOG: &str = "LLM_LAB_SKIPPED_LOG";
+
+/// `cargo test` of the workspace, its output shown as it comes, then one line that counts the
+/// tests that passed, failed and skipped (a skipped test passes for libtest: it is counted apart,
+/// and each is named).
+fn cargo_test() -> Result<()> {
+    use std::io::BufRead;
+    let skipped_log = tempfile::NamedTempFile::new()?;
+    crate::lab::timed("cargo test (library, doctests, xtask)", || {
+        let mut child = Command::new(env!("CARGO"))
+            .args(["test", "--workspace", "--", "--test-threads", "2"])
+            .env("CANDLE_NUM_THREADS", "1")
+            .env(SKIPPED_LOG, skipped_log.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start cargo test: {e}"))?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut counts = TestCounts::default();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line?;
+            println!("{line}");
+            counts.add(&line);
+        }
+        let status = child.wait()?;
+        let mut skipped: Vec<String> = std::fs::read_to_string(skipped_log.path())?
+            .lines()
+            .map(str::to_string)
+            .collect();
+        skipped.sort();
+        skipped.dedup();
+        println!(
+            "cargo test: {} passed, {} failed, {} skipped",
+            counts.passed.saturating_sub(skipped.len()),
+            counts.failed,
+            skipped.len()
+        );
+        for s in &skipped {
+            println!("    skipped: {s}");
+        }
+        if !status.success() {
+            bail!("cargo test failed ({status})");
+        }
+        Ok(())
+    })
+}
+
+/// libtest's results, summed over its `test result:` lines.
+#[derive(Debug, Default, PartialEq)]
+struct TestCounts {
+    passed: usize,
+    failed: usize,
+}
+
+impl TestCounts {
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(['.', ';']) {
+            let mut words = part.split_whitespace();
+            let (Some(n), Some(what)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<usize>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Committed lessons and solutions must read well on a forge: every code cell executed, no error.
@@ -241,4 +320,30 @@ fn svg_fallbacks(nb: &serde_json::Value) -> usize {
         .flat_map(|cell| cell["outputs"].as_array().into_iter().flatten())
         .filter(|o| !o["data"]["image/svg+xml"].is_null())
         .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_results_are_summed_over_the_binaries() {
+        let mut c = TestCounts::default();
+        for line in [
+            "running 3 tests",
+            "test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 3 filtered out; finished in 0.01s",
+            "test a ... ok",
+            "test result: FAILED. 4 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 9.50s",
+            "test passed ... ok",
+        ] {
+            c.add(line);
+        }
+        assert_eq!(
+            c,
+            TestCounts {
+                passed: 16,
+                failed: 2
+            }
+        );
+    }
 }

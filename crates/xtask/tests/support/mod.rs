@@ -61,7 +61,14 @@ pub fn missing(why: &str) {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("a prerequisite is missing (CI=true, so this fails instead of skipping): {why}");
     }
-    eprintln!("SKIPPED: {why}");
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    eprintln!("SKIPPED {test}: {why}");
+    // `cargo xtask test` counts the skipped tests from this file.
+    if let Some(log) = std::env::var_os("LLM_LAB_SKIPPED_LOG") {
+        use std::io::Write;
+        let file = std::fs::OpenOptions::new().append(true).open(log);
+        let _ = file.and_then(|mut f| writeln!(f, "{test}: {why}"));
+    }
 }
 
 // The system users the tests make, one per test, leased under a lock (shared with `ci-fresh`).
