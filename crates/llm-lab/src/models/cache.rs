@@ -216,11 +216,19 @@ pub(crate) fn lock(cache: &Path) -> Result<CacheLock> {
     Ok(claim(file))
 }
 
-/// The lock of `cache` if no other fetch holds it right now; never waits, never fails.
+/// The lock of `cache` if no other fetch holds it (waits at most a fifth of a second); never fails.
 pub(crate) fn try_lock(cache: &Path) -> Option<CacheLock> {
     let (file, _) = open_lock(cache).ok()?;
-    file.try_lock().ok()?;
-    Some(claim(file))
+    // A fetch holds the lock for seconds to minutes; a lock that another thread's child process
+    // holds between its fork and its exec (a copy of a just-closed descriptor) for a moment
+    // does not mean a fetch is running: a few tries over a fifth of a second tell them apart.
+    for _ in 0..10 {
+        if file.try_lock().is_ok() {
+            return Some(claim(file));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    None
 }
 
 fn open_lock(cache: &Path) -> Result<(File, PathBuf)> {
