@@ -245,6 +245,22 @@ pub fn cached_path(spec: &ModelSpec) -> PathBuf {
     cache_dir().join(spec.file.file_name)
 }
 
+/// The model `name` if it is in the cache already, fetched and stamped (its licence files too):
+/// never downloads. `None` when any of its files is missing or changed since it was verified.
+///
+/// ```
+/// std::env::set_var("LLM_LAB_CACHE", "/nonexistent/llm-lab-cache");
+/// assert_eq!(llm_lab::models::cached("gemma-3-270m"), None);
+/// ```
+pub fn cached(name: &str) -> Option<PathBuf> {
+    let spec = spec(name).ok()?;
+    let cache = cache_dir();
+    let mut files = spec.license_files.iter().chain([&spec.file]);
+    files
+        .all(|f| cache::is_stamped(&cache, f))
+        .then(|| cache.join(spec.file.file_name))
+}
+
 /// One line naming `spec`'s licence and, when it ships its own terms, where they are in `cache`.
 ///
 /// ```

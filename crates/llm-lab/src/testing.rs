@@ -34,22 +34,20 @@ pub use crate::compare::max_abs_diff;
 pub use crate::scripted::ScriptedModel;
 
 /// The real Gemma 3 270M file for tests that need it: `$LLM_LAB_GEMMA` if set, else the
-/// registry's `gemma-3-270m` (fetched on first use) when the registry has it. `None` when
-/// neither is available (see [`missing`]: under `CI=true` the test fails).
+/// registry's `gemma-3-270m` if it is in the cache (`cargo xtask fetch` puts it there; a test
+/// never downloads). `None` when neither is there (see [`missing`]: under `CI=true` the test
+/// fails).
 pub fn real_gemma(test: &str) -> Option<std::path::PathBuf> {
     use crate::models::GEMMA_3_270M;
     if let Some(p) = std::env::var_os("LLM_LAB_GEMMA") {
         return Some(p.into());
     }
-    if crate::models::spec(GEMMA_3_270M).is_ok() {
-        match crate::models::fetch(GEMMA_3_270M) {
-            Ok(p) => return Some(p),
-            Err(e) => eprintln!("{test}: cannot fetch {GEMMA_3_270M}: {e}"),
-        }
+    if let Some(p) = crate::models::cached(GEMMA_3_270M) {
+        return Some(p);
     }
     missing(
         test,
-        "the real Gemma 3 270M: set LLM_LAB_GEMMA to gemma-3-270m-q4_k_m.gguf or run `cargo xtask fetch`",
+        "the real Gemma 3 270M: run `cargo xtask fetch`, or set LLM_LAB_GEMMA to gemma-3-270m-q4_k_m.gguf",
     );
     None
 }

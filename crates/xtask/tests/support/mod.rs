@@ -17,7 +17,11 @@ pub fn root() -> PathBuf {
 
 /// Why the notebook stack cannot run here, if it cannot (`cargo xtask setup` installs it).
 pub fn lab_missing() -> Option<String> {
-    let root = root();
+    lab_missing_at(&root())
+}
+
+/// Why the notebook stack of the checkout `root` cannot run, if it cannot.
+pub fn lab_missing_at(root: &std::path::Path) -> Option<String> {
     let python = root.join(".venv/bin/python");
     let kernel = root.join(".venv/share/jupyter/kernels/llm-lab/kernel.json");
     if !python.exists() {
