@@ -24,6 +24,7 @@ pub fn run_step(what: &str, cmd: &mut Command) -> Result<()> {
 
 pub fn test(args: &TestArgs) -> Result<()> {
     let total = Instant::now();
+    let jobs = notebook_jobs()?;
     // Formatting first: it takes a second and fails the most often.
     run_step(
         "cargo fmt --all --check",
@@ -98,7 +99,7 @@ pub fn test(args: &TestArgs) -> Result<()> {
     ] {
         let t = Instant::now();
         eprintln!("==> execute {dir}/ on the evcxr kernel");
-        let p = notebooks::run_all(&lab, &lab.root.join(dir), kind, false, &[], notebook_jobs())?;
+        let p = notebooks::run_all(&lab, &lab.root.join(dir), kind, false, &[], jobs)?;
         eprintln!(
             "<== {dir}/: {} problem(s) in {:.0} s",
             p.len(),
@@ -142,12 +143,15 @@ pub fn test(args: &TestArgs) -> Result<()> {
 }
 
 /// How many notebooks run at once: two (each kernel spends most of its time in rustc and the
-/// Python client, one core each), or `LLM_LAB_NOTEBOOK_JOBS`.
-fn notebook_jobs() -> usize {
-    std::env::var("LLM_LAB_NOTEBOOK_JOBS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2)
+/// Python client, one core each), or `LLM_LAB_NOTEBOOK_JOBS` (1 to 16).
+fn notebook_jobs() -> Result<usize> {
+    match std::env::var("LLM_LAB_NOTEBOOK_JOBS") {
+        Err(_) => Ok(2),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=16).contains(&n) => Ok(n),
+            _ => bail!("LLM_LAB_NOTEBOOK_JOBS is {v:?}: give a number of notebooks from 1 to 16"),
+        },
+    }
 }
 
 /// The variable naming the file where a test that skips for a missing prerequisite appends a line
