@@ -97,15 +97,24 @@ pub fn test(args: &TestArgs) -> Result<()> {
         ("solutions", Kind::Solution),
         ("exercises", Kind::Exercise),
     ] {
-        let t = Instant::now();
-        eprintln!("==> execute {dir}/ on the evcxr kernel");
-        let p = notebooks::run_all(&lab, &lab.root.join(dir), kind, false, &[], jobs)?;
-        eprintln!(
-            "<== {dir}/: {} problem(s) in {:.0} s",
-            p.len(),
-            t.elapsed().as_secs_f64()
+        // A notebook's problems fail the step and the others still run; a run that cannot go
+        // on (interrupted, no kernel template) ends the test.
+        let (mut found, mut ran) = (vec![], false);
+        let step = crate::lab::timed(
+            &format!("execute {dir}/ on the evcxr kernel, {jobs} at a time"),
+            || {
+                found = notebooks::run_all(&lab, &lab.root.join(dir), kind, false, &[], jobs)?;
+                ran = true;
+                if !found.is_empty() {
+                    bail!("{} problem(s)", found.len());
+                }
+                Ok(())
+            },
         );
-        problems.extend(p);
+        if !ran {
+            step?;
+        }
+        problems.extend(found);
     }
     problems.extend(rendered_plot_problems(&lab)?);
     // After the notebooks: the lesson it opens has just run on the kernel, and the kernel's
