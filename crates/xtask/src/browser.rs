@@ -125,15 +125,8 @@ fn chromium() -> Result<PathBuf> {
         }
         return check_starts(p);
     }
-    let on_path = || {
-        let path = std::env::var_os("PATH")?;
-        std::env::split_paths(&path).find_map(|d| {
-            ["chromium", "chromium-browser"]
-                .iter()
-                .map(|n| d.join(n))
-                .find(|p| p.is_file())
-        })
-    };
+    let on_path =
+        || crate::lab::which("chromium").or_else(|| crate::lab::which("chromium-browser"));
     if let Some(p) = on_path() {
         return check_starts(p);
     }

@@ -95,8 +95,7 @@ pub fn ci_fresh(args: &CiFreshArgs) -> Result<()> {
 
 /// Removes every system user an earlier test run left (`llmlab-…`), each once no test holds it.
 fn remove_test_users() -> Result<()> {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::lab::running_as_root() {
         eprintln!("not root: test users (if any) are left as they are");
         return Ok(());
     }
@@ -119,7 +118,7 @@ fn rustup_home() -> PathBuf {
 /// into `bin`; nothing else of the machine's cargo bin folder (an installed evcxr, say).
 fn link_toolchain(bin: &Path) -> Result<Vec<String>> {
     use std::os::unix::fs::MetadataExt;
-    let rustup = which("rustup")
+    let rustup = crate::lab::which("rustup")
         .context("rustup is not on PATH: ci-fresh reuses the machine's toolchain through rustup")?;
     let rustup = std::fs::canonicalize(rustup)?;
     let id = std::fs::metadata(&rustup)?;
@@ -142,12 +141,6 @@ fn link_toolchain(bin: &Path) -> Result<Vec<String>> {
         bail!("no cargo proxy beside {}", rustup.display());
     }
     Ok(linked)
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 /// PATH with the new cargo bin folder first and the machine's cargo bin folders left out.

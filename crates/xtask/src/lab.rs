@@ -608,8 +608,15 @@ fn write_shared(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// The first file named `name` in a folder of PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
 /// Whether xtask runs as root (containers, cloud VMs, Codespaces).
-fn running_as_root() -> bool {
+pub fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     #[cfg(unix)]
     return unsafe { libc::geteuid() } == 0;

@@ -472,7 +472,7 @@ pub fn run_all(
         (cores / jobs).max(1)
     });
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<(usize, Result<Vec<String>>)> = std::thread::scope(|s| {
+    let mut results: Vec<(usize, Result<Vec<String>>)> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..jobs)
             .map(|_| {
                 s.spawn(|| {
@@ -496,7 +496,6 @@ pub fn run_all(
             .flat_map(|w| w.join().expect("a notebook worker panicked"))
             .collect()
     });
-    let mut results = results;
     results.sort_by_key(|(i, _)| *i);
     let mut all = vec![];
     for (_, r) in results {
