@@ -82,6 +82,7 @@ pub fn browser(args: &BrowserArgs) -> Result<()> {
         "explorer_nb": relative(&lab, &explorer_nb),
         "run_nb": run_nb.as_ref().map(|p| relative(&lab, p)),
         "run_timeout": args.run_timeout,
+        "server_log": log_path,
     });
     let config_path = data_dir.path().join("browser.json");
     std::fs::write(&config_path, serde_json::to_string(&config)?)?;

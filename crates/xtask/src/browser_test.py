@@ -2,14 +2,19 @@
 
 (a) the committed explorer lesson, opened as a reader opens it (not trusted, not re-run): its
     live chart is drawn and moving the temperature slider redraws the bars;
-(b) one lesson run in the browser (Run All): no error output, and its plots are on the page.
+(b) one lesson run in the browser (Run All): no error output, and its plots are on the page;
+(c) "Restart Kernel and Run All Cells": the restarted kernel is the warm spare the server kept
+    for the lesson's folder (its log says so), and the lesson runs again on it.
 Screenshots go to OUT_DIR. Prints one line per finding; exits non-zero on the first failure.
 
 usage: python browser_test.py CONFIG.json
-CONFIG: {"url", "token", "chromium", "out_dir", "explorer_nb", "run_nb", "run_timeout"}
+CONFIG: {"url", "token", "chromium", "out_dir", "explorer_nb", "run_nb", "run_timeout",
+         "server_log"}
 """
 
 import json
+import os
+import re
 import sys
 import time
 import urllib.request
@@ -18,6 +23,9 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 
 VEGA = ".jp-RenderedVegaCommon5"
+# The notebook on screen: other tabs (the explorer's, or one a restored workspace reopened) stay
+# in the page, hidden, with their own prompts and kernel indicators.
+SHOWN = ".jp-NotebookPanel:visible"
 
 
 class Failure(Exception):
@@ -120,23 +128,68 @@ def bars_pixels(page, canvas):
 
 
 def kernel_busy(page):
-    prompts = page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+    prompts = page.locator(f"{SHOWN} .jp-CodeCell .jp-InputPrompt").all_inner_texts()
     return any("*" in p for p in prompts), prompts
 
 
-def run_lesson(page, cfg):
-    url, token, out = cfg["url"], cfg["token"], cfg["out_dir"]
-    open_notebook(page, url, token, cfg["run_nb"])
+def menu(page, top, item):
+    page.locator(".lm-MenuBar-itemLabel", has_text=top).first.click()
+    page.locator(".lm-Menu-itemLabel", has_text=item).first.click()
+
+
+def wait_idle(page, what):
     try:
         page.wait_for_selector(
-            ".jp-Notebook-ExecutionIndicator[data-status=idle]", timeout=120_000
+            f"{SHOWN} .jp-Notebook-ExecutionIndicator[data-status=idle]", timeout=120_000
         )
     except PlaywrightError:
-        say("lesson: the kernel indicator never showed idle; running anyway")
+        say(f"{what}: the kernel indicator never showed idle; running anyway")
+
+
+def server_log(cfg):
+    with open(cfg["server_log"], encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def spare_of(cfg, folder):
+    """The key of the spare the server warms for `folder`, once its log says it is warm."""
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        log = server_log(cfg)
+        keys = re.findall(rf"spare kernel (\w+) \(pid \d+\) warming for .*/{folder}$", log, re.M)
+        if keys and f"spare kernel {keys[-1]} warm in" in log:
+            return keys[-1]
+        time.sleep(1)
+    raise Failure(f"the server's spare kernel for {folder}/ did not warm within 600 s")
+
+
+def restart_on_spare(page, cfg):
+    """Restart Kernel and Run All Cells: the new kernel is the folder's warm spare."""
+    key = spare_of(cfg, os.path.dirname(cfg["run_nb"]) or ".")
+    # Every prompt back to "[ ]:", so that the check below sees the new kernel's run only.
+    menu(page, "Edit", "Clear Outputs of All Cells")
+    menu(page, "Kernel", "Restart Kernel and Run All Cells")
+    page.locator(".jp-Dialog .jp-mod-accept").first.click()
+    say("restart: Restart Kernel and Run All Cells")
+    run_all_and_check(page, cfg, "restart", clicked=True)
+    if not re.search(rf"kernel \S+ is the warm spare {key}", server_log(cfg)):
+        raise Failure(f"the restarted kernel was not the warm spare {key} (see the server's log)")
+    say(f"restart: the new kernel was the warm spare {key}")
+
+
+def run_lesson(page, cfg):
+    url, token = cfg["url"], cfg["token"]
+    open_notebook(page, url, token, cfg["run_nb"])
+    run_all_and_check(page, cfg, "lesson")
+
+
+def run_all_and_check(page, cfg, what, clicked=False):
+    out = cfg["out_dir"]
+    if not clicked:
+        wait_idle(page, what)
+        menu(page, "Run", "Run All Cells")
+        say(f"{what}: Run All Cells")
     start = time.time()
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-    say("lesson: Run All Cells")
     limit = cfg["run_timeout"]
     page.wait_for_timeout(2000)
     idle_polls, clicks = 0, 1
@@ -155,18 +208,17 @@ def run_lesson(page, cfg):
             # connecting (the server answers the first websocket with an error then): again.
             if ran_any or clicks >= 4:
                 break
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+            menu(page, "Run", "Run All Cells")
             clicks, idle_polls = clicks + 1, 0
-            say(f"lesson: no cell ran, Run All Cells again ({clicks})")
+            say(f"{what}: no cell ran, Run All Cells again ({clicks})")
         if time.time() - start > limit:
             raise Failure(f"the lesson did not finish within {limit} s (prompts: {prompts[:40]})")
         page.wait_for_timeout(2000)
-    say(f"lesson: ran in {time.time() - start:.0f} s in the browser")
+    say(f"{what}: ran in {time.time() - start:.0f} s in the browser")
     # Saved, so the outputs can be read as data (the copy lives in target/, not in the repository).
     page.keyboard.press("Control+s")
     page.wait_for_timeout(1500)
-    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    errors = page.locator(f"{SHOWN} .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
     texts = [t for t in errors.all_inner_texts() if t.strip()]
     # Only the notebook on screen (the explorer's tab stays open, hidden, behind it).
     vega = page.locator(f"{VEGA}:visible")
@@ -174,7 +226,7 @@ def run_lesson(page, cfg):
         ".jp-OutputArea-output svg:visible, .jp-RenderedSVG img:visible, .jp-RenderedImage img:visible"
     )
     n_vega, n_svg = vega.count(), svgs.count()
-    say(f"lesson: {n_vega} live chart(s), {n_svg} SVG/image plot(s), {len(texts)} error output(s)")
+    say(f"{what}: {n_vega} live chart(s), {n_svg} SVG/image plot(s), {len(texts)} error output(s)")
     if texts:
         raise Failure("error output in the lesson run in the browser:\n" + "\n---\n".join(texts[:3]))
     if not numbered:
@@ -186,7 +238,7 @@ def run_lesson(page, cfg):
     first.locator("canvas, svg.marks").first.wait_for(timeout=30_000)
     page.wait_for_timeout(500)
     first.screenshot(path=f"{out}/attention.png")
-    page.screenshot(path=f"{out}/lesson_run.png")
+    page.screenshot(path=f"{out}/{what}_run.png")
 
 
 def main():
@@ -216,6 +268,9 @@ def main():
                 t = time.time()
                 run_lesson(page, cfg)
                 say(f"(b) lesson run: {time.time() - t:.0f} s")
+                t = time.time()
+                restart_on_spare(page, cfg)
+                say(f"(c) restart on the spare: {time.time() - t:.0f} s")
         except (Failure, PlaywrightError) as e:
             try:
                 page.screenshot(path=f"{cfg['out_dir']}/failure.png")

@@ -27,13 +27,18 @@ const LAUNCHER: &str = include_str!("launch_kernel.py");
 pub const KERNEL_NAME: &str = "llm-lab";
 /// The name the lab's kernel had before, removed by setup.
 const OLD_KERNEL_NAME: &str = "rust";
-/// The Jupyter server extension that warms a spare kernel for the lessons as the lab starts.
-const WARM_SPARES: &str = include_str!("warm_spares.py");
-const WARM_SPARES_MODULE: &str = "llm_lab_warm_spares";
+/// Warm spare kernels: the kernel provisioner that hands them to Jupyter, and the server
+/// extension that warms one for the lessons as the lab starts (one Python module).
+const SPARES: &str = include_str!("llm_lab_spares.py");
+const SPARES_MODULE: &str = "llm_lab_spares";
+/// The provisioner's name in the kernelspec and in the module's entry point.
+pub const PROVISIONER: &str = "llm-lab-spares";
+/// The module an older lab installed for its spares, removed by setup.
+const OLD_SPARES_MODULE: &str = "llm_lab_warm_spares";
 /// Marks a build folder whose warm-up finished (the launcher copies only such a template).
 const READY: &str = ".llm-lab-ready";
 
-/// What a spare kernel runs before a student claims it (see `launch_kernel.py`): the lessons'
+/// What a spare kernel runs before a kernel takes it (see `llm_lab_spares.py`): the lessons'
 /// setup cell, a `let` (the first one makes evcxr's rust-analyzer load the crate graph, which
 /// `:dep` alone does not), an expression whose value is shown (the first one costs more than the
 /// next), and `:clear`, which drops the variable again.
@@ -144,6 +149,10 @@ impl Lab {
         std::fs::read_to_string(self.stamp()).is_ok_and(|s| s == PYTHON_PACKAGES.join("\n"))
             && std::fs::read_to_string(self.launcher()).is_ok_and(|s| s == LAUNCHER)
             && self.template().join(READY).exists()
+            && self.purelib().is_ok_and(|lib| {
+                std::fs::read_to_string(lib.join(format!("{SPARES_MODULE}.py")))
+                    .is_ok_and(|s| s == SPARES)
+            })
             && evcxr_binary().is_some_and(|b| {
                 evcxr_version(&b).as_deref() == Some(EVCXR_VERSION) && spec_is_current(&b)
             })
@@ -156,9 +165,10 @@ impl Lab {
     /// forward pass. The kernel turns them off (students' own code loses overflow panics too:
     /// cargo's environment settings apply to the whole build).
     ///
-    /// The kernel starts through the lab's launcher, which hands it a warm spare kernel when one
-    /// is waiting, else gives it a build folder of its own that the next kernel reuses, and
-    /// keeps one spare warming for the next kernel (see `launch_kernel.py`).
+    /// The kernel starts through the lab's launcher, which gives it a build folder of its own
+    /// that the next kernel reuses (see `launch_kernel.py`). In the lab's server, the kernel
+    /// provisioner `llm-lab-spares` hands out a warm spare kernel instead when one is there, and
+    /// keeps one warming for the next kernel (see `llm_lab_spares.py`).
     pub fn kernel_spec(&self, evcxr: &Path) -> serde_json::Value {
         serde_json::json!({
             "argv": [self.python(), self.launcher(), self.kernel_slots(), evcxr, "{connection_file}"],
@@ -170,6 +180,9 @@ impl Lab {
                 "CARGO_PROFILE_DEV_DEBUG_ASSERTIONS": "false",
                 "CARGO_PROFILE_DEV_OVERFLOW_CHECKS": "false",
                 "LLM_LAB_SPARE_WARMUP": serde_json::json!(spare_warmup()).to_string(),
+            },
+            "metadata": {
+                "kernel_provisioner": { "provisioner_name": PROVISIONER, "config": {} },
             },
         })
     }
@@ -529,36 +542,83 @@ impl Lab {
             .join("overrides.json")
     }
 
-    /// The lab's own Jupyter configuration, in `.venv`: JupyterLab's settings (no news pop-up)
-    /// and the server extension that warms a spare kernel for the lessons as the server starts
-    /// (`warm_spares.py`).
-    pub fn write_settings(&self) -> Result<()> {
-        write_shared(&self.settings_overrides(), SETTINGS_OVERRIDES)?;
-        let purelib = Command::new(self.python())
+    /// The folder of the lab's Python packages (`site-packages` in `.venv`).
+    pub fn purelib(&self) -> Result<PathBuf> {
+        let out = Command::new(self.python())
             .args([
                 "-c",
                 "import sysconfig; print(sysconfig.get_path('purelib'))",
             ])
             .output()
             .context("cannot run the lab's Python")?;
-        let purelib = String::from_utf8_lossy(&purelib.stdout).trim().to_string();
+        let purelib = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if purelib.is_empty() {
             bail!("the lab's Python names no folder for its packages");
         }
-        write_shared(
-            &Path::new(&purelib).join(format!("{WARM_SPARES_MODULE}.py")),
-            WARM_SPARES,
-        )?;
+        Ok(PathBuf::from(purelib))
+    }
+
+    /// The lab's own Jupyter configuration, in `.venv`: JupyterLab's settings (no news pop-up),
+    /// and the spares module (`llm_lab_spares.py`) installed as a package of the lab's Python
+    /// whose entry point registers its kernel provisioner, and turned on as a server extension.
+    pub fn write_settings(&self) -> Result<()> {
+        write_shared(&self.settings_overrides(), SETTINGS_OVERRIDES)?;
+        let purelib = self.purelib()?;
+        let dist_info = purelib.join(format!("{SPARES_MODULE}-0.dist-info"));
+        // What `pip install` of a one-module package writes: enough for importlib.metadata to
+        // find the entry point, and for `pip uninstall llm-lab-spares` to remove it.
+        let files = [
+            (
+                purelib.join(format!("{SPARES_MODULE}.py")),
+                SPARES.to_string(),
+            ),
+            (
+                dist_info.join("METADATA"),
+                "Metadata-Version: 2.1\nName: llm-lab-spares\nVersion: 0\nSummary: warm spare \
+                 kernels of the llm-lab course (written by cargo xtask setup)\n"
+                    .to_string(),
+            ),
+            (
+                dist_info.join("entry_points.txt"),
+                format!(
+                    "[jupyter_client.kernel_provisioners]\n{PROVISIONER} = \
+                     {SPARES_MODULE}:SpareProvisioner\n"
+                ),
+            ),
+            (dist_info.join("INSTALLER"), "cargo xtask setup\n".to_string()),
+            (
+                dist_info.join("RECORD"),
+                format!(
+                    "{SPARES_MODULE}.py,,\n{d}/METADATA,,\n{d}/entry_points.txt,,\n\
+                     {d}/INSTALLER,,\n{d}/RECORD,,\n",
+                    d = dist_info.file_name().unwrap_or_default().to_string_lossy()
+                ),
+            ),
+        ];
+        for (path, text) in &files {
+            write_shared(path, text)?;
+        }
+        let config = self.venv.join("etc/jupyter/jupyter_server_config.d");
         let enable = serde_json::json!({
-            "ServerApp": { "jpserver_extensions": { WARM_SPARES_MODULE: true } }
+            "ServerApp": { "jpserver_extensions": { SPARES_MODULE: true } }
         });
         write_shared(
-            &self
-                .venv
-                .join("etc/jupyter/jupyter_server_config.d")
-                .join(format!("{WARM_SPARES_MODULE}.json")),
+            &config.join(format!("{SPARES_MODULE}.json")),
             &serde_json::to_string_pretty(&enable)?,
-        )
+        )?;
+        // An older lab's spares extension.
+        for old in [
+            purelib.join(format!("{OLD_SPARES_MODULE}.py")),
+            config.join(format!("{OLD_SPARES_MODULE}.json")),
+        ] {
+            match std::fs::remove_file(&old) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).with_context(|| format!("cannot remove {}", old.display()))?
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// The first lesson, relative to the repository.
@@ -678,11 +738,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_warming_extension_names_the_labs_kernel() {
+    fn the_spares_module_names_the_labs_kernel_and_its_provisioner_class() {
         assert!(
-            WARM_SPARES.contains(&format!("\nKERNEL = \"{KERNEL_NAME}\"\n")),
-            "warm_spares.py must name the kernel {KERNEL_NAME}"
+            SPARES.contains(&format!("\nKERNEL = \"{KERNEL_NAME}\"\n")),
+            "llm_lab_spares.py must name the kernel {KERNEL_NAME}"
         );
+        assert!(SPARES.contains("\nclass SpareProvisioner(LocalProvisioner):\n"));
     }
 
     #[test]
