@@ -2,24 +2,22 @@
 
 A fresh kernel runs the lessons' first cells (the `:dep` cell, the model load, the first logits),
 then the kernel is restarted and runs them again: both cold, in a build folder seeded from the
-warmed template. Then the same with warm spare kernels, as a student meets them in the lab: a
-spare is started for the lessons' folder and warms while the student reads; once it is ready a
-new kernel claims it and runs the first cells; once the next spare is ready, that kernel is
-restarted (as JupyterLab does: a shutdown request) and runs them again. Then a trivial cell runs
-a few times. Each step is timed from this client: what a student waits for, kernel start
-included.
+warmed template; then a trivial cell runs a few times. Then in the lab's Jupyter server, as a
+student meets it (REST session, websocket cells): the first lesson opened at once (its spare
+still warming: a cold kernel), then in a new server once the spare it warms as it starts is warm
+(the student read the lesson's start), then Restart once the next spare is warm. Each step is
+timed from this client: what a student waits for, kernel start included.
 
 usage: python bench_notebook.py KERNEL CELLS.json OUT.json
 CELLS.json: {"first": [[name, source], ...], "trivial": source, "trivial_runs": n,
-             "spare": null | {"kernel": name, "pool": folder, "prime": [launcher argv...],
-                              "env": {kernelspec env}}}
+             "lab": null | {"kernel", "jupyter", "jupyter_path", "pool", "root", "notebook"}}
 OUT.json: {"steps": [{"phase", "step", "seconds", "ok", "error"}], "notes": [text],
            "error": null | message}
 """
 
-import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -70,26 +68,16 @@ def run_cell(kc, source, timeout):
             return out.result(t)
 
 
-def ready_spare(pool, since=0.0):
-    """The folder of an unclaimed spare whose warm-up finished (after time `since`), or None."""
-    for marker in glob.glob(os.path.join(pool, "spares", "*", "ready")):
-        folder = os.path.dirname(marker)
-        try:
-            if "." not in os.path.basename(folder) and os.stat(marker).st_mtime >= since:
-                return folder
-        except OSError:
-            pass
-    return None
-
-
-def wait_for_spare(pool, limit=1800, since=0.0):
+def wait_for_log(server, pattern, after=0, limit=1800):
+    """The first match of `pattern` in the server's log past offset `after`, waiting for it."""
     started = time.monotonic()
     while time.monotonic() - started < limit:
-        folder = ready_spare(pool, since)
-        if folder is not None:
-            return folder, time.monotonic() - started
+        with open(server.log.name, encoding="utf-8", errors="replace") as f:
+            m = re.compile(pattern, re.M).search(f.read(), after)
+        if m:
+            return m, time.monotonic() - started
         time.sleep(0.2)
-    raise TimeoutError(f"no spare kernel was ready after {limit} s")
+    raise TimeoutError(f"the server's log never said {pattern!r} within {limit} s")
 
 
 def rss_mib(pid):
@@ -173,7 +161,22 @@ class Lab:
         ws = websocket.create_connection(
             f"ws://{self.base}/api/kernels/{session['kernel']['id']}/channels",
             header=[f"Authorization: token {self.token}"], timeout=3600)
-        return WebsocketKernel(ws)
+        kernel = WebsocketKernel(ws)
+        kernel.id = session["kernel"]["id"]
+        return kernel
+
+    def restart(self, kernel_id):
+        """Restart, as JupyterLab does: the REST call, then the kernel's channels again (a
+        kernel that was a spare has other ports)."""
+        import websocket
+
+        self.call("POST", f"/api/kernels/{kernel_id}/restart", {})
+        ws = websocket.create_connection(
+            f"ws://{self.base}/api/kernels/{kernel_id}/channels",
+            header=[f"Authorization: token {self.token}"], timeout=3600)
+        kernel = WebsocketKernel(ws)
+        kernel.id = kernel_id
+        return kernel
 
     def close(self):
         self.proc.terminate()
@@ -271,34 +274,6 @@ def main():
             km.restart_kernel(now=True)
             kc.wait_for_ready(timeout=300)
             ok = first_logits(km, kc, "kernel restart", started)
-        spare = cells.get("spare")
-        if ok and spare:
-            kc.stop_channels()
-            km.shutdown_kernel(now=True)
-            km = kc = None
-            # A student's kernels: no forced build folder, the lab's kernelspec.
-            os.environ.pop("LLM_LAB_KERNEL_DIR", None)
-            subprocess.run(spare["prime"] + ["--spare", str(os.getpid())],
-                           env=dict(os.environ, **spare["env"]), check=True, timeout=120)
-            folder, waited = wait_for_spare(spare["pool"])
-            note(f"a spare kernel warmed in {waited:.1f} s while the student reads the lesson "
-                 "(not counted below)")
-            with open(os.path.join(folder, "info.json")) as f:
-                evcxr_pid = json.load(f)["evcxr_pid"]
-            mib, procs = rss_mib(evcxr_pid)
-            note(f"an idle warm spare holds {mib:.0f} MiB resident ({procs} processes: evcxr "
-                 "and its runner)")
-            started = time.monotonic()
-            km, kc = start_new_kernel(kernel_name=spare["kernel"], startup_timeout=300)
-            ok = first_logits(km, kc, "spare: new", started)
-            if ok:
-                _, waited = wait_for_spare(spare["pool"])
-                note(f"the next spare warmed in {waited:.1f} s after that kernel started "
-                     "(the student works in the lesson meanwhile; not counted below)")
-                started = time.monotonic()
-                km.restart_kernel(now=False)
-                kc.wait_for_ready(timeout=300)
-                ok = first_logits(km, kc, "spare: restart", started)
         if ok:
             for i in range(int(cells["trivial_runs"])):
                 seconds, error, output = run_cell(kc, cells["trivial"], 600)
@@ -306,27 +281,41 @@ def main():
                     break
         lab = cells.get("lab")
         if ok and lab:
-            if kc is not None:
-                kc.stop_channels()
-                km.shutdown_kernel(now=True)
-                km = kc = None
-            # The first kernel after `cargo xtask lab`: the lesson opened at once (the student
-            # runs its cells while the spare the server started still warms), then in a new
-            # server once that spare is warm (the student read the lesson's start first).
-            for phase, wait in (("lab: at once", False), ("lab: spare warm", True)):
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+            km = kc = None
+            # A student's kernels: no forced build folder.
+            os.environ.pop("LLM_LAB_KERNEL_DIR", None)
+            warm = r"llm-lab: spare kernel (\w+) warm in"
+            for phase in ("lab: at once", "lab: spare warm"):
                 if not ok:
                     break
                 server = Lab(lab)
                 try:
-                    if wait:
-                        wait_for_spare(lab["pool"], since=server.started_at)
-                        note(f"the lab's spare for the lessons was warm "
-                             f"{time.monotonic() - server.started:.1f} s after the server "
-                             "started (the student opens and reads the lesson; not counted)")
+                    if phase == "lab: spare warm":
+                        _, waited = wait_for_log(server, warm)
+                        note(f"the lab's spare for the lessons was warm {waited:.1f} s after "
+                             "the server answered (the student opens and reads the lesson; "
+                             "not counted)")
+                        m, _ = wait_for_log(server, r"spare kernel \w+ \(pid (\d+)\)")
+                        mib, procs = rss_mib(int(m.group(1)))
+                        note(f"an idle warm spare holds {mib:.0f} MiB resident ({procs} "
+                             "processes: evcxr and its runner)")
                     started = time.monotonic()
                     kernel = server.open_notebook(lab["notebook"], lab["kernel"])
                     kernel.ready()
                     ok = first_logits(None, None, phase, started, run=kernel.run)
+                    if ok and phase == "lab: spare warm":
+                        # The next spare (for the same folder) warms while the student works.
+                        with open(server.log.name, encoding="utf-8", errors="replace") as f:
+                            seen = len(f.read())
+                        _, waited = wait_for_log(server, warm, after=seen)
+                        note(f"the next spare warmed {waited:.1f} s after the first cells ran "
+                             "(the student works in the lesson meanwhile; not counted)")
+                        started = time.monotonic()
+                        kernel = server.restart(kernel.id)
+                        kernel.ready()
+                        ok = first_logits(None, None, "lab: restart", started, run=kernel.run)
                 finally:
                     server.close()
     except Exception as e:

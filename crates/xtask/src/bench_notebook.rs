@@ -1,6 +1,6 @@
 //! `cargo xtask bench-notebook`: how long a student waits on the course's kernel — a new kernel
 //! to its first logits, a restart to its first logits, a trivial cell — step by step, cold and
-//! with warm spare kernels.
+//! in the lab's server with its warm spare kernels.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -99,10 +99,10 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "load average unknown".into())
 }
 
-/// A kernelspec like the lab's whose launcher keeps its slots and spares in `pool`, a folder of
+/// A kernelspec like the lab's whose launcher keeps its build folders in `pool`, a folder of
 /// the benchmark's own that takes the lab's warmed template (and its lock) by symbolic links:
-/// the lab's own spares are neither used nor disturbed.
-fn spare_kernel(lab: &Lab, dir: &std::path::Path, name: &str) -> Result<Value> {
+/// the lab's own build folders are neither used nor disturbed.
+fn bench_kernel(lab: &Lab, dir: &std::path::Path, name: &str) -> Result<Value> {
     let evcxr = crate::lab::evcxr_binary().context("evcxr_jupyter is not installed")?;
     let pool = dir.join("pool");
     std::fs::create_dir_all(&pool)?;
@@ -114,17 +114,12 @@ fn spare_kernel(lab: &Lab, dir: &std::path::Path, name: &str) -> Result<Value> {
     let spec_dir = dir.join("jupyter").join("kernels").join(name);
     std::fs::create_dir_all(&spec_dir)?;
     std::fs::write(spec_dir.join("kernel.json"), spec.to_string())?;
-    let argv = spec["argv"].as_array().context("kernelspec argv")?;
     Ok(json!({
         "kernel": name,
         "jupyter_path": dir.join("jupyter"),
         "pool": pool,
-        "prime": argv[..4].to_vec(),
-        "env": spec["env"],
     }))
 }
-
-const SPARE_KERNEL: &str = "llm-lab-bench-spare";
 
 /// `cargo xtask bench-notebook`. Cold: the kernel builds in a new folder seeded from the warmed
 /// template, as the first kernel of a notebook after setup does; the restart reuses it. Then
@@ -149,18 +144,17 @@ pub fn bench_notebook(trivial_runs: u32) -> Result<()> {
         tmp.path().join("out.json"),
     );
     std::fs::write(&script, SCRIPT)?;
-    let spare = spare_kernel(&lab, &tmp.path().join("spare"), SPARE_KERNEL)?;
     // The lab's server with its spare-warming extension, on a pool of the benchmark's own: its
     // kernelspec takes the lab kernel's name (JUPYTER_PATH comes first).
     lab.write_settings()?;
-    let mut in_lab = spare_kernel(&lab, &tmp.path().join("lab"), crate::lab::KERNEL_NAME)?;
+    let mut in_lab = bench_kernel(&lab, &tmp.path().join("lab"), crate::lab::KERNEL_NAME)?;
     in_lab["jupyter"] = json!(lab.jupyter());
     in_lab["root"] = json!(lab.root);
     in_lab["notebook"] = json!(lab.first_lesson().context("no lesson in notebooks/")?);
     std::fs::write(
         &cells,
         json!({"first": first_cells(), "trivial": "1 + 1", "trivial_runs": trivial_runs,
-               "spare": spare, "lab": in_lab})
+               "lab": in_lab})
         .to_string(),
     )?;
     let folder = tmp.path().join("kernel");
@@ -174,7 +168,7 @@ pub fn bench_notebook(trivial_runs: u32) -> Result<()> {
         // Where the lessons are, so the `:dep` cell's relative path is theirs.
         .current_dir(lab.root.join("notebooks"))
         .env("TMPDIR", &other_tmp)
-        .env("JUPYTER_PATH", tmp.path().join("spare").join("jupyter"))
+        .env("JUPYTER_PATH", tmp.path().join("lab").join("jupyter"))
         .env_remove("LLM_LAB_SPARE_KERNELS")
         .stdin(Stdio::null())
         .stdout(Stdio::null());

@@ -585,7 +585,10 @@ impl Lab {
                      {SPARES_MODULE}:SpareProvisioner\n"
                 ),
             ),
-            (dist_info.join("INSTALLER"), "cargo xtask setup\n".to_string()),
+            (
+                dist_info.join("INSTALLER"),
+                "cargo xtask setup\n".to_string(),
+            ),
             (
                 dist_info.join("RECORD"),
                 format!(

@@ -34,7 +34,12 @@ fn evcxr() -> Option<String> {
 fn setup(work: &Path, evcxr: &str) {
     let root = support::root();
     let spec_dir = work.join("jupyter/kernels/llm-lab-spare-test");
-    for dir in [&spec_dir, &work.join("work"), &work.join("evcxr-config"), &work.join("src")] {
+    for dir in [
+        &spec_dir,
+        &work.join("work"),
+        &work.join("evcxr-config"),
+        &work.join("src"),
+    ] {
         std::fs::create_dir_all(dir).unwrap();
     }
     std::fs::write(work.join("src/lib.rs"), "// v1\n").unwrap();
@@ -173,7 +178,10 @@ fn a_launch_never_waits_for_a_warming_spare() {
     assert_eq!(r["third_handed"], true);
     assert_eq!(r["third"]["output"], "2");
     let log = r["log"].to_string();
-    assert!(log.contains("starts cold (its folder's spare is still warming)"), "{log}");
+    assert!(
+        log.contains("starts cold (its folder's spare is still warming)"),
+        "{log}"
+    );
 }
 
 #[test]
