@@ -162,8 +162,8 @@ impl Lab {
     ///
     /// evcxr compiles every crate, dependencies included, with debug assertions and overflow
     /// checks on; in candle's and this crate's numeric loops they cost about 3× the run time of a
-    /// forward pass. The kernel turns them off (students' own code loses overflow panics too:
-    /// cargo's environment settings apply to the whole build).
+    /// forward pass. The launcher turns them off for the dependencies only (a cargo profile
+    /// override beside the build folder): the student's own cells keep them.
     ///
     /// The kernel starts through the lab's launcher, which gives it a build folder of its own
     /// that the next kernel reuses (see `launch_kernel.py`). In the lab's server, the kernel
@@ -177,8 +177,6 @@ impl Lab {
             "interrupt_mode": "message",
             "env": {
                 "EVCXR_CONFIG_DIR": self.evcxr_config,
-                "CARGO_PROFILE_DEV_DEBUG_ASSERTIONS": "false",
-                "CARGO_PROFILE_DEV_OVERFLOW_CHECKS": "false",
                 "LLM_LAB_SPARE_WARMUP": serde_json::json!(spare_warmup()).to_string(),
             },
             "metadata": {
@@ -747,6 +745,20 @@ mod tests {
             "llm_lab_spares.py must name the kernel {KERNEL_NAME}"
         );
         assert!(SPARES.contains("\nclass SpareProvisioner(LocalProvisioner):\n"));
+    }
+
+    #[test]
+    fn only_the_dependencies_lose_their_overflow_checks() {
+        let spec = Lab::new().kernel_spec(Path::new("/usr/bin/evcxr_jupyter"));
+        let env = spec["env"].as_object().unwrap();
+        // A `CARGO_PROFILE_DEV_*` variable would reach the student's cells too.
+        assert!(
+            env.keys().all(|k| !k.starts_with("CARGO_PROFILE")),
+            "{env:?}"
+        );
+        assert!(LAUNCHER.contains(
+            "[profile.dev.package.\"*\"]\ndebug-assertions = false\noverflow-checks = false\n"
+        ));
     }
 
     #[test]

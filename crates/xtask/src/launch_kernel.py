@@ -33,6 +33,17 @@ TEMPLATE = "template"
 MAX_SLOTS = 32
 # Written into a folder only once it is complete: a copy interrupted half-way is not used.
 READY = ".llm-lab-ready"
+# Dependencies (candle, the course crate) build without debug assertions and overflow checks: in
+# candle's numeric loops they cost about 3x a forward pass. The notebook's own cells (evcxr's cell
+# crate, the one workspace member) keep them, as Rust's debug builds do. Cargo reads this from
+# the build folder's parent (evcxr rewrites the `.cargo/config.toml` of the build folder itself).
+DEPS_PROFILE = """\
+# Written by llm-lab's kernel launcher: the notebook's dependencies build without debug
+# assertions and overflow checks (they cost about 3x a forward pass); its own cells keep them.
+[profile.dev.package."*"]
+debug-assertions = false
+overflow-checks = false
+"""
 
 
 def log(text):
@@ -114,8 +125,35 @@ def pool_of(slots):
     return pool
 
 
+def write_deps_profile(parent):
+    """Writes DEPS_PROFILE into `parent`/.cargo/config.toml (whole, then renamed) unless it is
+    there."""
+    path = os.path.join(parent, ".cargo", "config.toml")
+    try:
+        with open(path) as f:
+            if f.read() == DEPS_PROFILE:
+                return
+    except OSError:
+        pass
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(DEPS_PROFILE)
+        os.replace(tmp, path)
+    except OSError as e:
+        log(f"cannot write {path} ({e}): dependencies build with overflow checks (slower)")
+
+
 def take_folder(slots):
     """(folder, held lock) for this kernel, or (None, None) when every slot is busy."""
+    folder, held = take_build_folder(slots)
+    if folder is not None:
+        write_deps_profile(os.path.dirname(folder))
+    return folder, held
+
+
+def take_build_folder(slots):
     forced = os.environ.get("LLM_LAB_KERNEL_DIR")
     if forced:
         folder = os.path.abspath(forced)

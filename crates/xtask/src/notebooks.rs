@@ -157,6 +157,16 @@ pub struct Run {
     pub timeouts: Vec<usize>,
 }
 
+/// Whether `LLM_LAB_PORTABLE=1` asks for the portable path: no Linux-only acceleration (network
+/// namespaces here, the kernel ending with a killed server in `launch_kernel.py`), as on macOS.
+pub fn portable() -> bool {
+    is_portable(std::env::var_os("LLM_LAB_PORTABLE").as_deref())
+}
+
+fn is_portable(value: Option<&std::ffi::OsStr>) -> bool {
+    value.is_some_and(|v| v == "1")
+}
+
 /// `program` in a network namespace of its own where only loopback (which the kernel talks over)
 /// is up, when the system allows one (Linux with user namespaces, or root); otherwise plain, with
 /// cargo offline and the proxies of Python and curl pointing nowhere, which says so once.
@@ -172,6 +182,7 @@ pub fn offline_command(program: &Path) -> Command {
     ];
     let isolated = *ISOLATED.get_or_init(|| {
         let works = cfg!(target_os = "linux")
+            && !portable()
             && Command::new("unshare")
                 .args(WRAP)
                 .arg("true")
@@ -673,6 +684,14 @@ pub fn notebooks(names: &[String]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_llm_lab_portable_1_asks_for_the_portable_path() {
+        assert!(is_portable(Some(std::ffi::OsStr::new("1"))));
+        for other in [None, Some("0"), Some(""), Some("yes")] {
+            assert!(!is_portable(other.map(std::ffi::OsStr::new)), "{other:?}");
+        }
+    }
 
     #[test]
     fn solution_regions_become_todo_at_their_indentation() {

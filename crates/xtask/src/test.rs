@@ -79,6 +79,19 @@ pub fn test(args: &TestArgs) -> Result<()> {
         crate::lab::setup()?;
     }
     cargo_test()?;
+    // The Linux-only accelerations (a kernel ends with a killed server; check's network
+    // namespace) sit beside a portable path, which macOS takes: the launcher's and check's tests
+    // run once more on it (the killed-server test aside: that guarantee is Linux's).
+    run_step(
+        "portable path (LLM_LAB_PORTABLE=1): the spare-kernel and check tests again",
+        Command::new(env!("CARGO"))
+            .args([
+                "test", "-p", "xtask", "--test", "spare", "--test", "check", "--",
+            ])
+            .args(["--test-threads", "2", "--skip", "a_killed_server"])
+            .env("LLM_LAB_PORTABLE", "1")
+            .env("CANDLE_NUM_THREADS", "1"),
+    )?;
     let lab = Lab::new();
     let drift = notebooks::sync_exercises(&lab, false)?;
     if !drift.is_empty() {

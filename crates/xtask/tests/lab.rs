@@ -234,7 +234,10 @@ fn the_first_lessons_kernel_is_the_spare_warmed_as_the_lab_starts() {
         .arg(base.trim_start_matches("http://"))
         .arg(&token)
         .arg(kernel)
-        .arg(FIRST_CELLS)
+        .arg(format!(
+            "{}, {OVERFLOW_CELL}]",
+            FIRST_CELLS.trim_end().trim_end_matches(']')
+        ))
         .current_dir(support::root().join("crates/xtask/src"))
         .output()
         .unwrap();
@@ -246,10 +249,16 @@ fn the_first_lessons_kernel_is_the_spare_warmed_as_the_lab_starts() {
     let log = served.seen.join("\n");
     assert!(out.status.success(), "{stdout}\n{stderr}\n{log}");
     let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert_eq!(
-        report["errors"],
-        serde_json::json!([null, null, null]),
+    let errors = report["errors"].as_array().unwrap();
+    assert!(
+        errors[..3].iter().all(serde_json::Value::is_null),
         "{report}\n{log}"
+    );
+    // The student's own cells keep Rust's overflow checks (the dependencies build without).
+    assert!(
+        errors[3].to_string().contains("overflow")
+            || report["outputs"][3].to_string().contains("overflow"),
+        "a u8 overflow did not panic in the student's cell: {report}"
     );
     assert!(
         report["output"].as_str().unwrap().contains(" Paris"),
@@ -267,6 +276,9 @@ const FIRST_CELLS: &str = r#"[":dep llm-lab = { path = \"../crates/llm-lab\" }\n
  "let model = Model::load_default()?;",
  "let logits = model.logits(\"The capital of France is\")?;\nprintln!(\"{:?}\", logits.top_k(3));"]"#;
 
+/// A student's cell whose `u8` overflows at run time (the compiler cannot see it).
+const OVERFLOW_CELL: &str = r#""let o: u8 = \"255\".parse().unwrap();\no + 1""#;
+
 /// The client of `the_first_lessons_kernel_is_the_spare_warmed_as_the_lab_starts`: BASE
 /// TOKEN KERNEL_ID CELLS; the benchmark's websocket client runs CELLS; one JSON line.
 const LESSON_CLIENT: &str = r#"
@@ -281,7 +293,8 @@ ws = websocket.create_connection(f"ws://{base}/api/kernels/{kernel}/channels",
 k = WebsocketKernel(ws)
 k.ready()
 results = [k.run(cell, 600) for cell in cells]
-print(json.dumps({"errors": [r[1] for r in results], "output": "".join(r[2] for r in results)}))
+print(json.dumps({"errors": [r[1] for r in results], "outputs": [r[2] for r in results],
+                  "output": "".join(r[2] for r in results)}))
 "#;
 
 /// A normal user of the test's own (`support::test_user`), who can reach the repository, the

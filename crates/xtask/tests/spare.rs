@@ -167,6 +167,14 @@ fn a_handed_out_spare_answers_like_a_cold_kernel() {
     assert_eq!(r["nice_waiting"], if root { 10 } else { 0 });
     assert_eq!(r["nice_handed"], 0);
     assert_eq!(r["spare_gone_after_shutdown"], true);
+    // The launcher's profile override beside the pool's build folders: dependencies without
+    // overflow checks, the cells with.
+    let profile = r["deps_profile"].as_str().unwrap_or_default();
+    assert!(
+        profile.contains("[profile.dev.package.\"*\"]")
+            && profile.contains("overflow-checks = false"),
+        "{profile}"
+    );
 }
 
 #[test]

@@ -123,6 +123,8 @@ async def scenario(name, work, result, kernels):
         await km2.shutdown_kernel(now=True)
         kernels.remove((km2, kc2))
         result["spare_gone_after_shutdown"] = await wait_gone(pid)
+        with open(os.path.join(os.path.dirname(work), "pool", ".cargo", "config.toml")) as f:
+            result["deps_profile"] = f.read()
     elif name == "warming":
         await new()
         km2, kc2 = await new()
