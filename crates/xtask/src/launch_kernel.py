@@ -190,7 +190,9 @@ def end_with_parent():
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         pass
-    if os.getppid() == 1:
+    # Started by a Jupyter client (it names itself), which ended before the line above.
+    parent = os.environ.get("JPY_PARENT_PID", "")
+    if parent.isdigit() and os.getppid() != int(parent):
         sys.exit("llm-lab: the process that started this kernel is gone")
 
 

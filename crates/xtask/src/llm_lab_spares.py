@@ -46,7 +46,16 @@ from jupyter_client.provisioning import LocalProvisioner
 KERNEL = "llm-lab"
 # The folders whose first kernel is warm: the lessons (where the lab opens).
 FOLDERS = ["notebooks"]
-MAX_IDLE = float(os.environ.get("LLM_LAB_SPARE_MAX_IDLE", 2 * 3600))
+
+
+def _max_idle():
+    try:
+        return float(os.environ.get("LLM_LAB_SPARE_MAX_IDLE", 2 * 3600))
+    except ValueError:
+        return 2 * 3600.0
+
+
+MAX_IDLE = _max_idle()
 # A warm-up that takes longer than this (a cold build of candle takes minutes) is abandoned.
 WARMUP_LIMIT = 1800
 WARMUP_NICE = 10
@@ -91,9 +100,12 @@ def newest_source(folder):
 
 
 def sources(cells, cwd):
-    """The newest modification time of each crate the warm-up compiles (`:dep x = { path = … }`)."""
-    paths = re.findall(r'path\s*=\s*"([^"]+)"', "\n".join(cells))
-    return [newest_source(os.path.join(cwd, p)) for p in paths]
+    """The newest modification time of each crate the warm-up compiles (`:dep x = { path = … }`);
+    None when one of them is not there from `cwd` (a folder whose kernels cannot warm up so)."""
+    paths = [os.path.join(cwd, p) for p in re.findall(r'path\s*=\s*"([^"]+)"', "\n".join(cells))]
+    if not all(os.path.isdir(p) for p in paths):
+        return None
+    return [newest_source(p) for p in paths]
 
 
 def spare_key(argv, cwd, env):
@@ -107,7 +119,8 @@ def may_unnice():
     try:
         import resource
 
-        return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
+        limit = resource.getrlimit(resource.RLIMIT_NICE)[0]
+        return os.geteuid() == 0 or limit == resource.RLIM_INFINITY or limit >= 20
     except (ImportError, AttributeError, OSError):
         return False
 
@@ -133,33 +146,43 @@ class Spare:
 
         self.key, self.cwd, self.cells = key, cwd, warmup_cells(env)
         self.sources = sources(self.cells, cwd)
+        self.idle = self.process = self.file = None
+        self.ports = {}
         runtime = jupyter_runtime_dir()
         os.makedirs(runtime, exist_ok=True)
-        self.file = os.path.join(runtime, f"llm-lab-spare-{uuid.uuid4()}.json")
-        _, info = write_connection_file(self.file, ip="127.0.0.1", key=uuid.uuid4().hex.encode(),
-                                        kernel_name=KERNEL)
-        info = dict(info)
-        info["key"] = info["key"].encode() if isinstance(info["key"], str) else info["key"]
-        self.info = info
-        env = {k: v for k, v in env.items() if k != "JPY_SESSION_NAME"}
-        self.niced = may_unnice()
-        if self.niced:
-            env["LLM_LAB_KERNEL_NICE"] = str(WARMUP_NICE)
-        cmd = [a.replace("{connection_file}", self.file) for a in argv]
-        self.process = launch_kernel(cmd, env=env, cwd=cwd)
+        # Ports reserved in Jupyter's own cache until the spare ends: a kernel launched before
+        # evcxr binds them cannot be given the same ones.
+        self.ports = {name: _port_cache().find_available_port("127.0.0.1") for name in
+                      ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")}
+        try:
+            self.file = os.path.join(runtime, f"llm-lab-spare-{uuid.uuid4()}.json")
+            _, info = write_connection_file(self.file, ip="127.0.0.1", **self.ports,
+                                            key=uuid.uuid4().hex.encode(), kernel_name=KERNEL)
+            info = dict(info)
+            info["key"] = info["key"].encode() if isinstance(info["key"], str) else info["key"]
+            self.info = info
+            env = {k: v for k, v in env.items() if k != "JPY_SESSION_NAME"}
+            self.niced = may_unnice()
+            if self.niced:
+                env["LLM_LAB_KERNEL_NICE"] = str(WARMUP_NICE)
+            cmd = [a.replace("{connection_file}", self.file) for a in argv]
+            self.process = launch_kernel(cmd, env=env, cwd=cwd)
+        except BaseException:
+            self.end()
+            raise
         self.started = time.monotonic()
         self.warm = asyncio.ensure_future(self._warm_up())
-        self.idle = None
         log.info("llm-lab: spare kernel %s (pid %s) warming for %s", key, self.process.pid, cwd)
 
     async def _warm_up(self):
         """Runs the warm-up cells, one at a time; True once they all ran."""
         from jupyter_client.asynchronous import AsyncKernelClient
 
-        client = AsyncKernelClient()
-        client.load_connection_info(self.info)
-        client.start_channels()
+        client = None
         try:
+            client = AsyncKernelClient()
+            client.load_connection_info(self.info)
+            client.start_channels()
             await asyncio.wait_for(self._run_cells(client), WARMUP_LIMIT)
         except Exception as e:
             log.warning("llm-lab: spare kernel %s failed to warm up (%s: %s)", self.key,
@@ -167,7 +190,11 @@ class Spare:
             self.end()
             return False
         finally:
-            client.stop_channels()
+            if client is not None:
+                try:
+                    client.stop_channels()
+                except Exception:
+                    pass
         took = time.monotonic() - self.started
         log.info("llm-lab: spare kernel %s warm in %.1f s", self.key, took)
         self.idle = asyncio.get_running_loop().call_later(MAX_IDLE, self.retire, "nobody took it")
@@ -205,14 +232,22 @@ class Spare:
             del _spares[self.key]
         if self.idle is not None:
             self.idle.cancel()
-        kill_group(self.process)
-        # Reaped without blocking the server: the kill is immediate.
-        asyncio.get_event_loop().run_in_executor(None, self.process.wait)
+        if self.process is not None:
+            kill_group(self.process)
+            # Reaped without blocking the server: the kill is immediate.
+            asyncio.get_event_loop().run_in_executor(None, self.process.wait)
         self.forget_file()
+        self.free_ports()
+
+    def free_ports(self):
+        for port in self.ports.values():
+            _port_cache().return_port(port)
+        self.ports = {}
 
     def forget_file(self):
         try:
-            os.unlink(self.file)
+            if self.file is not None:
+                os.unlink(self.file)
         except OSError:
             pass
 
@@ -223,11 +258,12 @@ class Spare:
             return None
         if _spares.get(self.key) is self:
             del _spares[self.key]
-        if not self.warm.result():
+        if self.warm.cancelled() or self.warm.exception() is not None or not self.warm.result():
+            self.end()
             return None
         if self.process.poll() is not None:
             log.warning("llm-lab: spare kernel %s had exited", self.key)
-            self.forget_file()
+            self.end()
             return None
         if self.stale():
             self.retire("the sources it compiled changed")
@@ -249,10 +285,21 @@ def ensure_spare(argv, cwd, env):
     key = spare_key(argv, cwd, env)
     if key in _spares:
         return
+    cells = warmup_cells(env)
+    if cells is None or sources(cells, cwd) is None:
+        log.info("llm-lab: no spare kernel for %s (the warm-up's crates are not there from it)",
+                 cwd)
+        return
     try:
         _spares[key] = Spare(key, argv, cwd, env)
     except Exception as e:  # no spare: the next kernel starts cold
         log.warning("llm-lab: no spare kernel (%s: %s)", type(e).__name__, e)
+
+
+def _port_cache():
+    from jupyter_client.connect import LocalPortCache
+
+    return LocalPortCache.instance()
 
 
 @atexit.register
@@ -273,6 +320,13 @@ class SpareProvisioner(LocalProvisioner):
             return await super().launch_kernel(cmd, **kwargs)
         spare = _spares.get(spare_key(argv, cwd, env))
         if spare is not None and spare.take() is not None:
+            # The ports Jupyter reserved for a kernel of its own (or the kernel before a
+            # restart) are free again; the spare's stay reserved until this kernel's cleanup.
+            if self.ports_cached and self.connection_info:
+                for name in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"):
+                    if isinstance(self.connection_info.get(name), int):
+                        _port_cache().return_port(self.connection_info[name])
+            self.ports_cached, spare.ports = True, {}
             self.process, self.pid, self.pgid = spare.process, spare.process.pid, spare.process.pid
             self.cwd = cwd
             self.connection_info = spare.info
