@@ -41,6 +41,7 @@ import signal
 import time
 import uuid
 
+from jupyter_client.connect import port_names
 from jupyter_client.provisioning import LocalProvisioner
 
 KERNEL = "llm-lab"
@@ -139,21 +140,19 @@ def kill_group(process):
 class Spare:
     """A kernel started ahead of time for `key`, warming up or waiting to be handed out."""
 
-    def __init__(self, key, argv, cwd, env):
+    def __init__(self, key, argv, cwd, env, cells, compiled):
         from jupyter_client.connect import write_connection_file
         from jupyter_client.launcher import launch_kernel
         from jupyter_core.paths import jupyter_runtime_dir
 
-        self.key, self.cwd, self.cells = key, cwd, warmup_cells(env)
-        self.sources = sources(self.cells, cwd)
+        self.key, self.cwd, self.cells, self.sources = key, cwd, cells, compiled
         self.idle = self.process = self.file = None
         self.ports = {}
         runtime = jupyter_runtime_dir()
         os.makedirs(runtime, exist_ok=True)
         # Ports reserved in Jupyter's own cache until the spare ends: a kernel launched before
         # evcxr binds them cannot be given the same ones.
-        self.ports = {name: _port_cache().find_available_port("127.0.0.1") for name in
-                      ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")}
+        self.ports = {name: _port_cache().find_available_port("127.0.0.1") for name in port_names}
         try:
             self.file = os.path.join(runtime, f"llm-lab-spare-{uuid.uuid4()}.json")
             _, info = write_connection_file(self.file, ip="127.0.0.1", **self.ports,
@@ -222,8 +221,6 @@ class Spare:
         return sources(self.cells, self.cwd) != self.sources
 
     def retire(self, why):
-        if _spares.get(self.key) is self:
-            del _spares[self.key]
         log.info("llm-lab: spare kernel %s ended: %s", self.key, why)
         self.end()
 
@@ -286,12 +283,13 @@ def ensure_spare(argv, cwd, env):
     if key in _spares:
         return
     cells = warmup_cells(env)
-    if cells is None or sources(cells, cwd) is None:
+    compiled = sources(cells, cwd) if cells is not None else None
+    if compiled is None:
         log.info("llm-lab: no spare kernel for %s (the warm-up's crates are not there from it)",
                  cwd)
         return
     try:
-        _spares[key] = Spare(key, argv, cwd, env)
+        _spares[key] = Spare(key, argv, cwd, env, cells, compiled)
     except Exception as e:  # no spare: the next kernel starts cold
         log.warning("llm-lab: no spare kernel (%s: %s)", type(e).__name__, e)
 
@@ -323,7 +321,7 @@ class SpareProvisioner(LocalProvisioner):
             # The ports Jupyter reserved for a kernel of its own (or the kernel before a
             # restart) are free again; the spare's stay reserved until this kernel's cleanup.
             if self.ports_cached and self.connection_info:
-                for name in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"):
+                for name in port_names:
                     if isinstance(self.connection_info.get(name), int):
                         _port_cache().return_port(self.connection_info[name])
             self.ports_cached, spare.ports = True, {}
