@@ -14,7 +14,7 @@ use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use llm_lab::{KvCache, Model, TraceOptions};
 
-use crate::args::BenchArgs;
+use llm_lab_shared::args::BenchArgs;
 
 const TEXT: &str = "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg \
 combined movable metal type, oil-based ink and a wooden screw press into a system that could produce books \
@@ -83,8 +83,11 @@ fn glass_box(path: &std::path::Path, traced: bool) -> Result<Run> {
         time_greedy(prompt, gen, |tokens, _| {
             Ok(if traced {
                 model
-                    .step_with_trace(tokens, &mut cache, TraceOptions::default())?
-                    .0
+                    .forward(tokens)
+                    .cache(&mut cache)
+                    .trace(TraceOptions::default())
+                    .next()?
+                    .logits
             } else {
                 model.step(tokens, &mut cache)?
             })

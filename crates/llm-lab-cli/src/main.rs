@@ -1,7 +1,6 @@
 //! `llm-lab`: the course's model commands, which `cargo xtask fetch|inspect|tokenize|generate|bench`
-//! run (see `args.rs` for why they live in a crate of their own).
+//! run (see `llm_lab_shared::args` for why xtask parses their arguments first).
 
-mod args;
 mod bench;
 
 use std::process::ExitCode;
@@ -10,7 +9,7 @@ use anyhow::{anyhow, Context, Result};
 use clap::Parser;
 use llm_lab::{models, Model};
 
-use args::{GenerateArgs, ModelArg, ModelCommand, TokenizeArgs};
+use llm_lab_shared::args::{GenerateArgs, ModelArg, ModelCommand, TokenizeArgs};
 
 /// `llm-lab`: the model commands (`cargo xtask` runs them).
 #[derive(Parser, Debug)]
@@ -148,8 +147,8 @@ mod tests {
 
     #[test]
     fn the_default_model_is_the_librarys() {
-        assert_eq!(args::DEFAULT_MODEL, models::DEFAULT_MODEL);
-        assert!(models::spec(args::DEFAULT_MODEL).is_ok());
+        assert_eq!(llm_lab_shared::args::DEFAULT_MODEL, models::DEFAULT_MODEL);
+        assert!(models::spec(llm_lab_shared::args::DEFAULT_MODEL).is_ok());
     }
 
     #[test]

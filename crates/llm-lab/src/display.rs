@@ -10,9 +10,8 @@ use crate::generate::{Generated, StopReason};
 use crate::logits::Logits;
 use crate::model::Model;
 
-// Only `std` in it: `cargo xtask grade` compiles the file in too.
-mod html;
-pub use html::html_escape;
+// Shared with `cargo xtask grade` (crate `llm-lab-shared`).
+pub use llm_lab_shared::html::html_escape;
 
 /// Sends `html` to the notebook as the cell's rich output.
 pub fn rich_html(html: &str) {

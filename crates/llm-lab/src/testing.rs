@@ -9,7 +9,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
-use crate::model::Architecture;
+use crate::model::schema::{self, Kind, Slot, TensorSpec};
+use crate::model::{Architecture, Config};
 
 /// Writes the tiny model `spec` into a fresh temporary folder and loads it; keep the folder
 /// alive as long as the model is used.
@@ -128,6 +129,23 @@ impl TinySpec {
         self.d_head.unwrap_or(self.d_model / self.n_heads)
     }
 
+    /// The config the tiny model's file describes (what `Model::load` reads back).
+    pub fn config(&self) -> Config {
+        Config {
+            name: "tiny".into(),
+            architecture: self.architecture,
+            n_layers: self.n_layers,
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            d_head: self.d_head(),
+            d_model: self.d_model,
+            d_mlp: self.d_mlp,
+            d_vocab: self.vocab().len(),
+            tied_embeddings: !self.untied_output,
+            ..Config::llama_3_2_1b()
+        }
+    }
+
     fn vocab(&self) -> Vec<String> {
         match self.architecture {
             Architecture::Llama => tiny_vocab(),
@@ -197,59 +215,37 @@ pub fn tiny_spm_vocab() -> Vec<(String, f32, i32)> {
     v
 }
 
-/// The tiny model's weights in GGUF naming, as f32 tensors `[out, in]`.
+/// The tiny model's weights in GGUF naming, as f32 tensors `[out, in]`: every tensor of its
+/// architecture's table ([`schema`]), in file order.
 pub fn tiny_weights(spec: &TinySpec) -> Result<Vec<(String, Tensor)>> {
+    Ok(tiny_tensors(spec)?
+        .into_iter()
+        .map(|(t, l, x)| (t.gguf_name(l), x))
+        .filter(|(n, _)| !spec.skip.contains(n))
+        .collect())
+}
+
+/// Random values for every tensor of the tiny model, with the table's entry and layer of each.
+fn tiny_tensors(spec: &TinySpec) -> Result<Vec<(&'static TensorSpec, Option<usize>, Tensor)>> {
     let mut rng = crate::rng::Rng::new(spec.seed);
-    let dev = Device::Cpu;
-    let mut rand = |shape: (usize, usize), scale: f32| -> Result<Tensor> {
-        let v: Vec<f32> = (0..shape.0 * shape.1)
-            .map(|_| (rng.next_f64() as f32 * 2.0 - 1.0) * scale)
+    let config = spec.config();
+    let mut out = vec![];
+    for (t, l) in schema::instances(&config) {
+        let shape = t.shape(&config);
+        let n: usize = shape.iter().product();
+        // Matrices uniform in ±init/√in (the embeddings in ±init); gains around 1, as GGUF
+        // stores Gemma's `1 + w`.
+        let (scale, offset) = match (t.kind, t.slot) {
+            (Kind::Gain, _) => (t.init, 1.0),
+            (Kind::Matrix, Slot::Embed) => (t.init, 0.0),
+            (Kind::Matrix, _) => (t.init / (shape[1] as f32).sqrt(), 0.0),
+        };
+        let v: Vec<f32> = (0..n)
+            .map(|_| (rng.next_f64() as f32 * 2.0 - 1.0) * scale + offset)
             .collect();
-        Ok(Tensor::from_vec(v, shape, &dev)?)
-    };
-    let d = spec.d_model;
-    let d_head = spec.d_head();
-    let q = spec.n_heads * d_head;
-    let kv = spec.n_kv_heads * d_head;
-    let vocab = spec.vocab().len();
-    let s = 1.0 / (d as f32).sqrt();
-    let gemma = spec.architecture == Architecture::Gemma3;
-    let mut t = vec![("token_embd.weight".to_string(), rand((vocab, d), 1.0)?)];
-    for l in 0..spec.n_layers {
-        let n = |x: &str| format!("blk.{l}.{x}.weight");
-        t.push((n("attn_norm"), (rand((1, d), 0.2)? + 1.0)?.flatten_all()?));
-        t.push((n("attn_q"), rand((q, d), 2.0 * s)?));
-        t.push((n("attn_k"), rand((kv, d), 2.0 * s)?));
-        t.push((n("attn_v"), rand((kv, d), s)?));
-        t.push((n("attn_output"), rand((d, q), 1.0 / (q as f32).sqrt())?));
-        if gemma {
-            // Gains around 1, as GGUF stores Gemma's `1 + w`.
-            for (name, width) in [
-                ("attn_q_norm", d_head),
-                ("attn_k_norm", d_head),
-                ("post_attention_norm", d),
-                ("post_ffw_norm", d),
-            ] {
-                t.push((n(name), (rand((1, width), 0.2)? + 1.0)?.flatten_all()?));
-            }
-        }
-        t.push((n("ffn_norm"), (rand((1, d), 0.2)? + 1.0)?.flatten_all()?));
-        t.push((n("ffn_gate"), rand((spec.d_mlp, d), s)?));
-        t.push((n("ffn_up"), rand((spec.d_mlp, d), s)?));
-        t.push((
-            n("ffn_down"),
-            rand((d, spec.d_mlp), 1.0 / (spec.d_mlp as f32).sqrt())?,
-        ));
+        out.push((t, l, Tensor::from_vec(v, shape, &Device::Cpu)?));
     }
-    t.push((
-        "output_norm.weight".into(),
-        (rand((1, d), 0.2)? + 1.0)?.flatten_all()?,
-    ));
-    if spec.untied_output {
-        t.push(("output.weight".into(), rand((vocab, d), s)?));
-    }
-    t.retain(|(n, _)| !spec.skip.contains(n));
-    Ok(t)
+    Ok(out)
 }
 
 /// Writes the tiny model as a GGUF file with complete metadata: a Llama with a byte-level BPE
@@ -387,36 +383,16 @@ pub fn write_tiny_hf_folder(dir: &Path, spec: &TinySpec) -> Result<()> {
             .reshape((rows, cols))?)
     };
     let mut st: HashMap<String, Tensor> = HashMap::new();
-    for (name, t) in tiny_weights(spec)? {
-        let hf = if name == "token_embd.weight" {
-            "model.embed_tokens.weight".to_string()
-        } else if name == "output_norm.weight" {
-            "model.norm.weight".into()
-        } else if name == "output.weight" {
-            "lm_head.weight".into()
-        } else {
-            let (l, rest) = name["blk.".len()..].split_once('.').unwrap_or_default();
-            let part = match rest.trim_end_matches(".weight") {
-                "attn_norm" => "input_layernorm",
-                "ffn_norm" => "post_attention_layernorm",
-                "attn_q" => "self_attn.q_proj",
-                "attn_k" => "self_attn.k_proj",
-                "attn_v" => "self_attn.v_proj",
-                "attn_output" => "self_attn.o_proj",
-                "ffn_gate" => "mlp.gate_proj",
-                "ffn_up" => "mlp.up_proj",
-                _ => "mlp.down_proj",
-            };
-            format!("model.layers.{l}.{part}.weight")
+    for (t, l, x) in tiny_tensors(spec)? {
+        if spec.skip.contains(&t.gguf_name(l)) {
+            continue;
+        }
+        let x = match t.slot {
+            Slot::Wq => unpermute(&x, spec.n_heads)?,
+            Slot::Wk => unpermute(&x, spec.n_kv_heads)?,
+            _ => x,
         };
-        let t = if name.ends_with("attn_q.weight") {
-            unpermute(&t, spec.n_heads)?
-        } else if name.ends_with("attn_k.weight") {
-            unpermute(&t, spec.n_kv_heads)?
-        } else {
-            t
-        };
-        st.insert(hf, t.to_dtype(DType::F32)?.contiguous()?);
+        st.insert(t.hf_name(l), x.to_dtype(DType::F32)?.contiguous()?);
     }
     candle_core::safetensors::save(&st, dir.join("model.safetensors"))?;
     let vocab = tiny_vocab();

@@ -632,3 +632,63 @@ fn a_file_without_tensors_may_end_right_after_its_metadata() {
     let e = load_err(&p);
     assert!(e.contains("truncated"), "{e}");
 }
+
+/// The table of GGUF keys (`GgufKeys` in config.rs): a missing required key and a key of the
+/// wrong kind are refused by their full name; a non-finite float is not read as a default.
+#[test]
+fn gguf_keys_missing_or_of_the_wrong_kind_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = TinySpec::default();
+    let cases: [(&str, Option<Value>, &str); 5] = [
+        (
+            "llama.block_count",
+            None,
+            "lacks the metadata `llama.block_count`",
+        ),
+        (
+            "llama.block_count",
+            Some(Value::String("two".into())),
+            "`llama.block_count` of the wrong kind",
+        ),
+        (
+            "llama.attention.head_count",
+            Some(Value::I32(-4)),
+            "`llama.attention.head_count` of the wrong kind",
+        ),
+        (
+            "llama.rope.freq_base",
+            Some(Value::F32(f32::NAN)),
+            "`llama.rope.freq_base` of the wrong kind",
+        ),
+        (
+            "llama.context_length",
+            Some(Value::F32(64.5)),
+            "`llama.context_length` of the wrong kind",
+        ),
+    ];
+    for (key, value, want) in cases {
+        let p = tiny_edited(dir.path(), &spec, |m, _| match value {
+            Some(v) => set_meta(m, key, v),
+            None => m.retain(|(k, _)| k != key),
+        });
+        let e = load_err(&p);
+        assert!(e.contains(want), "{key}: {e}");
+    }
+}
+
+#[test]
+fn a_config_json_field_of_the_wrong_kind_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    llm_lab::testing::write_tiny_hf_folder(dir.path(), &TinySpec::default()).unwrap();
+    let path = dir.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["hidden_size"] = serde_json::json!("sixty-four");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let e = load_err(dir.path());
+    assert!(e.contains("at `hidden_size`"), "{e}");
+    config.as_object_mut().unwrap().remove("hidden_size");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let e = load_err(dir.path());
+    assert!(e.contains("missing field `hidden_size`"), "{e}");
+}

@@ -231,7 +231,7 @@ fn trace_records_gemma_internals_with_the_shared_names() {
         // attn_out is what joins the stream: the post-norm of the raw attention output.
         let raw = trace.get(Hook::AttnBeforePostNorm(l)).unwrap();
         let normed =
-            candle_nn::ops::rms_norm(raw, b.attn_post_norm.as_ref().unwrap(), eps as f32).unwrap();
+            candle_nn::ops::rms_norm(raw, b.attn.post_norm.as_ref().unwrap(), eps as f32).unwrap();
         assert!(max_abs_diff(&normed, trace.attn_out(l).unwrap()) < 1e-5);
         let mid = (trace.resid_pre(l).unwrap() + trace.attn_out(l).unwrap()).unwrap();
         assert!(max_abs_diff(&mid, trace.resid_mid(l).unwrap()) < 1e-5);
@@ -266,7 +266,11 @@ fn a_traced_step_pads_the_local_pattern() {
     let mut cache = KvCache::new();
     model.step(&tokens()[..9], &mut cache).unwrap();
     let (_, trace) = model
-        .step_with_trace(&[5], &mut cache, TraceOptions::default())
+        .forward(&[5])
+        .cache(&mut cache)
+        .trace(TraceOptions::default())
+        .next()
+        .and_then(|o| o.traced())
         .unwrap();
     let local = trace.attention(0, 0).unwrap();
     assert_eq!(local[0].len(), 10);

@@ -40,7 +40,11 @@ fn no_intervention_is_the_plain_forward_pass() {
         let none = model.run_with(&tokens(), &Interventions::new()).unwrap();
         assert_eq!(max_abs_diff(&plain, &none), 0.0, "{:?}", spec.architecture);
         let (traced, trace) = model
-            .run_with_trace_and(&tokens(), QKV, &Interventions::new())
+            .forward(&tokens())
+            .trace(QKV)
+            .interventions(&Interventions::new())
+            .logits()
+            .and_then(|o| o.traced())
             .unwrap();
         let (_, clean_trace) = model.run_with_trace(&tokens(), QKV).unwrap();
         assert_eq!(max_abs_diff(&plain, &traced), 0.0);
@@ -71,7 +75,7 @@ fn attention_by_hand(model: &Model, clean: &llm_lab::Trace, l: usize, h: usize) 
         .collect();
     let concat = Tensor::cat(&heads, 1).unwrap(); // [seq, H·d], head-major as the model concatenates
     assert_eq!(concat.dims(), &[seq, n_heads * d]);
-    model.weights.blocks[l].w_o.forward(&concat).unwrap() // [seq, D]
+    model.weights.blocks[l].attn.w_o.forward(&concat).unwrap() // [seq, D]
 }
 
 #[test]
@@ -82,7 +86,13 @@ fn ablating_a_head_equals_zeroing_its_z_by_hand() {
         let n_layers = model.config.n_layers;
         for (l, h) in [(0, 1), (n_layers - 1, model.config.n_heads - 1)] {
             let iv = Interventions::new().ablate_head(l, h);
-            let (logits, ablated) = model.run_with_trace_and(&tokens(), QKV, &iv).unwrap();
+            let (logits, ablated) = model
+                .forward(&tokens())
+                .trace(QKV)
+                .interventions(&iv)
+                .logits()
+                .and_then(|o| o.traced())
+                .unwrap();
             // The same logits as the untraced intervened pass.
             let untraced = model.run_with(&tokens(), &iv).unwrap();
             assert_eq!(max_abs_diff(&logits, &untraced), 0.0);
@@ -132,7 +142,11 @@ fn ablating_every_head_of_a_layer_is_ablating_its_attention() {
         let by_heads = model.run_with(&tokens(), &every_head).unwrap();
         let whole = Interventions::new().ablate_attention(1);
         let (by_layer, trace) = model
-            .run_with_trace_and(&tokens(), TraceOptions::default(), &whole)
+            .forward(&tokens())
+            .trace(TraceOptions::default())
+            .interventions(&whole)
+            .logits()
+            .and_then(|o| o.traced())
             .unwrap();
         let diff = max_abs_diff(&by_heads, &by_layer);
         assert!(diff < 1e-4, "{:?}: {diff}", spec.architecture);
@@ -151,7 +165,11 @@ fn ablating_an_mlp_makes_the_stream_skip_it() {
         let (clean_logits, _) = model.run_with_trace(&tokens(), QKV).unwrap();
         let iv = Interventions::new().ablate_mlp(0);
         let (logits, trace) = model
-            .run_with_trace_and(&tokens(), TraceOptions::default(), &iv)
+            .forward(&tokens())
+            .trace(TraceOptions::default())
+            .interventions(&iv)
+            .logits()
+            .and_then(|o| o.traced())
             .unwrap();
         assert_eq!(
             max_abs_diff(&trace[Hook::ResidPre(1)], &trace[Hook::ResidMid(0)]),
@@ -195,7 +213,11 @@ fn layers_and_heads_the_model_lacks_are_clear_errors() {
             let err = model.run_with(&tokens(), &iv).unwrap_err().to_string();
             assert!(err.contains(&want), "`{err}` should say `{want}`");
             let err = model
-                .run_with_trace_and(&tokens(), QKV, &iv)
+                .forward(&tokens())
+                .trace(QKV)
+                .interventions(&iv)
+                .logits()
+                .and_then(|o| o.traced())
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(&want), "`{err}` should say `{want}`");
@@ -237,5 +259,53 @@ fn token_losses_are_minus_log_softmax_of_the_next_token() {
         assert!(model.token_losses(&t[..1], &Interventions::new()).is_err());
         assert!(next_token_losses(&logits, &t[..3]).is_err());
         assert!(next_token_losses(&logits.i(..2).unwrap(), &[1, 2, 100_000]).is_err());
+    }
+}
+
+/// Generation with a head switched off: each cached step gives the logits the whole intervened
+/// pass gives at that position, and differs from the clean step.
+#[test]
+fn an_intervened_step_continues_the_intervened_pass() {
+    for spec in specs() {
+        let (_dir, model) = tiny_model(&spec).unwrap();
+        let iv = Interventions::new().ablate_head(1, 0).ablate_mlp(0);
+        let t = tokens();
+        let whole = model.run_with(&t, &iv).unwrap(); // [seq, V]
+        let mut cache = llm_lab::KvCache::new();
+        let split = t.len() - 3;
+        let first = model
+            .forward(&t[..split])
+            .cache(&mut cache)
+            .interventions(&iv)
+            .next()
+            .unwrap()
+            .logits;
+        assert!(max_abs_diff(&first, &whole.i(split - 1).unwrap()) < 1e-4);
+        for (i, &tok) in t.iter().enumerate().skip(split) {
+            let step = model
+                .forward(&[tok])
+                .cache(&mut cache)
+                .interventions(&iv)
+                .next()
+                .unwrap()
+                .logits;
+            assert!(
+                max_abs_diff(&step, &whole.i(i).unwrap()) < 1e-4,
+                "position {i}"
+            );
+        }
+        let clean = model.run(&t).unwrap();
+        let last = t.len() - 1;
+        assert!(max_abs_diff(&clean.i(last).unwrap(), &whole.i(last).unwrap()) > 1e-3);
+        // A head the model lacks is refused on a step too, before the cache changes.
+        let before = cache.len();
+        let bad = Interventions::new().ablate_head(0, 99);
+        assert!(model
+            .forward(&[1])
+            .cache(&mut cache)
+            .interventions(&bad)
+            .next()
+            .is_err());
+        assert_eq!(cache.len(), before);
     }
 }

@@ -41,7 +41,7 @@ fn scratch_attention_reproduces_every_traced_head() {
         }
         // Concatenate the heads and apply W_O: the model's attention output.
         let concat = Tensor::cat(&heads, 1).unwrap();
-        let w_o = model.weights.blocks[layer].w_o.weight().unwrap();
+        let w_o = model.weights.blocks[layer].attn.w_o.weight().unwrap();
         let out = concat.matmul(&w_o.t().unwrap()).unwrap();
         assert!(
             max_diff(&out, &trace[Hook::AttnOut(layer)]) < 1e-4,
@@ -57,7 +57,7 @@ fn scratch_rms_norm_matches_the_model_and_layer_norm_is_centered() {
         .run_with_trace(&[1, 2, 3], TraceOptions::default())
         .unwrap();
     let x = trace.residual(1).unwrap();
-    let g = &model.weights.blocks[1].attn_norm;
+    let g = &model.weights.blocks[1].attn.norm;
     let ours = scratch::rms_norm(x, g, model.config.rms_norm_eps).unwrap();
     let candle = candle_nn::ops::rms_norm(x, g, model.config.rms_norm_eps as f32).unwrap();
     assert!(max_diff(&ours, &candle) < 1e-5);

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-pub use crate::model_args::ModelCommand;
+pub use llm_lab_shared::args::ModelCommand;
 
 /// `cargo xtask`: the project's commands.
 #[derive(Parser, Debug)]

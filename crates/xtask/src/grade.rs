@@ -8,8 +8,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::html::html_escape;
 use anyhow::{bail, Context, Result};
+use llm_lab_shared::html::html_escape;
 
 use crate::check::{self, Exercise, Outcome};
 use crate::cli::GradeArgs;

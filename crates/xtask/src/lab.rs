@@ -99,16 +99,19 @@ impl Lab {
         self.root.join(".lab").join("launch_kernel.py")
     }
 
-    /// Whether the template was warmed after the last change of the course crate or its
-    /// dependencies: else a kernel started from it compiles the course crate again.
+    /// Whether the template was warmed after the last change of the course crate (and the
+    /// crate it shares with xtask) or its dependencies: else a kernel started from it compiles the course crate again.
     pub fn template_is_current(&self) -> bool {
         let Some(warmed) = modified(&self.template().join(READY)) else {
             return false;
         };
         let krate = self.root.join("crates").join("llm-lab");
+        let shared = self.root.join("crates").join("llm-lab-shared");
         let newest = [
             newest_modified(&krate.join("src")),
             modified(&krate.join("Cargo.toml")),
+            newest_modified(&shared.join("src")),
+            modified(&shared.join("Cargo.toml")),
             modified(&self.root.join("Cargo.toml")),
             modified(&self.root.join("Cargo.lock")),
         ]

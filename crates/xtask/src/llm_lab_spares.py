@@ -100,12 +100,24 @@ def newest_source(folder):
     return newest
 
 
+def path_deps(text):
+    """The `path = "…"` dependencies named in `text` (cells or a Cargo.toml)."""
+    return re.findall(r'path\s*=\s*"([^"]+)"', text)
+
+
 def sources(cells, cwd):
-    """The newest modification time of each crate the warm-up compiles (`:dep x = { path = … }`);
-    None when one of them is not there from `cwd` (a folder whose kernels cannot warm up so)."""
-    paths = [os.path.join(cwd, p) for p in re.findall(r'path\s*=\s*"([^"]+)"', "\n".join(cells))]
+    """The newest modification time of each crate the warm-up compiles (`:dep x = { path = … }`,
+    and the path dependencies of its Cargo.toml); None when one of them is not there from `cwd`
+    (a folder whose kernels cannot warm up so)."""
+    paths = [os.path.join(cwd, p) for p in path_deps("\n".join(cells))]
     if not all(os.path.isdir(p) for p in paths):
         return None
+    for p in list(paths):
+        try:
+            with open(os.path.join(p, "Cargo.toml")) as f:
+                paths += [os.path.join(p, d) for d in path_deps(f.read())]
+        except OSError:
+            pass
     return [newest_source(p) for p in paths]
 
 

@@ -22,7 +22,7 @@ const END: &str = "// END SOLUTION";
 
 /// What the check module prints for tooling, one line per exercise, and after a failed one the
 /// hint: the protocol lives in the library, which writes it.
-pub use crate::check_protocol::{HINT_PREFIX, REPORT_PREFIX};
+pub use llm_lab_shared::protocol::{HINT_PREFIX, REPORT_PREFIX};
 
 pub fn new_notebook(cells: &[&str]) -> Value {
     json!({
@@ -387,9 +387,9 @@ fn tagged_lines(nb: &Value, prefix: &str) -> Vec<(String, String)> {
 /// Every `PREFIX name = value` line of `text`, as (name, value), parsed as the library writes it.
 pub fn tagged_lines_in(text: &str, prefix: &str) -> Vec<(String, String)> {
     let parse = if prefix == HINT_PREFIX {
-        crate::check_protocol::parse_hint_line
+        llm_lab_shared::protocol::parse_hint_line
     } else {
-        crate::check_protocol::parse_report_line
+        llm_lab_shared::protocol::parse_report_line
     };
     text.lines().filter_map(parse).collect()
 }

@@ -18,8 +18,8 @@ pub mod lesson03;
 pub mod lesson04;
 pub mod lesson05;
 pub mod runner;
-// The report lines' format, which `cargo xtask` compiles in too (std only).
-mod protocol;
+// The report lines' format, shared with `cargo xtask` (crate `llm-lab-shared`).
+use llm_lab_shared::protocol;
 
 pub use lesson01::{attention, causal_mask, count_heads, count_kv_heads, multi_head};
 pub use lesson02::{block, count_layers, layer_norm};

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file::Value;
 use candle_core::Device;
+use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::gguf::{value_as_u64, Gguf};
@@ -124,7 +125,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// The model's configuration, from a GGUF file's `{arch}.*` and `tokenizer.ggml.*` metadata.
+    /// The model's configuration, from a GGUF file's `{arch}.*` metadata (read through the
+    /// table of keys, `GgufKeys`) and its `tokenizer.ggml.*` special tokens.
     pub fn from_gguf(g: &mut Gguf) -> Result<Config> {
         let arch = g.meta_str("general.architecture").unwrap_or("").to_string();
         let architecture = match arch.as_str() {
@@ -139,45 +141,44 @@ impl Config {
                 ))
             }
         };
-        let k = |s: &str| format!("{arch}.{s}");
-        let n_heads = g.meta_usize(&k("attention.head_count"))?;
-        let d_model = g.meta_usize(&k("embedding_length"))?;
+        let keys = GgufKeys::read(g, &arch)?;
+        let d_model = keys.d_model;
         // Gemma's heads are wider than d_model / n_heads (256 × 4 > 640): the file says so.
-        let d_head = g
-            .meta_usize(&k("attention.key_length"))
-            .or_else(|_| g.meta_usize(&k("rope.dimension_count")))
-            .unwrap_or(d_model / n_heads.max(1));
-        if let Ok(v) = g.meta_usize(&k("attention.value_length")) {
-            if v != d_head {
+        let d_head = keys
+            .key_length
+            .or(keys.rope_dimension_count)
+            .unwrap_or(d_model / keys.n_heads.max(1));
+        if let Some(v) = keys.value_length.filter(|&v| v != d_head) {
+            return Err(Error::model_file(
+                &g.path,
+                format!("has value heads of width {v} and key heads of width {d_head}; llm-lab needs them equal"),
+            ));
+        }
+        for (key, value, neutral) in [
+            ("final_logit_softcapping", keys.final_logit_softcapping, 0.0),
+            ("attn_logit_softcapping", keys.attn_logit_softcapping, 0.0),
+            ("rope.scaling.factor", keys.rope_scaling_factor, 1.0),
+        ] {
+            if let Some(x) = value.filter(|&x| x != neutral) {
                 return Err(Error::model_file(
                     &g.path,
-                    format!("has value heads of width {v} and key heads of width {d_head}; llm-lab needs them equal"),
+                    format!("sets `{arch}.{key}` = {x}, which llm-lab does not implement"),
                 ));
             }
         }
-        let unsupported = |key: &str, neutral: f32| -> Result<()> {
-            match g.meta_f32(&k(key)) {
-                Some(x) if x != neutral => Err(Error::model_file(
-                    &g.path,
-                    format!("sets `{arch}.{key}` = {x}, which llm-lab does not implement"),
-                )),
-                _ => Ok(()),
-            }
-        };
-        unsupported("final_logit_softcapping", 0.0)?;
-        unsupported("attn_logit_softcapping", 0.0)?;
-        unsupported("rope.scaling.factor", 1.0)?;
         let d_vocab = match g.content.tensor_infos.get("token_embd.weight") {
             Some(info) => match info.shape.dims() {
                 &[vocab, width] if width == d_model => vocab,
                 dims => {
                     return Err(Error::model_file(
                         &g.path,
-                        format!("has the tensor `token_embd.weight` of shape {dims:?}, but `{arch}.embedding_length` = {d_model} needs [vocabulary size, {d_model}]; the file is corrupt or not a Llama model"),
+                        format!("has the tensor `token_embd.weight` of shape {dims:?}, but `{arch}.embedding_length` = {d_model} needs [vocabulary size, {d_model}]; the file is corrupt or not a {arch} model"),
                     ))
                 }
             },
-            None => g.meta_usize(&k("vocab_size"))?,
+            None => keys.vocab_size.ok_or_else(|| {
+                Error::model_file(&g.path, "has neither `token_embd.weight` nor a vocabulary size; is it a complete model?")
+            })?,
         };
         let rope_scaling = match g.content.tensor_infos.get("rope_freqs.weight") {
             None => None,
@@ -234,12 +235,9 @@ impl Config {
             }
         }
         eos_token_ids.dedup();
-        let rope_theta = g.meta_f32(&k("rope.freq_base")).unwrap_or(10_000.0);
+        let rope_theta = keys.rope_freq_base.unwrap_or(10_000.0);
         let gemma = architecture == Architecture::Gemma3;
-        let sliding_window = match g.meta_usize(&k("attention.sliding_window")) {
-            Ok(w) if gemma && w > 0 => Some(w),
-            _ => None,
-        };
+        let sliding_window = keys.sliding_window.filter(|&w| gemma && w > 0);
         let config = Config {
             // The file name says what a student downloaded ("SmolLM2-135M-Instruct.Q4_1");
             // `general.name` is often a training-run label.
@@ -250,30 +248,26 @@ impl Config {
                 .or_else(|| g.meta_str("general.name").map(str::to_string))
                 .unwrap_or_else(|| "GGUF model".into()),
             architecture,
-            n_layers: g.meta_usize(&k("block_count"))?,
-            n_heads,
-            n_kv_heads: g
-                .meta_usize(&k("attention.head_count_kv"))
-                .unwrap_or(n_heads),
+            n_layers: keys.n_layers,
+            n_heads: keys.n_heads,
+            n_kv_heads: keys.n_kv_heads.unwrap_or(keys.n_heads),
             d_head,
             d_model,
-            d_mlp: g.meta_usize(&k("feed_forward_length"))?,
+            d_mlp: keys.d_mlp,
             d_vocab,
-            n_ctx: g.meta_usize(&k("context_length")).unwrap_or(2048),
+            n_ctx: keys.n_ctx.unwrap_or(2048),
             rope_theta,
             // Gemma 3 files do not store the local base; llama.cpp's gemma3 loader uses 10,000
             // unless `rope.freq_base_swa` says otherwise.
             rope_theta_local: match sliding_window {
-                Some(_) => g.meta_f32(&k("rope.freq_base_swa")).unwrap_or(10_000.0),
+                Some(_) => keys.rope_freq_base_swa.unwrap_or(10_000.0),
                 None => rope_theta,
             },
             sliding_window,
             // llama.cpp's gemma3 default (five local layers, then one global), unless the file
             // gives the pattern.
             sliding_window_pattern: match sliding_window {
-                Some(_) => g
-                    .meta_usize(&k("attention.sliding_window_pattern"))
-                    .unwrap_or(6),
+                Some(_) => keys.sliding_window_pattern.unwrap_or(6),
                 None => 0,
             },
             embedding_scale: if gemma { (d_model as f32).sqrt() } else { 1.0 },
@@ -283,9 +277,7 @@ impl Config {
                 Activation::Silu
             },
             rope_scaling,
-            rms_norm_eps: g
-                .meta_f32(&k("attention.layer_norm_rms_epsilon"))
-                .unwrap_or(1e-5) as f64,
+            rms_norm_eps: keys.rms_norm_eps.unwrap_or(1e-5) as f64,
             bos_token_id: id("tokenizer.ggml.bos_token_id")?,
             eos_token_ids,
             add_bos_token: matches!(
@@ -508,43 +500,42 @@ impl Config {
         Ok(())
     }
 
-    /// Reads a Hugging Face `config.json`.
+    /// Reads a Hugging Face `config.json` (the fields of `HfConfig`).
     pub fn from_hf_json(path: &Path) -> Result<Self> {
         let text = crate::gguf::read_regular_to_string(path)?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            Error::model_file(path, format!("is not valid JSON ({e}); download it again"))
+        let de = &mut serde_json::Deserializer::from_str(&text);
+        let hf: HfConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            Error::model_file(
+                path,
+                format!(
+                    "is not a config.json llm-lab can read (at `{}`: {}); download it again",
+                    e.path(),
+                    e.inner()
+                ),
+            )
         })?;
-        let need = |key: &str| -> Result<usize> {
-            v.get(key)
-                .and_then(|x| x.as_u64())
-                .map(|x| x as usize)
-                .ok_or_else(|| Error::model_file(path, format!("lacks the integer field `{key}`")))
-        };
-        let n_heads = need("num_attention_heads")?;
-        let d_model = need("hidden_size")?;
-        let ids = |key: &str| -> Vec<u32> {
-            match v.get(key) {
-                Some(serde_json::Value::Array(a)) => a
-                    .iter()
-                    .filter_map(|x| x.as_u64())
-                    .map(|x| x as u32)
-                    .collect(),
-                Some(x) => x.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-                None => vec![],
-            }
-        };
-        let rope_scaling = match v.get("rope_scaling") {
+        if hf.model_type.starts_with("gemma") {
+            return Err(Error::model_file(
+                path,
+                format!("is a `{}` checkpoint; llm-lab loads Gemma from GGUF files only (`Model::load_named(\"gemma-3-270m\")`)", hf.model_type),
+            ));
+        }
+        let rope_scaling = match hf.rope_scaling {
+            None | Some(serde_json::Value::Null) => None,
             Some(s) if s.get("rope_type").and_then(|t| t.as_str()) == Some("llama3") => {
-                let f = |k: &str| s.get(k).and_then(|x| x.as_f64()).unwrap_or(0.0) as f32;
+                let s: HfLlama3Scaling = serde_json::from_value(s).map_err(|e| {
+                    Error::model_file(
+                        path,
+                        format!("has a llama3 rope_scaling llm-lab cannot read ({e})"),
+                    )
+                })?;
                 Some(RopeScaling::Llama3 {
-                    factor: f("factor"),
-                    low_freq_factor: f("low_freq_factor"),
-                    high_freq_factor: f("high_freq_factor"),
-                    original_max_position_embeddings: f("original_max_position_embeddings")
-                        as usize,
+                    factor: s.factor,
+                    low_freq_factor: s.low_freq_factor,
+                    high_freq_factor: s.high_freq_factor,
+                    original_max_position_embeddings: s.original_max_position_embeddings,
                 })
             }
-            Some(serde_json::Value::Null) | None => None,
             Some(other) => {
                 return Err(Error::model_file(
                     path,
@@ -554,36 +545,21 @@ impl Config {
                 ))
             }
         };
-        let model_type = v
-            .get("model_type")
-            .and_then(|x| x.as_str())
-            .unwrap_or("llama");
-        if model_type.starts_with("gemma") {
-            return Err(Error::model_file(
-                path,
-                format!("is a `{model_type}` checkpoint; llm-lab loads Gemma from GGUF files only (`Model::load_named(\"gemma-3-270m\")`)"),
-            ));
-        }
-        let architecture = Architecture::Llama;
-        let rope_theta = v
-            .get("rope_theta")
-            .and_then(|x| x.as_f64())
-            .unwrap_or(10_000.0) as f32;
+        let rope_theta = hf.rope_theta.unwrap_or(10_000.0) as f32;
+        let n_heads = hf.num_attention_heads;
         let config = Config {
-            name: v
-                .get("_name_or_path")
-                .and_then(|x| x.as_str())
-                .unwrap_or("Hugging Face model")
-                .to_string(),
-            architecture,
-            n_layers: need("num_hidden_layers")?,
+            name: hf
+                .name_or_path
+                .unwrap_or_else(|| "Hugging Face model".into()),
+            architecture: Architecture::Llama,
+            n_layers: hf.num_hidden_layers,
             n_heads,
-            n_kv_heads: need("num_key_value_heads").unwrap_or(n_heads),
-            d_head: need("head_dim").unwrap_or(d_model / n_heads.max(1)),
-            d_model,
-            d_mlp: need("intermediate_size")?,
-            d_vocab: need("vocab_size")?,
-            n_ctx: need("max_position_embeddings").unwrap_or(2048),
+            n_kv_heads: hf.num_key_value_heads.unwrap_or(n_heads),
+            d_head: hf.head_dim.unwrap_or(hf.hidden_size / n_heads.max(1)),
+            d_model: hf.hidden_size,
+            d_mlp: hf.intermediate_size,
+            d_vocab: hf.vocab_size,
+            n_ctx: hf.max_position_embeddings.unwrap_or(2048),
             rope_theta,
             rope_theta_local: rope_theta,
             sliding_window: None,
@@ -591,20 +567,169 @@ impl Config {
             embedding_scale: 1.0,
             mlp_activation: Activation::Silu,
             rope_scaling,
-            rms_norm_eps: v
-                .get("rms_norm_eps")
-                .and_then(|x| x.as_f64())
-                .unwrap_or(1e-5),
-            bos_token_id: ids("bos_token_id").first().copied(),
-            eos_token_ids: ids("eos_token_id"),
+            rms_norm_eps: hf.rms_norm_eps.unwrap_or(1e-5),
+            bos_token_id: hf.bos_token_id.and_then(|ids| ids.first()),
+            eos_token_ids: hf.eos_token_id.map(TokenIds::all).unwrap_or_default(),
             add_bos_token: true,
-            tied_embeddings: v
-                .get("tie_word_embeddings")
-                .and_then(|x| x.as_bool())
-                .unwrap_or(false),
+            tied_embeddings: hf.tie_word_embeddings,
             chat_template: None,
         };
         config.validate(path)?;
         Ok(config)
+    }
+}
+
+/// The `{arch}.*` metadata of a GGUF file that llm-lab reads, by key with the architecture's
+/// prefix removed: the one table of GGUF keys. Unknown keys are ignored; a key of the wrong type
+/// is an error that names it.
+#[derive(Debug, Deserialize)]
+struct GgufKeys {
+    #[serde(rename = "block_count")]
+    n_layers: usize,
+    #[serde(rename = "attention.head_count")]
+    n_heads: usize,
+    #[serde(rename = "attention.head_count_kv")]
+    n_kv_heads: Option<usize>,
+    #[serde(rename = "attention.key_length")]
+    key_length: Option<usize>,
+    #[serde(rename = "attention.value_length")]
+    value_length: Option<usize>,
+    #[serde(rename = "rope.dimension_count")]
+    rope_dimension_count: Option<usize>,
+    #[serde(rename = "embedding_length")]
+    d_model: usize,
+    #[serde(rename = "feed_forward_length")]
+    d_mlp: usize,
+    #[serde(rename = "vocab_size")]
+    vocab_size: Option<usize>,
+    #[serde(rename = "context_length")]
+    n_ctx: Option<usize>,
+    #[serde(rename = "rope.freq_base")]
+    rope_freq_base: Option<f32>,
+    #[serde(rename = "rope.freq_base_swa")]
+    rope_freq_base_swa: Option<f32>,
+    #[serde(rename = "attention.sliding_window")]
+    sliding_window: Option<usize>,
+    #[serde(rename = "attention.sliding_window_pattern")]
+    sliding_window_pattern: Option<usize>,
+    #[serde(rename = "attention.layer_norm_rms_epsilon")]
+    rms_norm_eps: Option<f32>,
+    /// Not implemented: refused unless 0.
+    #[serde(rename = "final_logit_softcapping")]
+    final_logit_softcapping: Option<f32>,
+    /// Not implemented: refused unless 0.
+    #[serde(rename = "attn_logit_softcapping")]
+    attn_logit_softcapping: Option<f32>,
+    /// Not implemented: refused unless 1.
+    #[serde(rename = "rope.scaling.factor")]
+    rope_scaling_factor: Option<f32>,
+}
+
+impl GgufKeys {
+    /// The `{arch}.*` keys of `g`, deserialised through JSON values.
+    fn read(g: &Gguf, arch: &str) -> Result<Self> {
+        let prefix = format!("{arch}.");
+        let map: serde_json::Map<String, serde_json::Value> = g
+            .content
+            .metadata
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?.to_string(), to_json(v))))
+            .collect();
+        serde_path_to_error::deserialize(serde_json::Value::Object(map)).map_err(|e| {
+            let key = e.path().to_string();
+            let what = match e.inner().to_string() {
+                m if m.starts_with("missing field") => {
+                    let field = m.trim_start_matches("missing field ").trim_matches('`');
+                    format!("lacks the metadata `{arch}.{field}`; is it a complete {arch} GGUF?")
+                }
+                m => format!("has `{arch}.{key}` of the wrong kind ({m})"),
+            };
+            Error::model_file(&g.path, what)
+        })
+    }
+}
+
+/// A GGUF metadata value as JSON, for serde. A non-finite float becomes a string, so that a
+/// numeric field refuses it instead of reading a default.
+fn to_json(v: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    let float =
+        |x: f64| serde_json::Number::from_f64(x).map_or(J::String(x.to_string()), J::Number);
+    match v {
+        Value::F32(x) => float(*x as f64),
+        Value::F64(x) => float(*x),
+        Value::Bool(b) => J::Bool(*b),
+        Value::String(s) => J::String(s.clone()),
+        Value::Array(a) => J::Array(a.iter().map(to_json).collect()),
+        Value::I8(x) => J::from(*x),
+        Value::I16(x) => J::from(*x),
+        Value::I32(x) => J::from(*x),
+        Value::I64(x) => J::from(*x),
+        Value::U8(x) => J::from(*x),
+        Value::U16(x) => J::from(*x),
+        Value::U32(x) => J::from(*x),
+        Value::U64(x) => J::from(*x),
+    }
+}
+
+/// The fields of a Hugging Face Llama `config.json` that llm-lab reads.
+#[derive(Debug, Deserialize)]
+struct HfConfig {
+    #[serde(default = "llama")]
+    model_type: String,
+    #[serde(rename = "_name_or_path")]
+    name_or_path: Option<String>,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    hidden_size: usize,
+    intermediate_size: usize,
+    vocab_size: usize,
+    max_position_embeddings: Option<usize>,
+    rope_theta: Option<f64>,
+    rms_norm_eps: Option<f64>,
+    bos_token_id: Option<TokenIds>,
+    eos_token_id: Option<TokenIds>,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    /// Only `{"rope_type": "llama3", …}` is implemented.
+    rope_scaling: Option<serde_json::Value>,
+}
+
+fn llama() -> String {
+    "llama".into()
+}
+
+/// Hugging Face's `rope_scaling` of Llama 3.1 and later.
+#[derive(Debug, Deserialize)]
+struct HfLlama3Scaling {
+    factor: f32,
+    low_freq_factor: f32,
+    high_freq_factor: f32,
+    original_max_position_embeddings: usize,
+}
+
+/// A token id or a list of them (config.json writes `eos_token_id` either way).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl TokenIds {
+    fn first(&self) -> Option<u32> {
+        match self {
+            TokenIds::One(x) => Some(*x),
+            TokenIds::Many(v) => v.first().copied(),
+        }
+    }
+
+    fn all(self) -> Vec<u32> {
+        match self {
+            TokenIds::One(x) => vec![x],
+            TokenIds::Many(v) => v,
+        }
     }
 }

@@ -24,91 +24,82 @@
 
 use candle_core::Tensor;
 
-use super::cache::KvCache;
 use super::config::Config;
-use super::forward::{self, rms_norm, Positions};
-use super::intervene::Interventions;
-use super::trace::{Hook, Trace};
+use super::forward::{self, rms_norm, PassState, Placement, Positions};
+use super::trace::Hook;
 use super::weights::Weights;
 use crate::error::{Error, Result};
 
-/// Runs the model on `tokens` (appended after what `cache` holds) and returns logits.
+/// Runs the model on `tokens` (appended after what the cache holds) and returns logits.
 pub(crate) fn forward(
     config: &Config,
     w: &Weights,
     tokens: &[u32],
-    cache: &mut KvCache,
-    mut trace: Option<&mut Trace>,
+    mut st: PassState<'_>,
     positions: Positions,
-    iv: &Interventions,
 ) -> Result<Tensor> {
     let device = w.final_norm.device();
     let seq = tokens.len();
-    let past = cache.len();
+    let past = st.cache.len();
     let eps = config.rms_norm_eps;
 
     // Token embeddings. Gemma: scaled by √d_model.
     let mut x = forward::embed(config, w, tokens)?; // [seq, D]
-    if let Some(t) = trace.as_deref_mut() {
-        t.record(Hook::Embed, &x);
-    }
+    st.record(Hook::Embed, &x);
 
     // Gemma: two kinds of layer, each with its own rotation angles and mask.
-    let global = (
-        forward::rope_tables(&config.rope_inv_freqs(), past, seq, device)?, // [seq, d/2] ×2
-        forward::causal_mask(seq, past, None, device)?, // [seq, ctx]: the whole past
-    );
-    let local = (
-        forward::rope_tables(&config.rope_inv_freqs_local(), past, seq, device)?,
-        forward::causal_mask(seq, past, config.sliding_window, device)?, // [seq, ctx]: the window
+    let (g_cos, g_sin) = forward::rope_tables(&config.rope_inv_freqs(), past, seq, device)?; // [seq, d/2] ×2
+    let g_mask = forward::causal_mask(seq, past, None, device)?; // [seq, ctx]: the whole past
+    let (l_cos, l_sin) = forward::rope_tables(&config.rope_inv_freqs_local(), past, seq, device)?;
+    let l_mask = forward::causal_mask(seq, past, config.sliding_window, device)?; // [seq, ctx]: the window
+    let (global, local) = (
+        Placement {
+            cos: &g_cos,
+            sin: &g_sin,
+            mask: &g_mask,
+            style: w.rope_style,
+        },
+        Placement {
+            cos: &l_cos,
+            sin: &l_sin,
+            mask: &l_mask,
+            style: w.rope_style,
+        },
     );
 
     for (l, block) in w.blocks.iter().enumerate() {
-        let ((cos, sin), mask) = if config.is_local(l) { &local } else { &global };
+        let at = if config.is_local(l) { &local } else { &global };
         let post_norms = block
-            .attn_post_norm
+            .attn
+            .post_norm
             .as_ref()
-            .zip(block.mlp_post_norm.as_ref());
+            .zip(block.mlp.post_norm.as_ref());
         let Some((attn_post_norm, mlp_post_norm)) = post_norms else {
             return Err(Error::invalid(format!(
                 "layer {l} has no post-norm gains: these weights are not a Gemma 3 model's"
             )));
         };
-        if let Some(t) = trace.as_deref_mut() {
-            t.record(Hook::ResidPre(l), &x);
-        }
+        st.record(Hook::ResidPre(l), &x);
 
         // Attention sub-layer. Gemma: x + RMSNorm(Attn(RMSNorm(x))), the second norm on the
         // sub-layer's output before it joins the stream.
-        let h = rms_norm(&x, &block.attn_norm, eps)?; // [seq, D]
-        let raw = forward::attention(
-            config,
-            block,
-            w.rope_style,
-            &h,
-            cos,
-            sin,
-            mask,
-            cache,
-            l,
-            trace.as_deref_mut(),
-            iv,
-        )?; // [seq, D]
-        let attn = iv.attention_out(l, rms_norm(&raw, attn_post_norm, eps)?)?; // [seq, D]
+        let h = rms_norm(&x, &block.attn.norm, eps)?; // [seq, D]
+        let raw = forward::attention(config, l, &block.attn, &h, at, &mut st)?; // [seq, D]
+        let attn = st
+            .iv
+            .attention_out(l, rms_norm(&raw, attn_post_norm, eps)?)?; // [seq, D]
         x = (x + &attn)?;
 
         // MLP sub-layer, wrapped the same way. Gemma: GELU instead of SiLU in the gate.
-        let h = rms_norm(&x, &block.mlp_norm, eps)?; // [seq, D]
-        let raw_mlp = forward::gated_mlp(block, &h, config.mlp_activation)?; // [seq, D]
-        let mlp = iv.mlp_out(l, rms_norm(&raw_mlp, mlp_post_norm, eps)?)?; // [seq, D]
-        if let Some(t) = trace.as_deref_mut() {
-            t.record(Hook::AttnBeforePostNorm(l), &raw);
-            t.record(Hook::AttnOut(l), &attn);
-            t.record(Hook::ResidMid(l), &x);
-            t.record(Hook::MlpBeforePostNorm(l), &raw_mlp);
-            t.record(Hook::MlpOut(l), &mlp);
-        }
+        let h = rms_norm(&x, &block.mlp.norm, eps)?; // [seq, D]
+        let raw_mlp = forward::gated_mlp(&block.mlp, &h, config.mlp_activation)?; // [seq, D]
+        let mlp = st.iv.mlp_out(l, rms_norm(&raw_mlp, mlp_post_norm, eps)?)?; // [seq, D]
+        st.record(Hook::AttnBeforePostNorm(l), &raw);
+        st.record(Hook::AttnOut(l), &attn);
+        st.record(Hook::ResidMid(l), &x);
+        st.record(Hook::MlpBeforePostNorm(l), &raw_mlp);
+        st.record(Hook::MlpOut(l), &mlp);
         x = (x + mlp)?;
     }
-    forward::finish(config, w, x, cache, trace, positions) // [seq or 1, V]
+    forward::finish(config, w, x, st, positions) // [seq or 1, V]
 }

@@ -1,14 +1,17 @@
 //! The glass-box Llama: load it, run it, look inside.
 
+mod attend;
 pub mod cache;
 pub mod config;
 pub(crate) mod forward;
+mod gelu;
 mod gemma3;
 pub mod intervene;
 mod q4_1;
 mod q5_0;
 mod q8_0;
 mod row_group;
+pub mod schema;
 pub mod shapes;
 mod simd;
 
@@ -48,7 +51,9 @@ pub use config::{Activation, Architecture, Config, RopeScaling};
 pub use intervene::Interventions;
 pub use shapes::WeightShapes;
 pub use trace::{AsHook, Hook, Trace, TraceOptions};
-pub use weights::{BlockWeights, Linear, RopeStyle, WeightFormat, Weights};
+pub use weights::{
+    AttentionWeights, BlockWeights, Linear, MlpWeights, Param, RopeStyle, WeightFormat, Weights,
+};
 
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
@@ -250,6 +255,39 @@ impl Model {
         Ok(())
     }
 
+    /// The one entry of every forward pass: `tokens` run with the options set on the returned
+    /// [`Pass`] (a trace, interventions, a cache to continue), then `.logits()` for every
+    /// position or `.next()` for the token that comes next. [`Model::run`], [`Model::step`],
+    /// [`Model::run_with_trace`] and [`Model::run_with`] are its common cases.
+    ///
+    /// ```
+    /// use llm_lab::prelude::*;
+    /// use llm_lab::testing::{tiny_model, TinySpec};
+    /// let (_dir, model) = tiny_model(&TinySpec::default())?;
+    /// let mut cache = KvCache::new();
+    /// let without_head = Interventions::new().ablate_head(0, 1);
+    /// // Generation with a head switched off, recording the step's attention:
+    /// let out = model
+    ///     .forward(&[1, 2, 3])
+    ///     .cache(&mut cache)
+    ///     .interventions(&without_head)
+    ///     .trace(TraceOptions::default())
+    ///     .next()?;
+    /// assert_eq!(out.logits.dims(), &[model.config.d_vocab]);
+    /// assert_eq!(out.trace.unwrap().pattern(0)?.dims(), &[4, 3, 3]); // [H, seq, ctx]
+    /// assert_eq!(cache.len(), 3);
+    /// # Ok::<(), llm_lab::Error>(())
+    /// ```
+    pub fn forward<'a>(&'a self, tokens: &'a [u32]) -> Pass<'a> {
+        Pass {
+            model: self,
+            tokens,
+            trace: None,
+            interventions: &intervene::NONE,
+            cache: None,
+        }
+    }
+
     /// Logits at every position of `tokens`: `[seq, d_vocab]`, row `i` predicting token `i + 1`
     /// (what training compares with the real next token).
     ///
@@ -261,28 +299,20 @@ impl Model {
     /// # Ok::<(), llm_lab::Error>(())
     /// ```
     pub fn run(&self, tokens: &[u32]) -> Result<Tensor> {
-        let mut cache = KvCache::new();
-        self.check_tokens(tokens, &cache)?;
-        let all = forward::Positions::All;
-        self.pass(tokens, &mut cache, None, all, &intervene::NONE)
+        Ok(self.forward(tokens).logits()?.logits)
     }
 
     /// Like [`Model::run`], also recording the internals named in [`trace`] (attention
     /// patterns, the residual stream, and with `options.qkv` queries, keys and values).
     pub fn run_with_trace(&self, tokens: &[u32], options: TraceOptions) -> Result<(Tensor, Trace)> {
-        let mut cache = KvCache::new();
-        self.check_tokens(tokens, &cache)?;
-        self.check_trace_size(tokens.len(), 0)?;
-        let mut trace = Trace::new(options, tokens, self.token_strings(tokens));
-        let all = forward::Positions::All;
-        let logits = self.pass(tokens, &mut cache, Some(&mut trace), all, &intervene::NONE)?;
-        Ok((logits, trace))
+        self.forward(tokens).trace(options).logits()?.traced()
     }
 
     /// Like [`Model::run`], with parts of the model switched off (see [`intervene`]): logits
     /// `[seq, d_vocab]` of the forward pass where the heads and sub-layers `interventions` names
     /// add nothing. An empty set gives exactly [`Model::run`]'s logits; a layer or head the
-    /// model does not have is an error.
+    /// model does not have is an error. With a trace, an ablated head's `attn.z` is recorded as
+    /// the zeros W_O received, an ablated sub-layer's `attn_out`/`mlp_out` as zeros.
     ///
     /// ```
     /// use llm_lab::prelude::*;
@@ -293,30 +323,11 @@ impl Model {
     /// # Ok::<(), llm_lab::Error>(())
     /// ```
     pub fn run_with(&self, tokens: &[u32], interventions: &Interventions) -> Result<Tensor> {
-        let mut cache = KvCache::new();
-        self.check_tokens(tokens, &cache)?;
-        interventions.check(&self.config)?;
-        let all = forward::Positions::All;
-        self.pass(tokens, &mut cache, None, all, interventions)
-    }
-
-    /// Like [`Model::run_with`], also recording a trace of the intervened pass: an ablated
-    /// head's `attn.z` is recorded as the zeros W_O received, an ablated sub-layer's
-    /// `attn_out`/`mlp_out` as zeros.
-    pub fn run_with_trace_and(
-        &self,
-        tokens: &[u32],
-        options: TraceOptions,
-        interventions: &Interventions,
-    ) -> Result<(Tensor, Trace)> {
-        let mut cache = KvCache::new();
-        self.check_tokens(tokens, &cache)?;
-        interventions.check(&self.config)?;
-        self.check_trace_size(tokens.len(), 0)?;
-        let mut trace = Trace::new(options, tokens, self.token_strings(tokens));
-        let all = forward::Positions::All;
-        let logits = self.pass(tokens, &mut cache, Some(&mut trace), all, interventions)?;
-        Ok((logits, trace))
+        Ok(self
+            .forward(tokens)
+            .interventions(interventions)
+            .logits()?
+            .logits)
     }
 
     /// One step of incremental decoding: reads `tokens` after what `cache` holds, adds them to
@@ -335,40 +346,20 @@ impl Model {
     /// # Ok::<(), llm_lab::Error>(())
     /// ```
     pub fn step(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        self.check_tokens(tokens, cache)?;
-        let last = forward::Positions::Last;
-        let logits = self.pass(tokens, cache, None, last, &intervene::NONE)?;
-        Ok(logits.squeeze(0)?) // [V]
-    }
-
-    /// Like [`Model::step`], also recording this step into a trace.
-    pub fn step_with_trace(
-        &self,
-        tokens: &[u32],
-        cache: &mut KvCache,
-        options: TraceOptions,
-    ) -> Result<(Tensor, Trace)> {
-        self.check_tokens(tokens, cache)?;
-        self.check_trace_size(tokens.len(), cache.len())?;
-        let mut trace = Trace::new(options, tokens, self.token_strings(tokens));
-        let last = forward::Positions::Last;
-        let logits = self.pass(tokens, cache, Some(&mut trace), last, &intervene::NONE)?;
-        Ok((logits.squeeze(0)?, trace)) // [V]
+        Ok(self.forward(tokens).cache(cache).next()?.logits)
     }
 
     /// The forward pass of this model's architecture.
-    fn pass(
+    fn forward_pass(
         &self,
         tokens: &[u32],
-        cache: &mut KvCache,
-        trace: Option<&mut Trace>,
+        st: forward::PassState<'_>,
         positions: forward::Positions,
-        iv: &Interventions,
     ) -> Result<Tensor> {
         let (c, w) = (&self.config, &self.weights);
         match c.architecture {
-            Architecture::Llama => forward::forward(c, w, tokens, cache, trace, positions, iv),
-            Architecture::Gemma3 => gemma3::forward(c, w, tokens, cache, trace, positions, iv),
+            Architecture::Llama => forward::forward(c, w, tokens, st, positions),
+            Architecture::Gemma3 => gemma3::forward(c, w, tokens, st, positions),
         }
     }
 
@@ -402,6 +393,97 @@ impl Model {
 
 /// At most 1 GiB of attention patterns in one trace.
 const MAX_TRACE_FLOATS: usize = 1 << 28;
+
+/// A forward pass being set up: see [`Model::forward`].
+#[must_use = "a pass runs only when `.logits()` or `.next()` is called"]
+pub struct Pass<'a> {
+    model: &'a Model,
+    tokens: &'a [u32],
+    trace: Option<TraceOptions>,
+    interventions: &'a Interventions,
+    cache: Option<&'a mut KvCache>,
+}
+
+/// What a forward pass returns.
+#[derive(Debug)]
+pub struct PassOutput {
+    /// `[seq, d_vocab]` from `.logits()`, `[d_vocab]` from `.next()`.
+    pub logits: Tensor,
+    /// The recorded internals, when the pass was asked for a trace.
+    pub trace: Option<Trace>,
+}
+
+impl PassOutput {
+    /// `(logits, trace)` of a pass that kept a trace.
+    pub fn traced(self) -> Result<(Tensor, Trace)> {
+        let trace = self
+            .trace
+            .ok_or_else(|| Error::invalid("this pass kept no trace: call .trace(options)"))?;
+        Ok((self.logits, trace))
+    }
+}
+
+impl<'a> Pass<'a> {
+    /// Records the internals `options` names (see [`trace`]).
+    pub fn trace(mut self, options: TraceOptions) -> Self {
+        self.trace = Some(options);
+        self
+    }
+
+    /// Switches off the heads and sub-layers `interventions` names (see [`intervene`]).
+    pub fn interventions(mut self, interventions: &'a Interventions) -> Self {
+        self.interventions = interventions;
+        self
+    }
+
+    /// Runs the tokens after what `cache` holds and adds them to it (incremental decoding);
+    /// without a cache the pass starts at position 0 and keeps nothing.
+    pub fn cache(mut self, cache: &'a mut KvCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Logits at every position, `[seq, d_vocab]`: row `i` predicts token `i + 1`.
+    pub fn logits(self) -> Result<PassOutput> {
+        self.run(forward::Positions::All)
+    }
+
+    /// Logits of the token that comes next, `[d_vocab]`: what generation samples from.
+    pub fn next(self) -> Result<PassOutput> {
+        let out = self.run(forward::Positions::Last)?;
+        Ok(PassOutput {
+            logits: out.logits.squeeze(0)?, // [V]
+            trace: out.trace,
+        })
+    }
+
+    /// Every check in one place: the tokens, the interventions, the trace's size; then the pass.
+    fn run(self, positions: forward::Positions) -> Result<PassOutput> {
+        let m = self.model;
+        let mut fresh = KvCache::new();
+        let cache = self.cache.unwrap_or(&mut fresh);
+        m.check_tokens(self.tokens, cache)?;
+        self.interventions.check(&m.config)?;
+        let mut trace = match self.trace {
+            Some(options) => {
+                m.check_trace_size(self.tokens.len(), cache.len())?;
+                Some(Trace::new(
+                    options,
+                    self.tokens,
+                    m.token_strings(self.tokens),
+                ))
+            }
+            None => None,
+        };
+        let st = forward::PassState {
+            cache,
+            trace: trace.as_mut(),
+            iv: self.interventions,
+        };
+        let logits = m.forward_pass(self.tokens, st, positions)?;
+        Ok(PassOutput { logits, trace })
+    }
+}
 
 /// What [`Model::logits`] reads: a text (encoded with the model's tokenizer, BOS included when
 /// the model wants one) or token ids.

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::path::Path;
 
-use super::{Architecture, Config, Weights};
+use super::{schema, Config, Weights};
 use crate::error::Result;
 use crate::gguf::Gguf;
 
@@ -44,81 +44,20 @@ impl WeightShapes {
     /// The tensors a model with this config holds, named as in GGUF. This is how the course
     /// ships Llama 3.2 1B and 3B without their weights: their shapes follow from the published
     /// config ([`Config::llama_3_2_1b`], [`Config::llama_3_2_3b`]); for a loaded model they equal
-    /// [`crate::Model::weight_shapes`] (tests/shapes.rs).
+    /// [`crate::Model::weight_shapes`] (tests/shapes.rs). Both read the architecture's table
+    /// ([`schema`](super::schema)).
     pub fn from_config(c: &Config) -> Self {
-        // Saturating: a config from a file has passed `Config::validate`; a hand-made absurd one
-        // yields absurd but harmless numbers here rather than a wrap-around.
-        let q = c.n_heads.saturating_mul(c.d_head);
-        let kv = c.n_kv_heads.saturating_mul(c.d_head);
-        let d = c.d_model;
-        let gemma = c.architecture == Architecture::Gemma3;
-        let mut v = vec![("token_embd.weight".to_string(), vec![c.d_vocab, d])];
-        for l in 0..c.n_layers {
-            let n = |s: &str| format!("blk.{l}.{s}.weight");
-            v.extend([
-                (n("attn_norm"), vec![d]),
-                (n("attn_q"), vec![q, d]),
-                (n("attn_k"), vec![kv, d]),
-                (n("attn_v"), vec![kv, d]),
-                (n("attn_output"), vec![d, q]),
-            ]);
-            if gemma {
-                v.extend([
-                    (n("attn_q_norm"), vec![c.d_head]),
-                    (n("attn_k_norm"), vec![c.d_head]),
-                    (n("post_attention_norm"), vec![d]),
-                ]);
-            }
-            v.extend([
-                (n("ffn_norm"), vec![d]),
-                (n("ffn_gate"), vec![c.d_mlp, d]),
-                (n("ffn_up"), vec![c.d_mlp, d]),
-                (n("ffn_down"), vec![d, c.d_mlp]),
-            ]);
-            if gemma {
-                v.push((n("post_ffw_norm"), vec![d]));
-            }
-        }
-        v.push(("output_norm.weight".to_string(), vec![d]));
-        if !c.tied_embeddings {
-            v.push(("output.weight".to_string(), vec![c.d_vocab, d]));
-        }
+        let v = schema::instances(c)
+            .into_iter()
+            .map(|(t, l)| (t.gguf_name(l), t.shape(c)));
         Self::new(c.name.clone(), v)
     }
 
     /// The shapes of loaded weights, named as in GGUF.
-    pub fn of_weights(model: impl Into<String>, w: &Weights, tied_embeddings: bool) -> Self {
-        let lin = |l: &super::Linear| vec![l.out_features, l.in_features];
-        let mut v = vec![("token_embd.weight".to_string(), lin(&w.embed))];
-        for (l, b) in w.blocks.iter().enumerate() {
-            let n = |s: &str| format!("blk.{l}.{s}.weight");
-            let gain =
-                |s: &str, t: Option<&candle_core::Tensor>| t.map(|t| (n(s), t.dims().to_vec()));
-            v.extend(gain("attn_norm", Some(&b.attn_norm)));
-            v.extend([
-                (n("attn_q"), lin(&b.w_q)),
-                (n("attn_k"), lin(&b.w_k)),
-                (n("attn_v"), lin(&b.w_v)),
-                (n("attn_output"), lin(&b.w_o)),
-            ]);
-            v.extend(gain("attn_q_norm", b.q_norm.as_ref()));
-            v.extend(gain("attn_k_norm", b.k_norm.as_ref()));
-            v.extend(gain("post_attention_norm", b.attn_post_norm.as_ref()));
-            v.extend(gain("ffn_norm", Some(&b.mlp_norm)));
-            v.extend([
-                (n("ffn_gate"), lin(&b.w_gate)),
-                (n("ffn_up"), lin(&b.w_up)),
-                (n("ffn_down"), lin(&b.w_down)),
-            ]);
-            v.extend(gain("post_ffw_norm", b.mlp_post_norm.as_ref()));
-        }
-        v.push((
-            "output_norm.weight".to_string(),
-            w.final_norm.dims().to_vec(),
-        ));
-        if !tied_embeddings {
-            v.push(("output.weight".to_string(), lin(&w.lm_head)));
-        }
+    pub fn of_weights(model: impl Into<String>, w: &Weights, config: &Config) -> Self {
+        let v = schema::instances(config)
+            .into_iter()
+            .filter_map(|(t, l)| Some((t.gguf_name(l), w.param(t.slot, l)?.shape())));
         Self::new(model, v)
     }
 
@@ -199,10 +138,6 @@ impl fmt::Display for WeightShapes {
 impl super::Model {
     /// The names and shapes of this model's weights, named as in GGUF (see [`WeightShapes`]).
     pub fn weight_shapes(&self) -> WeightShapes {
-        WeightShapes::of_weights(
-            self.config.name.clone(),
-            &self.weights,
-            self.config.tied_embeddings,
-        )
+        WeightShapes::of_weights(self.config.name.clone(), &self.weights, &self.config)
     }
 }

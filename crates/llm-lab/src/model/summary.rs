@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::{Architecture, Model};
+use super::{schema, Architecture, Model, Param};
 
 fn thousands(n: usize) -> String {
     let s = n.to_string();
@@ -19,186 +19,156 @@ fn thousands(n: usize) -> String {
 
 impl fmt::Display for Model {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.config.architecture {
-            Architecture::Llama => self.llama_tree(f)?,
-            Architecture::Gemma3 => self.gemma3_tree(f)?,
-        }
+        self.tree(f)?;
         self.numbers(f)
     }
 }
 
-impl Model {
-    fn llama_tree(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let c = &self.config;
-        let w = &self.weights;
-        let lin = |name: &str, l: &super::Linear| {
-            format!(
-                "({name}): Linear(in_features={}, out_features={}, bias=False)  [{}]",
-                l.in_features, l.out_features, l.format
-            )
-        };
-        let b = &w.blocks[0];
-        writeln!(f, "LlamaForCausalLM(  # {}", c.name)?;
-        writeln!(f, "  (model): LlamaModel(")?;
-        writeln!(
-            f,
-            "    (embed_tokens): Embedding({}, {})  [{}]",
-            c.d_vocab, c.d_model, w.embed.format
-        )?;
-        writeln!(f, "    (layers): {} × LlamaDecoderLayer(", c.n_layers)?;
-        writeln!(
-            f,
-            "      (self_attn): LlamaAttention(  # {} heads, {} kv heads, head dim {}",
-            c.n_heads, c.n_kv_heads, c.d_head
-        )?;
-        for (n, l) in [
-            ("q_proj", &b.w_q),
-            ("k_proj", &b.w_k),
-            ("v_proj", &b.w_v),
-            ("o_proj", &b.w_o),
-        ] {
-            writeln!(f, "        {}", lin(n, l))?;
-        }
-        writeln!(f, "      )")?;
-        writeln!(f, "      (mlp): LlamaMLP(")?;
-        for (n, l) in [
-            ("gate_proj", &b.w_gate),
-            ("up_proj", &b.w_up),
-            ("down_proj", &b.w_down),
-        ] {
-            writeln!(f, "        {}", lin(n, l))?;
-        }
-        writeln!(f, "        (act_fn): SiLU()")?;
-        writeln!(f, "      )")?;
-        writeln!(
-            f,
-            "      (input_layernorm): LlamaRMSNorm(({},), eps={:e})",
-            c.d_model, c.rms_norm_eps as f32
-        )?;
-        writeln!(
-            f,
-            "      (post_attention_layernorm): LlamaRMSNorm(({},), eps={:e})",
-            c.d_model, c.rms_norm_eps as f32
-        )?;
-        writeln!(f, "    )")?;
-        writeln!(
-            f,
-            "    (norm): LlamaRMSNorm(({},), eps={:e})",
-            c.d_model, c.rms_norm_eps as f32
-        )?;
-        let scaling = if c.rope_scaling.is_some() {
-            ", llama3 scaling"
-        } else {
-            ""
-        };
-        writeln!(
-            f,
-            "    (rotary_emb): LlamaRotaryEmbedding(theta={}{scaling})",
-            c.rope_theta
-        )?;
-        writeln!(f, "  )")?;
-        if c.tied_embeddings {
-            writeln!(f, "  (lm_head): Linear(in_features={}, out_features={}, bias=False)  [tied to embed_tokens]", c.d_model, c.d_vocab)?;
-        } else {
-            writeln!(f, "  {}", lin("lm_head", &w.lm_head))?;
-        }
-        writeln!(f, ")")
-    }
+/// The class names of Hugging Face's implementation, which the tree borrows.
+struct Classes {
+    prefix: &'static str,
+    inner_model: &'static str,
+    act_fn: &'static str,
+}
 
-    /// Hugging Face's `Gemma3ForCausalLM` tree (text part). Its RMSNorm multiplies by `1 + w`;
-    /// the GGUF stores `1 + w` already, which is why llm-lab's norms read the gains as they are.
-    fn gemma3_tree(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+fn classes(architecture: Architecture) -> Classes {
+    match architecture {
+        Architecture::Llama => Classes {
+            prefix: "Llama",
+            inner_model: "LlamaModel",
+            act_fn: "SiLU",
+        },
+        Architecture::Gemma3 => Classes {
+            prefix: "Gemma3",
+            inner_model: "Gemma3TextModel",
+            act_fn: "GELUTanh",
+        },
+    }
+}
+
+impl Model {
+    /// Hugging Face's module tree (`print(model)` in PyTorch), one leaf per tensor of the
+    /// architecture's table ([`schema`]), nested by its Hugging Face module path. Gemma's RMSNorm
+    /// multiplies by `1 + w`; the GGUF stores `1 + w` already, which is why llm-lab's norms read
+    /// the gains as they are.
+    fn tree(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.config;
         let w = &self.weights;
-        let lin = |name: &str, l: &super::Linear| {
-            format!(
-                "({name}): Linear(in_features={}, out_features={}, bias=False)  [{}]",
-                l.in_features, l.out_features, l.format
-            )
+        let k = classes(c.architecture);
+        let p = k.prefix;
+        let table = schema::tensors(c.architecture);
+        let leaf = |t: &schema::TensorSpec, layer: Option<usize>| -> String {
+            let name = t.module().rsplit('.').next().unwrap_or_default();
+            match w.param(t.slot, layer) {
+                Some(Param::Matrix(l)) => format!(
+                    "({name}): Linear(in_features={}, out_features={}, bias=False)  [{}]",
+                    l.in_features, l.out_features, l.format
+                ),
+                Some(Param::Gain(g)) => format!(
+                    "({name}): {p}RMSNorm(({},), eps={:e})",
+                    g.elem_count(),
+                    c.rms_norm_eps as f32
+                ),
+                None => format!("({name}): absent"),
+            }
         };
-        let norm = |name: &str, n: usize| {
-            format!(
-                "({name}): Gemma3RMSNorm(({n},), eps={:e})",
-                c.rms_norm_eps as f32
-            )
+        // The block's leaves under one module (`self_attn`, `mlp`) or directly in the block ("").
+        let in_block = |module: &str| -> Vec<String> {
+            table
+                .iter()
+                .filter(|t| t.per_layer())
+                .filter(|t| match t.module().rsplit_once('.') {
+                    Some((parent, _)) => parent == module,
+                    None => module.is_empty(),
+                })
+                .map(|t| leaf(t, Some(0)))
+                .collect()
         };
-        let b = &w.blocks[0];
-        writeln!(f, "Gemma3ForCausalLM(  # {}", c.name)?;
-        writeln!(f, "  (model): Gemma3TextModel(")?;
-        writeln!(
-            f,
-            "    (embed_tokens): Gemma3TextScaledWordEmbedding({}, {}, scale=√{} ≈ {:.3})  [{}]",
-            c.d_vocab, c.d_model, c.d_model, c.embedding_scale, w.embed.format
-        )?;
-        let global: Vec<String> = (0..c.n_layers)
-            .filter(|&l| !c.is_local(l))
-            .map(|l| l.to_string())
-            .collect();
+        let top = |slot: schema::Slot| table.iter().find(|t| t.slot == slot);
+
+        writeln!(f, "{p}ForCausalLM(  # {}", c.name)?;
+        writeln!(f, "  (model): {}(", k.inner_model)?;
+        let embed = &w.embed;
+        match c.architecture {
+            Architecture::Llama => writeln!(
+                f,
+                "    (embed_tokens): Embedding({}, {})  [{}]",
+                c.d_vocab, c.d_model, embed.format
+            )?,
+            Architecture::Gemma3 => writeln!(
+                f,
+                "    (embed_tokens): Gemma3TextScaledWordEmbedding({}, {}, scale=√{} ≈ {:.3})  [{}]",
+                c.d_vocab, c.d_model, c.d_model, c.embedding_scale, embed.format
+            )?,
+        }
         let kinds = match c.sliding_window {
-            Some(win) => format!(
-                "  # global: layers {}; the others local (window {win})",
-                global.join(", ")
-            ),
+            Some(win) => {
+                let global: Vec<String> = (0..c.n_layers)
+                    .filter(|&l| !c.is_local(l))
+                    .map(|l| l.to_string())
+                    .collect();
+                format!(
+                    "  # global: layers {}; the others local (window {win})",
+                    global.join(", ")
+                )
+            }
             None => String::new(),
         };
+        writeln!(f, "    (layers): {} × {p}DecoderLayer({kinds}", c.n_layers)?;
         writeln!(
             f,
-            "    (layers): {} × Gemma3DecoderLayer({kinds}",
-            c.n_layers
-        )?;
-        writeln!(
-            f,
-            "      (self_attn): Gemma3Attention(  # {} heads, {} kv heads, head dim {}",
+            "      (self_attn): {p}Attention(  # {} heads, {} kv heads, head dim {}",
             c.n_heads, c.n_kv_heads, c.d_head
         )?;
-        for (n, l) in [
-            ("q_proj", &b.w_q),
-            ("k_proj", &b.w_k),
-            ("v_proj", &b.w_v),
-            ("o_proj", &b.w_o),
-        ] {
-            writeln!(f, "        {}", lin(n, l))?;
+        for line in in_block("self_attn") {
+            writeln!(f, "        {line}")?;
         }
-        writeln!(f, "        {}", norm("q_norm", c.d_head))?;
-        writeln!(f, "        {}", norm("k_norm", c.d_head))?;
         writeln!(f, "      )")?;
-        writeln!(f, "      (mlp): Gemma3MLP(")?;
-        for (n, l) in [
-            ("gate_proj", &b.w_gate),
-            ("up_proj", &b.w_up),
-            ("down_proj", &b.w_down),
-        ] {
-            writeln!(f, "        {}", lin(n, l))?;
+        writeln!(f, "      (mlp): {p}MLP(")?;
+        for line in in_block("mlp") {
+            writeln!(f, "        {line}")?;
         }
-        writeln!(f, "        (act_fn): GELUTanh()")?;
+        writeln!(f, "        (act_fn): {}()", k.act_fn)?;
         writeln!(f, "      )")?;
-        for n in [
-            "input_layernorm",
-            "post_attention_layernorm",
-            "pre_feedforward_layernorm",
-            "post_feedforward_layernorm",
-        ] {
-            writeln!(f, "      {}", norm(n, c.d_model))?;
+        for line in in_block("") {
+            writeln!(f, "      {line}")?;
         }
         writeln!(f, "    )")?;
-        writeln!(f, "    {}", norm("norm", c.d_model))?;
-        writeln!(
-            f,
-            "    (rotary_emb): Gemma3RotaryEmbedding(theta={})  # global layers",
-            c.rope_theta
-        )?;
-        if c.sliding_window.is_some() {
-            writeln!(
-                f,
-                "    (rotary_emb_local): Gemma3RotaryEmbedding(theta={})  # local layers",
-                c.rope_theta_local
-            )?;
+        if let Some(t) = top(schema::Slot::FinalNorm) {
+            writeln!(f, "    {}", leaf(t, None))?;
+        }
+        match c.architecture {
+            Architecture::Llama => {
+                let scaling = if c.rope_scaling.is_some() {
+                    ", llama3 scaling"
+                } else {
+                    ""
+                };
+                writeln!(
+                    f,
+                    "    (rotary_emb): LlamaRotaryEmbedding(theta={}{scaling})",
+                    c.rope_theta
+                )?;
+            }
+            Architecture::Gemma3 => {
+                writeln!(
+                    f,
+                    "    (rotary_emb): Gemma3RotaryEmbedding(theta={})  # global layers",
+                    c.rope_theta
+                )?;
+                if c.sliding_window.is_some() {
+                    writeln!(
+                        f,
+                        "    (rotary_emb_local): Gemma3RotaryEmbedding(theta={})  # local layers",
+                        c.rope_theta_local
+                    )?;
+                }
+            }
         }
         writeln!(f, "  )")?;
-        if c.tied_embeddings {
-            writeln!(f, "  (lm_head): Linear(in_features={}, out_features={}, bias=False)  [tied to embed_tokens]", c.d_model, c.d_vocab)?;
-        } else {
-            writeln!(f, "  {}", lin("lm_head", &w.lm_head))?;
+        match top(schema::Slot::LmHead) {
+            Some(t) if !c.tied_embeddings => writeln!(f, "  {}", leaf(t, None))?,
+            _ => writeln!(f, "  (lm_head): Linear(in_features={}, out_features={}, bias=False)  [tied to embed_tokens]", c.d_model, c.d_vocab)?,
         }
         writeln!(f, ")")
     }

@@ -1,5 +1,6 @@
 //! The model's parameters, loaded from a GGUF file or a Hugging Face folder into the same structs.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use super::config::{Architecture, Config};
 use super::q4_1::Q4_1Matrix;
 use super::q5_0::Q5_0Matrix;
 use super::q8_0::{Q8Partner, Q8_0Matrix};
+use super::schema::{self, Kind, Slot, TensorSpec};
 use super::simd::Kernel;
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
@@ -121,7 +123,7 @@ impl Linear {
     /// use llm_lab::testing::{tiny_model, TinySpec};
     /// use llm_lab::candle_core::{quantized::GgmlDType, DType, Device, Tensor};
     /// let (_dir, model) = tiny_model(&TinySpec { format: GgmlDType::Q4_1, ..Default::default() })?;
-    /// let b = &model.weights.blocks[0];
+    /// let b = &model.weights.blocks[0].attn;
     /// let h = Tensor::ones((3, model.config.d_model), DType::F32, &Device::Cpu)?;
     /// let [q, k] = Linear::forward_many([&b.w_q, &b.w_k], &h)?;
     /// let same = |a: &Tensor, b: &Tensor| a.to_vec2::<f32>().unwrap() == b.to_vec2::<f32>().unwrap();
@@ -268,11 +270,11 @@ pub enum RopeStyle {
     HalfSplit,
 }
 
-/// One transformer block's parameters.
+/// A block's attention sub-layer: its norm, the four projections and Gemma's extra norms.
 #[derive(Debug, Clone)]
-pub struct BlockWeights {
+pub struct AttentionWeights {
     /// RMSNorm gain before attention, `[d_model]`.
-    pub attn_norm: Tensor,
+    pub norm: Tensor,
     /// Query projection W_Q, `[n_heads·d_head, d_model]`.
     pub w_q: Linear,
     /// Key projection W_K, `[n_kv_heads·d_head, d_model]`.
@@ -281,33 +283,139 @@ pub struct BlockWeights {
     pub w_v: Linear,
     /// Output projection W_O, `[d_model, n_heads·d_head]`.
     pub w_o: Linear,
-    /// RMSNorm gain before the MLP, `[d_model]`.
-    pub mlp_norm: Tensor,
-    /// MLP gate projection, `[d_mlp, d_model]`.
-    pub w_gate: Linear,
-    /// MLP up projection, `[d_mlp, d_model]`.
-    pub w_up: Linear,
-    /// MLP down projection, `[d_model, d_mlp]`.
-    pub w_down: Linear,
-    /// Gemma: RMSNorm gain applied to each query head before RoPE, `[d_head]`.
-    pub q_norm: Option<Tensor>,
-    /// Gemma: RMSNorm gain applied to each key head before RoPE, `[d_head]`.
-    pub k_norm: Option<Tensor>,
+    /// Gemma: RMSNorm gains of each query and key head before RoPE, `[d_head]` each.
+    pub qk_norm: Option<(Tensor, Tensor)>,
     /// Gemma: RMSNorm gain on attention's output before it joins the stream, `[d_model]`.
-    pub attn_post_norm: Option<Tensor>,
+    pub post_norm: Option<Tensor>,
+}
+
+/// A block's MLP sub-layer: its norm, the gated MLP's three matrices and Gemma's output norm.
+#[derive(Debug, Clone)]
+pub struct MlpWeights {
+    /// RMSNorm gain before the MLP, `[d_model]`.
+    pub norm: Tensor,
+    /// Gate projection, `[d_mlp, d_model]`.
+    pub w_gate: Linear,
+    /// Up projection, `[d_mlp, d_model]`.
+    pub w_up: Linear,
+    /// Down projection, `[d_model, d_mlp]`.
+    pub w_down: Linear,
     /// Gemma: RMSNorm gain on the MLP's output before it joins the stream, `[d_model]`.
-    pub mlp_post_norm: Option<Tensor>,
+    pub post_norm: Option<Tensor>,
+}
+
+/// One transformer block's parameters.
+#[derive(Debug, Clone)]
+pub struct BlockWeights {
+    /// The attention sub-layer.
+    pub attn: AttentionWeights,
+    /// The MLP sub-layer.
+    pub mlp: MlpWeights,
+}
+
+/// A loaded tensor, seen through the table's [`Slot`]: a matrix or a norm's gain.
+#[derive(Debug, Clone, Copy)]
+pub enum Param<'a> {
+    /// A (possibly quantized) matrix.
+    Matrix(&'a Linear),
+    /// A norm's gain.
+    Gain(&'a Tensor),
+}
+
+impl Param<'_> {
+    /// Its shape, rows first.
+    pub fn shape(&self) -> Vec<usize> {
+        match self {
+            Param::Matrix(l) => vec![l.out_features, l.in_features],
+            Param::Gain(t) => t.dims().to_vec(),
+        }
+    }
+
+    /// Its number of parameters.
+    pub fn n_params(&self) -> usize {
+        self.shape().iter().product()
+    }
+}
+
+/// A tensor as a loader reads it, before it is put in its slot.
+enum Loaded {
+    Matrix(Linear),
+    Gain(Tensor),
 }
 
 impl BlockWeights {
-    /// The block's RMSNorm gains, each `[d_model]` or `[d_head]`.
-    fn norms(&self) -> impl Iterator<Item = &Tensor> {
-        [&self.attn_norm, &self.mlp_norm]
-            .into_iter()
-            .chain(self.q_norm.iter())
-            .chain(self.k_norm.iter())
-            .chain(self.attn_post_norm.iter())
-            .chain(self.mlp_post_norm.iter())
+    /// The tensor in `slot`, if this block has it.
+    pub fn param(&self, slot: Slot) -> Option<Param<'_>> {
+        let (a, m) = (&self.attn, &self.mlp);
+        Some(match slot {
+            Slot::AttnNorm => Param::Gain(&a.norm),
+            Slot::Wq => Param::Matrix(&a.w_q),
+            Slot::Wk => Param::Matrix(&a.w_k),
+            Slot::Wv => Param::Matrix(&a.w_v),
+            Slot::Wo => Param::Matrix(&a.w_o),
+            Slot::QNorm => Param::Gain(&a.qk_norm.as_ref()?.0),
+            Slot::KNorm => Param::Gain(&a.qk_norm.as_ref()?.1),
+            Slot::AttnPostNorm => Param::Gain(a.post_norm.as_ref()?),
+            Slot::MlpNorm => Param::Gain(&m.norm),
+            Slot::Gate => Param::Matrix(&m.w_gate),
+            Slot::Up => Param::Matrix(&m.w_up),
+            Slot::Down => Param::Matrix(&m.w_down),
+            Slot::MlpPostNorm => Param::Gain(m.post_norm.as_ref()?),
+            Slot::Embed | Slot::FinalNorm | Slot::LmHead => return None,
+        })
+    }
+
+    /// The block from the tensors a loader read for it, by slot.
+    fn assemble(mut parts: HashMap<Slot, Loaded>) -> Result<Self> {
+        let mut matrix = |s: Slot| match parts.remove(&s) {
+            Some(Loaded::Matrix(l)) => Ok(l),
+            _ => Err(Error::invalid(format!(
+                "the loader read no matrix for {s:?}"
+            ))),
+        };
+        let (w_q, w_k, w_v, w_o) = (
+            matrix(Slot::Wq)?,
+            matrix(Slot::Wk)?,
+            matrix(Slot::Wv)?,
+            matrix(Slot::Wo)?,
+        );
+        let (w_gate, w_up, w_down) = (matrix(Slot::Gate)?, matrix(Slot::Up)?, matrix(Slot::Down)?);
+        let mut gain = |s: Slot| match parts.remove(&s) {
+            Some(Loaded::Gain(t)) => Some(t),
+            _ => None,
+        };
+        let missing = |s: Slot| Error::invalid(format!("the loader read no gain for {s:?}"));
+        let attn = AttentionWeights {
+            norm: gain(Slot::AttnNorm).ok_or_else(|| missing(Slot::AttnNorm))?,
+            w_q,
+            w_k,
+            w_v,
+            w_o,
+            qk_norm: gain(Slot::QNorm).zip(gain(Slot::KNorm)),
+            post_norm: gain(Slot::AttnPostNorm),
+        };
+        let mlp = MlpWeights {
+            norm: gain(Slot::MlpNorm).ok_or_else(|| missing(Slot::MlpNorm))?,
+            w_gate,
+            w_up,
+            w_down,
+            post_norm: gain(Slot::MlpPostNorm),
+        };
+        Ok(BlockWeights { attn, mlp })
+    }
+
+    /// The block's matrices, to convert their storage.
+    fn matrices_mut(&mut self) -> [&mut Linear; 7] {
+        let (a, m) = (&mut self.attn, &mut self.mlp);
+        [
+            &mut a.w_q,
+            &mut a.w_k,
+            &mut a.w_v,
+            &mut a.w_o,
+            &mut m.w_gate,
+            &mut m.w_up,
+            &mut m.w_down,
+        ]
     }
 }
 
@@ -327,87 +435,112 @@ pub struct Weights {
 }
 
 impl Weights {
+    /// The tensor of `spec` in block `layer` (`None` for one outside the blocks), if held.
+    pub fn param(&self, slot: Slot, layer: Option<usize>) -> Option<Param<'_>> {
+        match (slot, layer) {
+            (Slot::Embed, None) => Some(Param::Matrix(&self.embed)),
+            (Slot::FinalNorm, None) => Some(Param::Gain(&self.final_norm)),
+            (Slot::LmHead, None) => Some(Param::Matrix(&self.lm_head)),
+            (slot, Some(l)) => self.blocks.get(l)?.param(slot),
+            _ => None,
+        }
+    }
+
+    /// Loads every tensor of the config's table through `read`, which returns `None` for a
+    /// tensor the file does not hold (an error unless the table marks it optional).
+    fn from_table(
+        config: &Config,
+        path: &Path,
+        naming: Naming,
+        rope_style: RopeStyle,
+        mut read: impl FnMut(&TensorSpec, &str) -> Result<Option<Loaded>>,
+    ) -> Result<Self> {
+        let table = schema::tensors(config.architecture);
+        let mut top = HashMap::new();
+        let mut blocks = Vec::with_capacity(config.n_layers);
+        let mut read = |t: &TensorSpec, l: Option<usize>| -> Result<Option<Loaded>> {
+            let name = match naming {
+                Naming::Gguf => t.gguf_name(l),
+                Naming::HuggingFace => t.hf_name(l),
+            };
+            match read(t, &name)? {
+                None if !t.optional => Err(Error::model_file(
+                    path,
+                    format!(
+                        "lacks the tensor `{name}`; is it a complete {} model?",
+                        config.architecture
+                    ),
+                )),
+                found => Ok(found),
+            }
+        };
+        for t in table.iter().filter(|t| !t.per_layer()) {
+            if let Some(x) = read(t, None)? {
+                top.insert(t.slot, x);
+            }
+        }
+        for l in 0..config.n_layers {
+            let mut parts = HashMap::new();
+            for t in table.iter().filter(|t| t.per_layer()) {
+                parts.extend(read(t, Some(l))?.map(|x| (t.slot, x)));
+            }
+            blocks.push(BlockWeights::assemble(parts)?);
+        }
+        let embed = match top.remove(&Slot::Embed) {
+            Some(Loaded::Matrix(l)) => l,
+            _ => return Err(Error::invalid("the table has no token embeddings")),
+        };
+        let final_norm = match top.remove(&Slot::FinalNorm) {
+            Some(Loaded::Gain(t)) => t,
+            _ => return Err(Error::invalid("the table has no final norm")),
+        };
+        let lm_head = match top.remove(&Slot::LmHead) {
+            Some(Loaded::Matrix(l)) => l,
+            _ => embed.clone(), // tied: the output projection reuses the embeddings
+        };
+        Ok(Weights {
+            embed,
+            blocks,
+            final_norm,
+            lm_head,
+            rope_style,
+        })
+    }
+
     pub(crate) fn from_gguf(g: &mut Gguf, config: &Config, device: &Device) -> Result<Self> {
-        check_shapes_by_name(
-            &g.path,
-            config,
-            Naming::Gguf,
-            g.has("output.weight"),
-            |name| {
-                g.content
-                    .tensor_infos
-                    .get(name)
-                    .map(|i| i.shape.dims().to_vec())
-            },
-        )?;
-        let lin = |g: &mut Gguf, name: &str| -> Result<Linear> {
-            let info = g.content.tensor_infos.get(name);
-            match info.map(|i| (i.ggml_dtype, i.shape.dims().to_vec())) {
+        let path = g.path.clone();
+        check_shapes_by_name(&path, config, Naming::Gguf, |name| {
+            g.content
+                .tensor_infos
+                .get(name)
+                .map(|i| i.shape.dims().to_vec())
+        })?;
+        // llama.cpp's converter permutes Llama's Q/K rows for the interleaved rotation; it
+        // leaves Gemma's as trained, for the half-split one (ggml's NEOX mode).
+        let rope_style = match config.architecture {
+            Architecture::Gemma3 => RopeStyle::HalfSplit,
+            Architecture::Llama => RopeStyle::Interleaved,
+        };
+        Self::from_table(config, &path, Naming::Gguf, rope_style, |t, name| {
+            let Some(info) = g.content.tensor_infos.get(name) else {
+                return Ok(None);
+            };
+            let dims = info.shape.dims().to_vec();
+            Ok(Some(match (t.kind, info.ggml_dtype) {
                 // Read straight into the kernel's layout: the embedding is the largest tensor.
-                Some((GgmlDType::Q8_0, dims)) if dims.len() == 2 => {
+                (Kind::Matrix, GgmlDType::Q8_0) => {
                     let m = Q8_0Matrix::from_gguf(g, name, dims[0], dims[1])?;
-                    Ok(Linear {
+                    Loaded::Matrix(Linear {
                         weight: Matrix::Q8_0(Arc::new(m)),
                         out_features: dims[0],
                         in_features: dims[1],
                         format: "Q8_0".into(),
                     })
                 }
-                _ => Linear::from_qtensor(g.tensor(name, device)?),
-            }
-        };
-        let vec = |g: &mut Gguf, name: &str| -> Result<Tensor> {
-            Ok(g.tensor(name, device)?.dequantize(device)?)
-        };
-        let embed = lin(g, "token_embd.weight")?;
-        let gemma = config.architecture == Architecture::Gemma3;
-        let mut blocks = Vec::with_capacity(config.n_layers);
-        for l in 0..config.n_layers {
-            let n = |s: &str| format!("blk.{l}.{s}.weight");
-            let gemma_norm = |g: &mut Gguf, s: &str| -> Result<Option<Tensor>> {
-                if gemma {
-                    Ok(Some(vec(g, &n(s))?))
-                } else {
-                    Ok(None)
-                }
-            };
-            blocks.push(BlockWeights {
-                q_norm: gemma_norm(g, "attn_q_norm")?,
-                k_norm: gemma_norm(g, "attn_k_norm")?,
-                attn_post_norm: gemma_norm(g, "post_attention_norm")?,
-                mlp_post_norm: gemma_norm(g, "post_ffw_norm")?,
-                attn_norm: vec(g, &n("attn_norm"))?,
-                w_q: lin(g, &n("attn_q"))?,
-                w_k: lin(g, &n("attn_k"))?,
-                w_v: lin(g, &n("attn_v"))?,
-                w_o: lin(g, &n("attn_output"))?,
-                mlp_norm: vec(g, &n("ffn_norm"))?,
-                w_gate: lin(g, &n("ffn_gate"))?,
-                w_up: lin(g, &n("ffn_up"))?,
-                w_down: lin(g, &n("ffn_down"))?,
-            });
-        }
-        let final_norm = vec(g, "output_norm.weight")?;
-        let lm_head = if g.has("output.weight") {
-            lin(g, "output.weight")?
-        } else {
-            embed.clone()
-        };
-        let w = Weights {
-            embed,
-            blocks,
-            final_norm,
-            lm_head,
-            // llama.cpp's converter permutes Llama's Q/K rows for the interleaved rotation; it
-            // leaves Gemma's as trained, for the half-split one (ggml's NEOX mode).
-            rope_style: if gemma {
-                RopeStyle::HalfSplit
-            } else {
-                RopeStyle::Interleaved
-            },
-        };
-        w.check_shapes(config, &g.path)?;
-        Ok(w)
+                (Kind::Matrix, _) => Loaded::Matrix(Linear::from_qtensor(g.tensor(name, device)?)?),
+                (Kind::Gain, _) => Loaded::Gain(g.tensor(name, device)?.dequantize(device)?),
+            }))
+        })
     }
 
     pub(crate) fn from_safetensors(
@@ -415,7 +548,7 @@ impl Weights {
         config: &Config,
         device: &Device,
     ) -> Result<Self> {
-        let mut all = std::collections::HashMap::new();
+        let mut all = HashMap::new();
         for f in files {
             crate::gguf::ensure_regular_file(f)?;
             let t = candle_core::safetensors::load(f, device).map_err(|e| {
@@ -430,71 +563,30 @@ impl Weights {
             .first()
             .and_then(|f| f.parent())
             .unwrap_or(Path::new("."));
-        check_shapes_by_name(
-            dir,
+        check_shapes_by_name(dir, config, Naming::HuggingFace, |name| {
+            all.get(name).map(|t| t.dims().to_vec())
+        })?;
+        Self::from_table(
             config,
+            dir,
             Naming::HuggingFace,
-            all.contains_key("lm_head.weight"),
-            |name| all.get(name).map(|t| t.dims().to_vec()),
-        )?;
-        let mut take = |name: &str| -> Result<Tensor> {
-            all.remove(name).ok_or_else(|| {
-                Error::model_file(
-                    dir,
-                    format!("lacks the tensor `{name}`; is it a complete Llama checkpoint?"),
-                )
-            })
-        };
-        let embed = Linear::from_tensor(take("model.embed_tokens.weight")?)?;
-        let mut blocks = Vec::with_capacity(config.n_layers);
-        for l in 0..config.n_layers {
-            let p = format!("model.layers.{l}");
-            let mut lin = |s: &str| Linear::from_tensor(take(&format!("{p}.{s}.weight"))?);
-            blocks.push(BlockWeights {
-                w_q: lin("self_attn.q_proj")?,
-                w_k: lin("self_attn.k_proj")?,
-                w_v: lin("self_attn.v_proj")?,
-                w_o: lin("self_attn.o_proj")?,
-                w_gate: lin("mlp.gate_proj")?,
-                w_up: lin("mlp.up_proj")?,
-                w_down: lin("mlp.down_proj")?,
-                attn_norm: take(&format!("{p}.input_layernorm.weight"))?.to_dtype(DType::F32)?,
-                mlp_norm: take(&format!("{p}.post_attention_layernorm.weight"))?
-                    .to_dtype(DType::F32)?,
-                q_norm: None,
-                k_norm: None,
-                attn_post_norm: None,
-                mlp_post_norm: None,
-            });
-        }
-        let final_norm = take("model.norm.weight")?.to_dtype(DType::F32)?;
-        let lm_head = match take("lm_head.weight") {
-            Ok(t) => Linear::from_tensor(t)?,
-            Err(_) => embed.clone(),
-        };
-        let w = Weights {
-            embed,
-            blocks,
-            final_norm,
-            lm_head,
-            rope_style: RopeStyle::HalfSplit,
-        };
-        w.check_shapes(config, dir)?;
-        Ok(w)
+            RopeStyle::HalfSplit,
+            |t, name| {
+                let Some(x) = all.remove(name) else {
+                    return Ok(None);
+                };
+                Ok(Some(match t.kind {
+                    Kind::Matrix => Loaded::Matrix(Linear::from_tensor(x)?),
+                    Kind::Gain => Loaded::Gain(x.to_dtype(DType::F32)?),
+                }))
+            },
+        )
     }
 
     /// Converts every matrix to `format`.
     pub(crate) fn convert(&mut self, format: WeightFormat) -> Result<()> {
         for b in &mut self.blocks {
-            for l in [
-                &mut b.w_q,
-                &mut b.w_k,
-                &mut b.w_v,
-                &mut b.w_o,
-                &mut b.w_gate,
-                &mut b.w_up,
-                &mut b.w_down,
-            ] {
+            for l in b.matrices_mut() {
                 l.convert(format)?;
             }
         }
@@ -502,145 +594,49 @@ impl Weights {
         self.lm_head.convert(format)
     }
 
-    /// Every matrix must have the shape the config promises, or the forward pass would fail later
-    /// with an obscure broadcasting error.
-    fn check_shapes(&self, c: &Config, path: &Path) -> Result<()> {
-        let (q, kv) = (c.n_heads * c.d_head, c.n_kv_heads * c.d_head);
-        let mut expect = vec![
-            ("token embeddings", &self.embed, c.d_vocab, c.d_model),
-            ("output", &self.lm_head, c.d_vocab, c.d_model),
-        ];
-        for b in &self.blocks {
-            expect.extend([
-                ("W_Q", &b.w_q, q, c.d_model),
-                ("W_K", &b.w_k, kv, c.d_model),
-                ("W_V", &b.w_v, kv, c.d_model),
-                ("W_O", &b.w_o, c.d_model, q),
-                ("MLP gate", &b.w_gate, c.d_mlp, c.d_model),
-                ("MLP up", &b.w_up, c.d_mlp, c.d_model),
-                ("MLP down", &b.w_down, c.d_model, c.d_mlp),
-            ]);
-        }
-        for (l, b) in self.blocks.iter().enumerate() {
-            let gains = [
-                ("attn_norm", Some(&b.attn_norm), c.d_model),
-                ("ffn_norm", Some(&b.mlp_norm), c.d_model),
-                ("attn_q_norm", b.q_norm.as_ref(), c.d_head),
-                ("attn_k_norm", b.k_norm.as_ref(), c.d_head),
-                ("post_attention_norm", b.attn_post_norm.as_ref(), c.d_model),
-                ("post_ffw_norm", b.mlp_post_norm.as_ref(), c.d_model),
-            ];
-            for (what, t, n) in gains {
-                if let Some(t) = t.filter(|t| t.dims() != [n]) {
-                    return Err(Error::model_file(
-                        path,
-                        format!(
-                            "has a blk.{l}.{what} gain of shape {:?}, but its config implies [{n}]",
-                            t.dims()
-                        ),
-                    ));
-                }
-            }
-        }
-        for (what, l, o, i) in expect {
-            if (l.out_features, l.in_features) != (o, i) {
-                return Err(Error::model_file(
-                    path,
-                    format!(
-                        "has a {what} matrix of shape [{}, {}], but its config implies [{o}, {i}]",
-                        l.out_features, l.in_features
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// Number of parameters (the tied output counted once).
     pub fn n_params(&self, config: &Config) -> usize {
-        let per_block: usize = self.blocks.first().map_or(0, |b| {
-            [
-                &b.w_q, &b.w_k, &b.w_v, &b.w_o, &b.w_gate, &b.w_up, &b.w_down,
-            ]
+        schema::instances(config)
             .iter()
-            .map(|l| l.n_params())
-            .sum::<usize>()
-                + b.norms().map(Tensor::elem_count).sum::<usize>()
-        });
-        let head = if config.tied_embeddings {
-            0
-        } else {
-            self.lm_head.n_params()
-        };
-        self.embed.n_params() + per_block * self.blocks.len() + config.d_model + head
+            .filter_map(|(t, l)| self.param(t.slot, *l))
+            .map(|p| p.n_params())
+            .sum()
     }
 }
 
 /// How a file names the model's tensors.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Naming {
     Gguf,
     HuggingFace,
 }
 
-/// Every tensor the model reads, with the shape (rows first) its config promises.
-fn expected_shapes(c: &Config, naming: Naming, has_output: bool) -> Vec<(String, Vec<usize>)> {
-    // `validate` has checked n_heads · d_head = d_model, so these products do not overflow.
-    let (q, kv, d) = (c.n_heads * c.d_head, c.n_kv_heads * c.d_head, c.d_model);
-    let top = |gguf: &str, hf: &str| match naming {
-        Naming::Gguf => gguf.to_string(),
-        Naming::HuggingFace => hf.to_string(),
-    };
-    let mut v = vec![
-        (
-            top("token_embd.weight", "model.embed_tokens.weight"),
-            vec![c.d_vocab, d],
-        ),
-        (top("output_norm.weight", "model.norm.weight"), vec![d]),
-    ];
-    if has_output {
-        v.push((top("output.weight", "lm_head.weight"), vec![c.d_vocab, d]));
-    }
-    for l in 0..c.n_layers {
-        let n = |gguf: &str, hf: &str| match naming {
-            Naming::Gguf => format!("blk.{l}.{gguf}.weight"),
-            Naming::HuggingFace => format!("model.layers.{l}.{hf}.weight"),
-        };
-        v.extend([
-            (n("attn_norm", "input_layernorm"), vec![d]),
-            (n("attn_q", "self_attn.q_proj"), vec![q, d]),
-            (n("attn_k", "self_attn.k_proj"), vec![kv, d]),
-            (n("attn_v", "self_attn.v_proj"), vec![kv, d]),
-            (n("attn_output", "self_attn.o_proj"), vec![d, q]),
-            (n("ffn_norm", "post_attention_layernorm"), vec![d]),
-            (n("ffn_gate", "mlp.gate_proj"), vec![c.d_mlp, d]),
-            (n("ffn_up", "mlp.up_proj"), vec![c.d_mlp, d]),
-            (n("ffn_down", "mlp.down_proj"), vec![d, c.d_mlp]),
-        ]);
-    }
-    v
-}
-
-/// Compares every tensor's shape (`found`, before any product runs) with the config, so a
-/// corrupt file is refused by name instead of failing inside a product. A missing tensor is left
-/// to the loader, which names it.
+/// Compares every tensor's shape (`found`, before any product runs) with the one the config
+/// implies, so a corrupt file is refused by name instead of failing inside a product. A missing
+/// tensor is left to the loader, which names it.
 fn check_shapes_by_name(
     path: &Path,
     c: &Config,
     naming: Naming,
-    has_output: bool,
     found: impl Fn(&str) -> Option<Vec<usize>>,
 ) -> Result<()> {
-    for (name, want) in expected_shapes(c, naming, has_output) {
-        let Some(found) = found(&name) else { continue };
-        if found != want {
-            return Err(Error::model_file(
-                path,
-                format!(
-                    "has the tensor `{name}` of shape {found:?}, but its configuration ({} layers, d_model {}, {} heads and {} KV heads of width {}, MLP {}, vocabulary {}) needs {want:?}; the file is corrupt or not a Llama model",
-                    c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.d_head, c.d_mlp, c.d_vocab
-                ),
-            ));
+    for t in schema::tensors(c.architecture) {
+        for l in t.layers(c.n_layers) {
+            let name = match naming {
+                Naming::Gguf => t.gguf_name(l),
+                Naming::HuggingFace => t.hf_name(l),
+            };
+            let Some(found) = found(&name) else { continue };
+            let want = t.shape(c);
+            if found != want {
+                return Err(Error::model_file(
+                    path,
+                    format!(
+                        "has the tensor `{name}` of shape {found:?}, but its configuration ({} layers, d_model {}, {} heads and {} KV heads of width {}, MLP {}, vocabulary {}) needs {want:?}; the file is corrupt or not a {} model",
+                        c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.d_head, c.d_mlp, c.d_vocab, c.architecture
+                    ),
+                ));
+            }
         }
     }
     Ok(())

@@ -1,5 +1,5 @@
 //! The plain lines a check report prints for tooling, and their parsers: `cargo xtask check`
-//! and `grade` read them back. Only `std` here, as xtask compiles this file in (`#[path]`).
+//! and `grade` read them back.
 
 /// The start of the line a report prints for tooling.
 pub const REPORT_PREFIX: &str = "llm-lab check: ";
@@ -9,7 +9,7 @@ pub const HINT_PREFIX: &str = "llm-lab hint: ";
 /// Parses a line a report printed: `(exercise, status word)`, or None for any other line.
 ///
 /// ```
-/// use llm_lab::check::parse_report_line;
+/// use llm_lab_shared::protocol::parse_report_line;
 /// assert_eq!(
 ///     parse_report_line("llm-lab check: top-p = failed"),
 ///     Some(("top-p".to_string(), "failed".to_string()))

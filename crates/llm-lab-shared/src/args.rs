@@ -1,9 +1,7 @@
-//! The model commands' arguments. `cargo xtask` parses them with this very file (it includes it
-//! with `#[path]`), so a misspelt option is refused before anything is compiled, then hands the
-//! command line to this crate's `llm-lab` binary: xtask itself links neither candle nor the model,
+//! The model commands' arguments. `cargo xtask` parses them with these very types, so a
+//! misspelt option is refused before anything is compiled, then hands the command line to the
+//! `llm-lab` binary (crate `llm-lab-cli`): xtask itself links neither candle nor the model,
 //! which keeps the first `cargo xtask lab` on a new machine short.
-//!
-//! Only `clap` and `std` here: the file is compiled into both crates.
 
 use std::path::PathBuf;
 
