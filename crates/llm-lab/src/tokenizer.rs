@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use candle_core::quantized::gguf_file::Value;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -35,6 +36,9 @@ pub struct Tokenizer {
     /// drops those bytes without a word (as llama.cpp does), so [`Tokenizer::encode`] checks
     /// that its ids give the text back.
     incomplete_bytes: bool,
+    /// The `tokenizer.*` metadata of the GGUF file it was rebuilt from, which a saved model
+    /// writes back unchanged (see [`Tokenizer::gguf_metadata`]).
+    gguf_metadata: Option<Arc<Vec<(String, Value)>>>,
 }
 
 #[derive(Clone)]
@@ -70,6 +74,7 @@ impl Tokenizer {
         Tokenizer {
             kind: Kind::Hf(Arc::new(inner)),
             incomplete_bytes: false,
+            gguf_metadata: None,
         }
     }
 
@@ -80,14 +85,107 @@ impl Tokenizer {
 
     /// Rebuilds the tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata.
     pub fn from_gguf(gguf: &Gguf) -> Result<Self> {
-        match gguf.meta_str("tokenizer.ggml.model").unwrap_or("") {
-            "gpt2" => Self::bpe_from_gguf(gguf),
-            "llama" => Self::spm_from_gguf(gguf),
-            model => Err(Error::model_file(
+        let tokenizer = match gguf.meta_str("tokenizer.ggml.model").unwrap_or("") {
+            "gpt2" => Self::bpe_from_gguf(gguf)?,
+            "llama" => Self::spm_from_gguf(gguf)?,
+            model => return Err(Error::model_file(
                 &gguf.path,
                 format!("has a `{model}` tokenizer; llm-lab rebuilds byte-level BPE (`gpt2`) and SentencePiece (`llama`) tokenizers only — use a Hugging Face folder with tokenizer.json instead"),
             )),
+        };
+        let mut metadata: Vec<(String, Value)> = gguf
+            .content
+            .metadata
+            .iter()
+            .filter(|(k, _)| k.starts_with("tokenizer."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        metadata.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Tokenizer {
+            gguf_metadata: Some(Arc::new(metadata)),
+            ..tokenizer
+        })
+    }
+
+    /// The `tokenizer.*` metadata a GGUF file needs to rebuild this tokenizer: the file's own
+    /// when it came from one; for a byte-level BPE from a tokenizer.json (a Hugging Face folder,
+    /// or one trained in a notebook), its tokens, merges and special tokens, with the
+    /// pre-tokenizer named as llama.cpp names it. Other tokenizers are an error that says so.
+    pub fn gguf_metadata(&self) -> Result<Vec<(String, Value)>> {
+        if let Some(m) = &self.gguf_metadata {
+            return Ok(m.as_ref().clone());
         }
+        let Kind::Hf(hf) = &self.kind else {
+            return Err(Error::invalid(
+                "this SentencePiece tokenizer has no GGUF metadata to write",
+            ));
+        };
+        let json: serde_json::Value = serde_json::from_str(&hf.to_string(false)?)
+            .map_err(|e| Error::Tokenizer(format!("cannot read the tokenizer back ({e})")))?;
+        let cannot = |why: &str| {
+            Err(Error::invalid(format!(
+                "cannot write this tokenizer to GGUF: {why}; llm-lab writes byte-level BPE tokenizers"
+            )))
+        };
+        let model = &json["model"];
+        if model["type"] != "BPE" {
+            return cannot("its model is not BPE");
+        }
+        let pre = match &json["pre_tokenizer"] {
+            p if p["type"] == "ByteLevel" && p["use_regex"] != false => "gpt2",
+            p if p["type"] == "Sequence"
+                && p["pretokenizers"][0]["type"] == "Digits"
+                && p["pretokenizers"][0]["individual_digits"] == true
+                && p["pretokenizers"][1]["type"] == "ByteLevel" =>
+            {
+                "smollm"
+            }
+            _ => return cannot("its pre-tokenizer is neither GPT-2's nor SmolLM's"),
+        };
+        let n = self.vocab_size();
+        let mut tokens = vec![String::new(); n];
+        for (piece, id) in hf.get_vocab(true) {
+            match tokens.get_mut(id as usize) {
+                Some(slot) => *slot = piece,
+                None => return cannot("its ids are not 0..vocabulary size"),
+            }
+        }
+        if tokens.iter().any(String::is_empty) {
+            return cannot("its ids are not 0..vocabulary size");
+        }
+        let merges: Vec<Value> = match &model["merges"] {
+            serde_json::Value::Array(a) => a
+                .iter()
+                .filter_map(|m| match m {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Array(p) => {
+                        Some(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?))
+                    }
+                    _ => None,
+                })
+                .map(Value::String)
+                .collect(),
+            _ => vec![],
+        };
+        let special: std::collections::HashSet<u32> = hf
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, _)| id)
+            .collect();
+        let types = (0..n as u32)
+            .map(|i| Value::I32(if special.contains(&i) { 3 } else { 1 }))
+            .collect();
+        Ok(vec![
+            ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+            ("tokenizer.ggml.pre".into(), Value::String(pre.into())),
+            (
+                "tokenizer.ggml.tokens".into(),
+                Value::Array(tokens.into_iter().map(Value::String).collect()),
+            ),
+            ("tokenizer.ggml.token_type".into(), Value::Array(types)),
+            ("tokenizer.ggml.merges".into(), Value::Array(merges)),
+        ])
     }
 
     /// SentencePiece: pieces, scores and token types, plus the file's `add_space_prefix`.
@@ -137,6 +235,7 @@ impl Tokenizer {
         Ok(Tokenizer {
             kind: Kind::Spm(Arc::new(spm)),
             incomplete_bytes: false,
+            gguf_metadata: None,
         })
     }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file::Value;
 use candle_core::Device;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gguf::{value_as_u64, Gguf};
@@ -580,52 +580,129 @@ impl Config {
 }
 
 /// The `{arch}.*` metadata of a GGUF file that llm-lab reads, by key with the architecture's
-/// prefix removed: the one table of GGUF keys. Unknown keys are ignored; a key of the wrong type
-/// is an error that names it.
-#[derive(Debug, Deserialize)]
-struct GgufKeys {
+/// prefix removed: the one table of GGUF keys, read by [`Config::from_gguf`] and written by
+/// `Model::save_gguf`. Unknown keys are ignored; a key of the wrong type is an error that names it.
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub(crate) struct GgufKeys {
     #[serde(rename = "block_count")]
     n_layers: usize,
     #[serde(rename = "attention.head_count")]
     n_heads: usize,
-    #[serde(rename = "attention.head_count_kv")]
+    #[serde(
+        rename = "attention.head_count_kv",
+        skip_serializing_if = "Option::is_none"
+    )]
     n_kv_heads: Option<usize>,
-    #[serde(rename = "attention.key_length")]
+    #[serde(
+        rename = "attention.key_length",
+        skip_serializing_if = "Option::is_none"
+    )]
     key_length: Option<usize>,
-    #[serde(rename = "attention.value_length")]
+    #[serde(
+        rename = "attention.value_length",
+        skip_serializing_if = "Option::is_none"
+    )]
     value_length: Option<usize>,
-    #[serde(rename = "rope.dimension_count")]
+    #[serde(
+        rename = "rope.dimension_count",
+        skip_serializing_if = "Option::is_none"
+    )]
     rope_dimension_count: Option<usize>,
     #[serde(rename = "embedding_length")]
     d_model: usize,
     #[serde(rename = "feed_forward_length")]
     d_mlp: usize,
-    #[serde(rename = "vocab_size")]
+    #[serde(rename = "vocab_size", skip_serializing_if = "Option::is_none")]
     vocab_size: Option<usize>,
-    #[serde(rename = "context_length")]
+    #[serde(rename = "context_length", skip_serializing_if = "Option::is_none")]
     n_ctx: Option<usize>,
-    #[serde(rename = "rope.freq_base")]
+    #[serde(rename = "rope.freq_base", skip_serializing_if = "Option::is_none")]
     rope_freq_base: Option<f32>,
-    #[serde(rename = "rope.freq_base_swa")]
+    #[serde(rename = "rope.freq_base_swa", skip_serializing_if = "Option::is_none")]
     rope_freq_base_swa: Option<f32>,
-    #[serde(rename = "attention.sliding_window")]
+    #[serde(
+        rename = "attention.sliding_window",
+        skip_serializing_if = "Option::is_none"
+    )]
     sliding_window: Option<usize>,
-    #[serde(rename = "attention.sliding_window_pattern")]
+    #[serde(
+        rename = "attention.sliding_window_pattern",
+        skip_serializing_if = "Option::is_none"
+    )]
     sliding_window_pattern: Option<usize>,
-    #[serde(rename = "attention.layer_norm_rms_epsilon")]
+    #[serde(
+        rename = "attention.layer_norm_rms_epsilon",
+        skip_serializing_if = "Option::is_none"
+    )]
     rms_norm_eps: Option<f32>,
     /// Not implemented: refused unless 0.
-    #[serde(rename = "final_logit_softcapping")]
+    #[serde(
+        rename = "final_logit_softcapping",
+        skip_serializing_if = "Option::is_none"
+    )]
     final_logit_softcapping: Option<f32>,
     /// Not implemented: refused unless 0.
-    #[serde(rename = "attn_logit_softcapping")]
+    #[serde(
+        rename = "attn_logit_softcapping",
+        skip_serializing_if = "Option::is_none"
+    )]
     attn_logit_softcapping: Option<f32>,
     /// Not implemented: refused unless 1.
-    #[serde(rename = "rope.scaling.factor")]
+    #[serde(
+        rename = "rope.scaling.factor",
+        skip_serializing_if = "Option::is_none"
+    )]
     rope_scaling_factor: Option<f32>,
 }
 
 impl GgufKeys {
+    /// The keys a file needs for `Model::load` to read `c` back.
+    fn of_config(c: &Config) -> Self {
+        let gemma = c.architecture == Architecture::Gemma3;
+        GgufKeys {
+            n_layers: c.n_layers,
+            n_heads: c.n_heads,
+            n_kv_heads: Some(c.n_kv_heads),
+            key_length: Some(c.d_head),
+            value_length: Some(c.d_head),
+            rope_dimension_count: Some(c.d_head),
+            d_model: c.d_model,
+            d_mlp: c.d_mlp,
+            vocab_size: Some(c.d_vocab),
+            n_ctx: Some(c.n_ctx),
+            rope_freq_base: Some(c.rope_theta),
+            rope_freq_base_swa: c.sliding_window.map(|_| c.rope_theta_local),
+            sliding_window: c.sliding_window.filter(|_| gemma),
+            sliding_window_pattern: c.sliding_window.map(|_| c.sliding_window_pattern),
+            rms_norm_eps: Some(c.rms_norm_eps as f32),
+            ..Default::default()
+        }
+    }
+
+    /// `general.architecture` and the `{arch}.*` keys of `c`, as GGUF metadata (integers as
+    /// u32 where they fit, floats as f32, as llama.cpp's converter writes them).
+    pub(crate) fn metadata(c: &Config) -> Result<Vec<(String, Value)>> {
+        let arch = c.architecture.gguf_name();
+        let json = serde_json::to_value(Self::of_config(c))
+            .map_err(|e| Error::invalid(format!("cannot write the config's keys ({e})")))?;
+        let mut out = vec![(
+            "general.architecture".to_string(),
+            Value::String(arch.into()),
+        )];
+        for (k, v) in json.as_object().into_iter().flatten() {
+            let value = match v {
+                serde_json::Value::Number(n) => match (n.as_u64(), n.as_f64()) {
+                    (Some(x), _) => u32::try_from(x).map_or(Value::U64(x), Value::U32),
+                    (None, Some(x)) => Value::F32(x as f32),
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            out.push((format!("{arch}.{k}"), value));
+        }
+        Ok(out)
+    }
+
     /// The `{arch}.*` keys of `g`, deserialised through JSON values.
     fn read(g: &Gguf, arch: &str) -> Result<Self> {
         let prefix = format!("{arch}.");

@@ -11,6 +11,7 @@ mod q4_1;
 mod q5_0;
 mod q8_0;
 mod row_group;
+mod save;
 pub mod schema;
 pub mod shapes;
 mod simd;
