@@ -1,8 +1,12 @@
-//! Lesson 04, choosing the next token: temperature and top-p.
+//! Lesson 04: the next-token loss of self-supervised training; choosing the next token
+//! (temperature and top-p).
+
+use candle_core::{Device, Tensor};
 
 use super::diagnose::{close, diagnose};
 use super::runner::{report, Case, Outcome};
 use super::Report;
+use crate::error::Result;
 use crate::logits::{softmax, softmax_with_temperature};
 
 /// What a student is told, per mistake.
@@ -37,6 +41,162 @@ pub mod hints {
         *menor* conjunto).";
     pub const TOP_P_RULE: &str =
         "ordene por probabilidade decrescente e acumule até a soma chegar a p.";
+
+    pub const LOSS_NO_SHIFT: &str = "a linha i dos logits foi calculada lendo os tokens até i e \
+        prevê o token seguinte: compare cada linha com o token uma posição à frente, não com o \
+        que ela acabou de ler.";
+    pub const LOSS_NOT_FINITE: &str = "apareceu NaN ou infinito: com logits grandes exp estoura, \
+        e uma probabilidade minúscula vira 0 no f32 (log 0 = −∞). Não passe pela probabilidade: \
+        log softmax(z)_t = z_t − log Σ_j exp(z_j), e log Σ exp fica estável se você subtrair o \
+        maior logit antes.";
+    pub const LOSS_SUM: &str = "esse valor é a soma das perdas das posições; a perda de um texto \
+        é a média, que não cresce com o comprimento do texto.";
+    pub const LOSS_LAST_POSITION: &str = "a última linha dos logits prevê um token que o texto \
+        não tem: ela não entra na conta, e a média é sobre as outras posições.";
+    pub const LOSS_WRONG_AXIS: &str = "o softmax foi feito na dimensão errada: cada linha (uma \
+        posição) é uma distribuição sobre o vocabulário, então normalize ao longo das colunas.";
+    pub const LOSS_PROBABILITY: &str = "você usou a probabilidade do token certo; a perda é o \
+        logaritmo dela, com o sinal que a deixa positiva.";
+    pub const LOSS_SIGN: &str = "o sinal está trocado: log p é negativo (p < 1), e uma perda \
+        mede o erro, então é positiva.";
+    pub const LOSS_LOG_BASE: &str = "use o logaritmo natural (ln), o mesmo e^x do softmax.";
+    pub const LOSS_FORMULA: &str = "releia a definição: a média, sobre as posições que têm um \
+        próximo token, de −log da probabilidade que o modelo deu a esse próximo token.";
+}
+
+/// Exercise: the next-token loss (cross-entropy) of logits `[seq, V]` computed on `tokens`
+/// (`seq` ids): the mean over positions `i < seq − 1` of `−log softmax(z_i)[tokens[i + 1]]`.
+/// Any way of computing it passes (f64 or f32, candle's log-softmax or a loop); the known
+/// mistakes get their own hint.
+///
+/// ```
+/// use llm_lab::prelude::*;
+/// let report = check::next_token_loss(|logits: &Tensor, tokens: &[u32]| {
+///     let z = logits.to_vec2::<f32>()?;
+///     let mut total = 0.0;
+///     for (row, &next) in z.iter().zip(&tokens[1..]) {
+///         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+///         let log_sum = row.iter().map(|x| (x - max).exp()).sum::<f32>().ln() + max;
+///         total += log_sum - row[next as usize];
+///     }
+///     Ok(total / (tokens.len() - 1) as f32)
+/// });
+/// assert!(report.passed(), "{report}");
+/// ```
+pub fn next_token_loss(f: impl Fn(&Tensor, &[u32]) -> Result<f32>) -> Report {
+    let f = &f;
+    let cases = loss_cases()
+        .into_iter()
+        .map(|(z, tokens)| -> Case<'_> { Box::new(move || loss_case(f, &z, &tokens)) })
+        .collect();
+    report("perda do próximo token", cases)
+}
+
+/// Logits and the tokens they were computed on: a small vocabulary, then logits near 1000 (exp
+/// overflows), then a target 150 below the best logit (its probability is 0 in f32), then more
+/// positions than vocabulary entries (so the two axes differ).
+fn loss_cases() -> Vec<(Vec<Vec<f32>>, Vec<u32>)> {
+    let mut rng = crate::rng::Rng::new(2024);
+    let mut random = |seq: usize, vocab: usize, scale: f32, shift: f32| -> Vec<Vec<f32>> {
+        (0..seq)
+            .map(|_| {
+                (0..vocab)
+                    .map(|_| (rng.next_f64() as f32 * 2.0 - 1.0) * scale + shift)
+                    .collect()
+            })
+            .collect()
+    };
+    let small = random(4, 6, 2.0, 0.0);
+    let large = random(3, 5, 3.0, 1000.0);
+    let mut spread = random(3, 4, 1.0, 0.0);
+    spread[1][2] = -150.0; // position 1 predicts token 2: probability e^-150, 0 in f32
+    let long = random(9, 4, 1.5, 0.0);
+    vec![
+        (small, vec![0, 3, 1, 5]),
+        (large, vec![2, 4, 0]),
+        (spread, vec![1, 1, 2]),
+        (long, vec![3, 0, 1, 1, 2, 0, 3, 2, 1]),
+    ]
+}
+
+/// `−log softmax(row)[t]`, stable, in f64.
+fn nll(row: &[f32], t: usize) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let log_sum = row
+        .iter()
+        .map(|&x| (x as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
+    log_sum - row[t] as f64
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len() as f64
+}
+
+fn loss_case(
+    f: &dyn Fn(&Tensor, &[u32]) -> Result<f32>,
+    z: &[Vec<f32>],
+    tokens: &[u32],
+) -> Outcome {
+    let (seq, vocab) = (z.len(), z[0].len());
+    let flat: Vec<f32> = z.iter().flatten().copied().collect();
+    let logits = match Tensor::from_vec(flat, (seq, vocab), &Device::Cpu) {
+        Ok(t) => t,
+        Err(e) => return Outcome::Wrong(format!("erro interno do teste: {e}")),
+    };
+    let got = match f(&logits, tokens) {
+        Ok(x) => x as f64,
+        Err(e) => return Outcome::Wrong(format!("sua função devolveu um erro: {e}")),
+    };
+    let t = |i: usize| tokens[i] as usize;
+    let losses: Vec<f64> = (0..seq - 1).map(|i| nll(&z[i], t(i + 1))).collect();
+    let want = mean(&losses);
+    let same = |a: &f64, b: &f64| (a - b).abs() <= 1e-4 * b.abs().max(1.0);
+    if same(&got, &want) {
+        return Outcome::Ok;
+    }
+    let shown = format!("{seq} posições, vocabulário de {vocab}: obtido {got:.4}.");
+    if !got.is_finite() {
+        return Outcome::Wrong(format!("{shown} {}", hints::LOSS_NOT_FINITE));
+    }
+    let prob = |i: usize| (-nll(&z[i], t(i + 1))).exp();
+    let probs: Vec<f64> = (0..seq - 1).map(prob).collect();
+    // Softmax over the positions (axis 0) instead of the vocabulary.
+    let column: Vec<f64> = (0..seq - 1)
+        .map(|i| {
+            let col: Vec<f32> = z.iter().map(|row| row[t(i + 1)]).collect();
+            nll(&col, i)
+        })
+        .collect();
+    let mistakes = [
+        (
+            mean(&(0..seq - 1).map(|i| nll(&z[i], t(i))).collect::<Vec<_>>()),
+            hints::LOSS_NO_SHIFT,
+        ),
+        (
+            mean(&(0..seq).map(|i| nll(&z[i], t(i))).collect::<Vec<_>>()),
+            hints::LOSS_NO_SHIFT,
+        ),
+        (losses.iter().sum::<f64>(), hints::LOSS_SUM),
+        (
+            losses.iter().sum::<f64>() / seq as f64,
+            hints::LOSS_LAST_POSITION,
+        ),
+        (mean(&column), hints::LOSS_WRONG_AXIS),
+        (mean(&probs), hints::LOSS_PROBABILITY),
+        (-mean(&probs), hints::LOSS_PROBABILITY),
+        (
+            mean(&probs.iter().map(|p| 1.0 - p).collect::<Vec<_>>()),
+            hints::LOSS_PROBABILITY,
+        ),
+        (-want, hints::LOSS_SIGN),
+        (want / std::f64::consts::LN_2, hints::LOSS_LOG_BASE),
+        (want / std::f64::consts::LN_10, hints::LOSS_LOG_BASE),
+    ];
+    let hint = diagnose(&got, same, &mistakes, hints::LOSS_FORMULA);
+    Outcome::Wrong(format!("{shown} {hint}"))
 }
 
 /// The lecture's sample logit vector.

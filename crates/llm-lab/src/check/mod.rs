@@ -24,7 +24,7 @@ use llm_lab_shared::protocol;
 pub use lesson01::{attention, causal_mask, count_heads, count_kv_heads, multi_head};
 pub use lesson02::{block, count_layers, layer_norm};
 pub use lesson03::positional_encoding;
-pub use lesson04::{temperature, top_p, SAMPLE_LOGITS};
+pub use lesson04::{next_token_loss, temperature, top_p, SAMPLE_LOGITS};
 pub use lesson05::{generation_loop, inverse_cdf, temperature_loop, top_p_sample, window_loop};
 pub use protocol::{parse_hint_line, parse_report_line, HINT_PREFIX, REPORT_PREFIX};
 
