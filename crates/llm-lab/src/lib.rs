@@ -31,6 +31,7 @@ pub mod check;
 pub mod scratch;
 pub mod scripted;
 pub mod testing;
+pub mod train;
 // 4. Presentation: HTML and charts for the notebooks, on top of everything else.
 pub mod display;
 pub mod explorer;

@@ -19,7 +19,9 @@ use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 
 pub mod spm;
+mod train;
 use spm::{Spm, TokenKind};
+pub use train::END_OF_TEXT;
 
 /// Llama 3's pre-tokenizer pattern: contractions, words with one leading non-letter, numbers in
 /// groups of up to three digits, punctuation runs, newlines, other whitespace.

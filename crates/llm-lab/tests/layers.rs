@@ -11,7 +11,7 @@ fn layer(module: &str) -> Option<usize> {
         "error" | "models" | "threads" | "compare" | "rng" => 0,
         "gguf" | "model" | "tokenizer" => 1,
         "logits" | "sampling" | "generate" | "chat" => 2,
-        "scratch" | "scripted" | "check" | "testing" => 3,
+        "scratch" | "scripted" | "check" | "testing" | "train" => 3,
         "display" | "plot" | "explorer" => 4,
         _ => return None,
     })

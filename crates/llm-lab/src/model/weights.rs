@@ -543,6 +543,34 @@ impl Weights {
         })
     }
 
+    /// Weights from f32 tensors named as in GGUF (`blk.0.attn_q.weight`, …), shapes checked
+    /// against `config`: what a model trained in a notebook becomes. Q and K rows are in GGUF's
+    /// interleaved pairing.
+    pub(crate) fn from_tensors(
+        config: &Config,
+        mut tensors: HashMap<String, Tensor>,
+    ) -> Result<Self> {
+        let here = Path::new("(tensors in memory)");
+        check_shapes_by_name(here, config, Naming::Gguf, |name| {
+            tensors.get(name).map(|t| t.dims().to_vec())
+        })?;
+        Self::from_table(
+            config,
+            here,
+            Naming::Gguf,
+            RopeStyle::Interleaved,
+            |t, name| {
+                let Some(x) = tensors.remove(name) else {
+                    return Ok(None);
+                };
+                Ok(Some(match t.kind {
+                    Kind::Matrix => Loaded::Matrix(Linear::from_tensor(x)?),
+                    Kind::Gain => Loaded::Gain(x.to_dtype(DType::F32)?),
+                }))
+            },
+        )
+    }
+
     pub(crate) fn from_safetensors(
         files: &[std::path::PathBuf],
         config: &Config,
