@@ -2,6 +2,7 @@
 //! run (see `llm_lab_shared::args` for why xtask parses their arguments first).
 
 mod bench;
+mod bench_train;
 
 use std::process::ExitCode;
 
@@ -51,6 +52,7 @@ fn run(command: ModelCommand) -> Result<()> {
         ModelCommand::Tokenize(args) => tokenize(&args),
         ModelCommand::Generate(args) => generate(&args),
         ModelCommand::Bench(args) => bench::bench(&args),
+        ModelCommand::BenchTrain(args) => bench_train::bench_train(&args),
     }
 }
 

@@ -156,3 +156,107 @@ fn bench_reports_all_engines_as_json() {
         assert!(ratio > 0.0 && ratio < 1.5, "{v}");
     }
 }
+
+/// The JAX peer `cargo xtask bench-train` installs (`.venv-jax`), or `LLM_LAB_JAX_PYTHON`.
+fn jax_python() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("LLM_LAB_JAX_PYTHON") {
+        return Some(p.into());
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-jax/bin/python");
+    if venv.exists() {
+        return Some(venv);
+    }
+    llm_lab::testing::missing(
+        "bench_train_follows_its_peer_step_for_step",
+        "the JAX peer: run `cargo xtask bench-train` once (or set LLM_LAB_JAX_PYTHON)",
+    );
+    None
+}
+
+/// The course's loop and JAX train the same model from the same weights on the same batches:
+/// their losses agree step for step (here the first, the last and the validation loss), which
+/// checks the forward pass, the gradients and AdamW against an independent implementation.
+#[test]
+fn bench_train_follows_its_peer_step_for_step() {
+    let Some(python) = jax_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench-train.json");
+    let notebooks = concat!(env!("CARGO_MANIFEST_DIR"), "/../../notebooks");
+    let (out, err, ok) = llm_lab(&[
+        "bench-train",
+        "--corpus",
+        notebooks,
+        "--steps",
+        "12",
+        "--layers",
+        "2",
+        "--d-model",
+        "32",
+        "--vocab",
+        "320",
+        "--window",
+        "16",
+        "--batch",
+        "4",
+        "--python",
+        python.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("llm-lab / JAX"), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let engines = v["engines"].as_array().unwrap();
+    assert_eq!(engines.len(), 2);
+    let (ours, peer) = (&engines[0], &engines[1]);
+    for key in ["first_loss", "last_loss", "valid_loss"] {
+        let (a, b) = (ours[key].as_f64().unwrap(), peer[key].as_f64().unwrap());
+        // Equal to f32 rounding (a few 1e-7 measured); a RoPE pairing that differs shows
+        // as about 1e-4 after these steps.
+        assert!((a - b).abs() < 1e-5, "{key}: llm-lab {a}, JAX {b}");
+    }
+    // Training moved the weights: the last loss is not the first.
+    let first = ours["first_loss"].as_f64().unwrap();
+    assert!(ours["last_loss"].as_f64().unwrap() < first - 0.01, "{ours}");
+    assert!(ours["tokens_per_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_train_refuses_a_missing_corpus_and_a_peer_that_fails() {
+    let (_, err, ok) = llm_lab(&[
+        "bench-train",
+        "--corpus",
+        "/no/such/file.txt",
+        "--steps",
+        "2",
+    ]);
+    assert!(!ok && err.contains("/no/such/file.txt"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("c.txt");
+    std::fs::write(
+        &corpus,
+        "o gato subiu no telhado e desceu do telhado. ".repeat(40),
+    )
+    .unwrap();
+    let (_, err, ok) = llm_lab(&[
+        "bench-train",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--layers",
+        "1",
+        "--d-model",
+        "16",
+        "--vocab",
+        "270",
+        "--window",
+        "8",
+        "--batch",
+        "2",
+        "--python",
+        "/bin/false",
+    ]);
+    assert!(!ok && err.contains("JAX peer failed"), "{err}");
+}

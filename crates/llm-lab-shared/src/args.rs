@@ -27,6 +27,44 @@ pub enum ModelCommand {
     Generate(GenerateArgs),
     /// Tokens/s and peak memory: glass-box (tracing off/on) vs candle's quantized_llama (and llama.cpp)
     Bench(BenchArgs),
+    /// Training tokens/s and losses: the course's tiny transformer vs the same model in JAX
+    BenchTrain(BenchTrainArgs),
+}
+
+/// `bench-train`: the same model, data, initial weights and optimiser trained by the course's
+/// loop and by a peer.
+#[derive(Args, Debug, Clone)]
+pub struct BenchTrainArgs {
+    /// The text to train on: a file, or a folder of notebooks whose Markdown cells are used
+    #[arg(long, value_name = "PATH", default_value = "notebooks")]
+    pub corpus: PathBuf,
+    /// Training steps (the first one, JAX's compilation, is not timed)
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub steps: usize,
+    /// Windows per batch
+    #[arg(long, value_name = "N", default_value_t = 12)]
+    pub batch: usize,
+    /// Tokens per window (the model's context)
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub window: usize,
+    /// Pieces of the BPE vocabulary learnt from the corpus
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub vocab: usize,
+    /// Layers of the model
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub layers: usize,
+    /// Width of the model (4 heads)
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub d_model: usize,
+    /// Threads for each engine
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub threads: usize,
+    /// The Python with JAX that runs the peer (`cargo xtask bench-train` makes one)
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// Also write the results as JSON to this file
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 /// `--model NAME|PATH`, shared by the commands that load a model.

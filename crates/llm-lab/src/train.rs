@@ -350,15 +350,37 @@ impl Batches {
 
     /// `(xs, ys)`, both `[batch, window]`: `ys` is `xs` one token further on.
     pub fn next_batch(&mut self) -> Result<(Tensor, Tensor)> {
+        let starts = self.next_starts();
+        self.batch_at(&starts)
+    }
+
+    /// Where the next batch's windows start (what [`Batches::next_batch`] would draw), so that
+    /// another trainer can be given the very same batches.
+    pub fn next_starts(&mut self) -> Vec<usize> {
         let starts = self.tokens.len() - self.window; // a window and its next token fit
-        let mut xs = Vec::with_capacity(self.batch * self.window);
-        let mut ys = Vec::with_capacity(self.batch * self.window);
-        for _ in 0..self.batch {
-            let s = (self.rng.next_u64() % starts as u64) as usize;
-            xs.extend_from_slice(&self.tokens[s..s + self.window]);
-            ys.extend_from_slice(&self.tokens[s + 1..s + 1 + self.window]);
+        (0..self.batch)
+            .map(|_| (self.rng.next_u64() % starts as u64) as usize)
+            .collect()
+    }
+
+    /// The windows starting at `starts`, and their next tokens.
+    pub fn batch_at(&self, starts: &[usize]) -> Result<(Tensor, Tensor)> {
+        let mut xs = Vec::with_capacity(starts.len() * self.window);
+        let mut ys = Vec::with_capacity(starts.len() * self.window);
+        for &s in starts {
+            let (Some(x), Some(y)) = (
+                self.tokens.get(s..s + self.window),
+                self.tokens.get(s + 1..s + 1 + self.window),
+            ) else {
+                return Err(Error::invalid(format!(
+                    "a window at {s} runs past the {} tokens",
+                    self.tokens.len()
+                )));
+            };
+            xs.extend_from_slice(x);
+            ys.extend_from_slice(y);
         }
-        let shape = (self.batch, self.window);
+        let shape = (starts.len(), self.window);
         Ok((
             Tensor::from_vec(xs, shape, &Device::Cpu)?,
             Tensor::from_vec(ys, shape, &Device::Cpu)?,

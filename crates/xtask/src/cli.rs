@@ -193,7 +193,12 @@ pub fn run(command: Option<Command>) -> Result<()> {
         return Ok(());
     };
     match command {
-        Command::Model(_) => forward_to_model_commands(),
+        // The training benchmark's peer is installed here, so the model command finds it.
+        Command::Model(ModelCommand::BenchTrain(a)) if a.python.is_none() => {
+            let python = crate::peers::jax_python()?;
+            forward_to_model_commands(&["--python".into(), python.into_os_string()])
+        }
+        Command::Model(_) => forward_to_model_commands(&[]),
         Command::Setup => crate::lab::setup(),
         Command::Lab(args) => crate::lab::lab(&args),
         Command::Notebooks { names } => crate::notebooks::notebooks(&names),
@@ -212,7 +217,7 @@ pub fn run(command: Option<Command>) -> Result<()> {
 /// Runs a model command (already parsed here, so its options are known good) in the
 /// `llm-lab` binary, which cargo builds on first use (minutes on a new machine: cargo's lines show
 /// it) — xtask itself does not link the model.
-fn forward_to_model_commands() -> Result<()> {
+fn forward_to_model_commands(extra: &[std::ffi::OsString]) -> Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .and_then(|p| p.parent())
@@ -220,6 +225,7 @@ fn forward_to_model_commands() -> Result<()> {
     let status = std::process::Command::new(env!("CARGO"))
         .args(["run", "--package", "llm-lab-cli", "--bin", "llm-lab", "--"])
         .args(std::env::args_os().skip(1))
+        .args(extra)
         .current_dir(root)
         .status()
         .context("cannot start cargo to run the model command")?;
@@ -286,7 +292,14 @@ mod tests {
     #[test]
     fn every_model_command_is_listed() {
         let cli = Cli::command();
-        for name in ["fetch", "inspect", "tokenize", "generate", "bench"] {
+        for name in [
+            "fetch",
+            "inspect",
+            "tokenize",
+            "generate",
+            "bench",
+            "bench-train",
+        ] {
             assert!(cli.find_subcommand(name).is_some(), "{name}");
         }
     }

@@ -8,6 +8,7 @@ mod cli;
 mod grade;
 mod lab;
 mod notebooks;
+mod peers;
 mod process;
 mod test;
 mod test_users;

@@ -62,7 +62,9 @@ pub fn test(args: &TestArgs) -> Result<()> {
         run_step(
             "fetch the models",
             Command::new(env!("CARGO")).args(["xtask", "fetch"]),
-        )
+        )?;
+        // The training benchmark's peer, which the `llm-lab` binary's tests train against.
+        crate::peers::jax_python().map(|_| ())
     };
     let done = before_the_kernel();
     // Whatever happened, the kernel's build ends before this command does.
