@@ -110,6 +110,7 @@ pub fn bench_train(args: &BenchTrainArgs) -> Result<()> {
         d_mlp: 4 * args.d_model,
         n_ctx: args.window,
         seed: 1,
+        ..TinyGptSpec::default()
     };
     let gpt = TinyGpt::new(&spec, &tokenizer)?;
     let mut train = Batches::new(train_ids.clone(), args.batch, args.window, 1)?;

@@ -39,6 +39,23 @@ pub struct TinyGptSpec {
     pub n_ctx: usize,
     /// Seed of the initial weights.
     pub seed: u64,
+    /// Where each block normalises (the lecture's post-norm, Llama's pre-norm, or nowhere).
+    pub norm: NormPlacement,
+    /// Whether each sub-layer's output is added to its input (the residual connection) or
+    /// replaces it.
+    pub residual: bool,
+}
+
+/// Where a block's RMSNorm sits, for the lecture's claim that residual connections and
+/// normalisation "facilitam a convergência".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormPlacement {
+    /// `x + f(norm(x))`: Llama's and Gemma's blocks (and the glass box's).
+    Pre,
+    /// `norm(x + f(x))`: the lecture's block (the original Transformer's).
+    Post,
+    /// No normalisation in the blocks.
+    None,
 }
 
 impl Default for TinyGptSpec {
@@ -50,6 +67,8 @@ impl Default for TinyGptSpec {
             d_mlp: 512,
             n_ctx: 64,
             seed: 1,
+            norm: NormPlacement::Pre,
+            residual: true,
         }
     }
 }
@@ -99,6 +118,8 @@ impl TinyGptSpec {
 pub struct TinyGpt {
     /// Its shape, as the glass box reads it.
     pub config: Config,
+    /// Its size and block layout.
+    pub spec: TinyGptSpec,
     /// Its parameters, named as in GGUF (`blk.0.attn_q.weight`, …).
     pub varmap: VarMap,
 }
@@ -161,7 +182,11 @@ impl TinyGpt {
                 data.insert(t.gguf_name(l), Var::from_tensor(&x)?);
             }
         }
-        Ok(TinyGpt { config, varmap })
+        Ok(TinyGpt {
+            config,
+            spec: spec.clone(),
+            varmap,
+        })
     }
 
     /// Number of parameters.
@@ -204,30 +229,52 @@ impl TinyGpt {
         let mask = causal_mask(t)?; // [T, T]: 0 or −∞
         for l in 0..c.n_layers {
             let w = |s: Slot| p.get(s, Some(l), c);
-            // Attention sub-layer, pre-norm: x + Attn(RMSNorm(x)).
-            let hn = rms_norm(&x, w(Slot::AttnNorm)?, eps)?; // [B, T, D]
-            let heads = |m: &Tensor| -> Result<Tensor> {
-                Ok(linear(&hn, m)?
-                    .reshape((b, t, h, d))?
-                    .transpose(1, 2)?
-                    .contiguous()?) // [B, H, T, d]
+            let attention = |x: &Tensor| -> Result<Tensor> {
+                let heads = |m: &Tensor| -> Result<Tensor> {
+                    Ok(linear(x, m)?
+                        .reshape((b, t, h, d))?
+                        .transpose(1, 2)?
+                        .contiguous()?) // [B, H, T, d]
+                };
+                let q = rotate(&heads(w(Slot::Wq)?)?, &cos, &sin)?; // [B, H, T, d]
+                let k = rotate(&heads(w(Slot::Wk)?)?, &cos, &sin)?; // [B, H, T, d]
+                let v = heads(w(Slot::Wv)?)?; // [B, H, T, d]
+                let scores = (q.matmul(&k.t()?.contiguous()?)? / (d as f64).sqrt())?; // [B, H, T, T]
+                let pattern = softmax(&scores.broadcast_add(&mask)?)?; // rows sum to 1
+                let z = pattern.matmul(&v)?; // [B, H, T, d]
+                let z = z.transpose(1, 2)?.reshape((b, t, h * d))?; // [B, T, H·d]
+                linear(&z, w(Slot::Wo)?) // [B, T, D]
             };
-            let q = rotate(&heads(w(Slot::Wq)?)?, &cos, &sin)?; // [B, H, T, d]
-            let k = rotate(&heads(w(Slot::Wk)?)?, &cos, &sin)?; // [B, H, T, d]
-            let v = heads(w(Slot::Wv)?)?; // [B, H, T, d]
-            let scores = (q.matmul(&k.t()?.contiguous()?)? / (d as f64).sqrt())?; // [B, H, T, T]
-            let pattern = softmax(&scores.broadcast_add(&mask)?)?; // rows sum to 1
-            let z = pattern.matmul(&v)?; // [B, H, T, d]
-            let z = z.transpose(1, 2)?.reshape((b, t, h * d))?; // [B, T, H·d]
-            x = (x + linear(&z, w(Slot::Wo)?)?)?;
-            // MLP sub-layer, pre-norm: x + W_down(SiLU(W_gate h) ⊙ W_up h).
-            let hn = rms_norm(&x, w(Slot::MlpNorm)?, eps)?;
-            let gate = linear(&hn, w(Slot::Gate)?)?.silu()?; // [B, T, d_mlp]
-            let up = linear(&hn, w(Slot::Up)?)?;
-            x = (x + linear(&(gate * up)?, w(Slot::Down)?)?)?;
+            // W_down(SiLU(W_gate x) ⊙ W_up x)
+            let mlp = |x: &Tensor| -> Result<Tensor> {
+                let gate = linear(x, w(Slot::Gate)?)?.silu()?; // [B, T, d_mlp]
+                let up = linear(x, w(Slot::Up)?)?;
+                linear(&(gate * up)?, w(Slot::Down)?) // [B, T, D]
+            };
+            x = self.sublayer(&x, w(Slot::AttnNorm)?, attention)?;
+            x = self.sublayer(&x, w(Slot::MlpNorm)?, mlp)?;
         }
         let x = rms_norm(&x, p.get(Slot::FinalNorm, None, c)?, eps)?;
         linear(&x, embed) // [B, T, V], the output reuses the embeddings
+    }
+
+    /// One sub-layer `f` with its norm and residual connection, as the spec places them:
+    /// pre-norm `x + f(norm(x))` (Llama), post-norm `norm(x + f(x))` (the lecture), and
+    /// without the residual connection `f(norm(x))` or `norm(f(x))`.
+    fn sublayer(
+        &self,
+        x: &Tensor,
+        gain: &Tensor,
+        f: impl Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let eps = self.config.rms_norm_eps;
+        let add =
+            |y: Tensor| -> Result<Tensor> { Ok(if self.spec.residual { (x + y)? } else { y }) };
+        match self.spec.norm {
+            NormPlacement::Pre => add(f(&rms_norm(x, gain, eps)?)?),
+            NormPlacement::Post => rms_norm(&add(f(x)?)?, gain, eps),
+            NormPlacement::None => add(f(x)?),
+        }
     }
 
     /// The mean next-token loss of windows `xs` whose next tokens are `ys` (both `[B, T]`).
@@ -241,8 +288,14 @@ impl TinyGpt {
     }
 
     /// The trained model as the glass box reads it, with `tokenizer` (the one it was trained
-    /// with): a copy, so training on does not change it.
+    /// with): a copy, so training on does not change it. Only the pre-norm block with residual
+    /// connections (the default) is the glass box's Llama.
     pub fn to_model(&self, tokenizer: &Tokenizer) -> Result<Model> {
+        if self.spec.norm != NormPlacement::Pre || !self.spec.residual {
+            return Err(Error::invalid(
+                "only the pre-norm block with residual connections is a Llama that the glass box runs; this variant trains, but cannot become a Model",
+            ));
+        }
         let tensors = self
             .params()?
             .0

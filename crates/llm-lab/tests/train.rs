@@ -4,7 +4,7 @@
 
 use candle_core::{Device, IndexOp, Tensor};
 use llm_lab::tokenizer::{Tokenizer, END_OF_TEXT};
-use llm_lab::train::{Batches, TinyGpt, TinyGptSpec, Trainer};
+use llm_lab::train::{Batches, NormPlacement, TinyGpt, TinyGptSpec, Trainer};
 use llm_lab::Model;
 
 /// A small corpus with a lot of regularity, so that a few dozen steps learn something.
@@ -28,6 +28,7 @@ fn small() -> TinyGptSpec {
         d_mlp: 64,
         n_ctx: 24,
         seed: 7,
+        ..TinyGptSpec::default()
     }
 }
 
@@ -168,4 +169,50 @@ fn a_trained_tokenizer_merges_the_corpus_s_frequent_pairs_first() {
     let eot = tok.token_id(END_OF_TEXT).unwrap();
     assert_eq!(tok.encode(END_OF_TEXT).unwrap(), vec![eot]);
     assert!(Tokenizer::train_bpe(&["abc"], 100).is_err());
+}
+
+/// The lecture's convergence experiment runs: every block layout with a residual connection or
+/// a norm trains (its loss falls), one with neither does not, the layouts compute different
+/// things, and only Llama's layout becomes a glass-box model.
+#[test]
+fn every_block_layout_trains_and_only_llama_s_is_a_glass_box_model() {
+    let (tok, ids) = setup();
+    let x = Tensor::new(&ids[..12], &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let reference = TinyGpt::new(&small(), &tok).unwrap().forward(&x).unwrap();
+    for norm in [NormPlacement::Pre, NormPlacement::Post, NormPlacement::None] {
+        for residual in [true, false] {
+            let spec = TinyGptSpec {
+                norm,
+                residual,
+                ..small()
+            };
+            let gpt = TinyGpt::new(&spec, &tok).unwrap();
+            let is_llama = norm == NormPlacement::Pre && residual;
+            let out = gpt.forward(&x).unwrap();
+            assert_eq!(
+                max_diff(&out, &reference) == 0.0,
+                is_llama,
+                "{norm:?} {residual}"
+            );
+            assert_eq!(gpt.to_model(&tok).is_ok(), is_llama, "{norm:?} {residual}");
+            let mut batches = Batches::new(ids.clone(), 8, 16, 3).unwrap();
+            let mut trainer = Trainer::new(gpt, 3e-3).unwrap();
+            let mut losses = vec![];
+            for _ in 0..30 {
+                let (xs, ys) = batches.next_batch().unwrap();
+                losses.push(trainer.step(&xs, &ys).unwrap());
+            }
+            let (first, last) = (losses[0], losses[29]);
+            if norm == NormPlacement::None && !residual {
+                // Measured: with neither, the small initial weights shrink the signal layer
+                // after layer, the output is the same for every input and nothing trains.
+                assert!((last - first).abs() < 1e-3, "{first} → {last}");
+            } else {
+                assert!(last < first - 0.05, "{norm:?} {residual}: {first} → {last}");
+            }
+        }
+    }
 }
