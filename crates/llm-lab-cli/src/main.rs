@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_train;
+mod corpus;
 
 use std::process::ExitCode;
 
@@ -53,6 +54,7 @@ fn run(command: ModelCommand) -> Result<()> {
         ModelCommand::Generate(args) => generate(&args),
         ModelCommand::Bench(args) => bench::bench(&args),
         ModelCommand::BenchTrain(args) => bench_train::bench_train(&args),
+        ModelCommand::Corpus(args) => corpus::corpus(&args),
     }
 }
 

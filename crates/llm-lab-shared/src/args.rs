@@ -29,6 +29,28 @@ pub enum ModelCommand {
     Bench(BenchArgs),
     /// Training tokens/s and losses: the course's tiny transformer vs the same model in JAX
     BenchTrain(BenchTrainArgs),
+    /// Write the training lesson's Portuguese stories with Gemma 3 270M (about an hour)
+    Corpus(CorpusArgs),
+}
+
+/// `corpus`: the stories, where they go, and how many.
+#[derive(Args, Debug, Clone)]
+pub struct CorpusArgs {
+    /// The model that writes them
+    #[arg(long, value_name = "NAME|PATH", default_value = "gemma-3-270m")]
+    pub model: String,
+    /// The folder of treino.txt, validacao.txt, PROVENANCE.md
+    #[arg(long, value_name = "DIR", default_value = "data/corpus")]
+    pub out: PathBuf,
+    /// Stop once the kept stories hold this many kilobytes
+    #[arg(long, value_name = "KB", default_value_t = 500)]
+    pub target_kb: usize,
+    /// Only the first N kept stories (a test regenerates them)
+    #[arg(long, value_name = "N")]
+    pub first: Option<usize>,
+    /// Give up after sampling this many stories
+    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    pub max_stories: usize,
 }
 
 /// `bench-train`: the same model, data, initial weights and optimiser trained by the course's
