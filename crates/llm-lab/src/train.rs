@@ -311,6 +311,38 @@ impl TinyGpt {
     }
 }
 
+/// Keeps the memory a training step frees for the next step. A step allocates and frees the
+/// same large tensors (scores, logits, their gradients) every time; glibc hands allocations
+/// above 128 KB to the kernel and takes them back, and every fresh page then faults and is
+/// zeroed: a fifth of a step's time in `cargo xtask bench-train`. Raising the thresholds keeps
+/// them in the heap (the process keeps its peak; a notebook that trains holds it anyway).
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_TOP_PAD: i32 = -2;
+        const M_MMAP_THRESHOLD: i32 = -3;
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            for (param, value) in [
+                (M_MMAP_THRESHOLD, 32 << 20),
+                (M_TRIM_THRESHOLD, 1 << 30),
+                (M_TOP_PAD, 64 << 20),
+            ] {
+                // SAFETY: mallopt only sets glibc's allocator parameters; these are within its
+                // documented ranges (32 MiB is M_MMAP_THRESHOLD's maximum on 64-bit), and it
+                // returns 0 without effect otherwise.
+                unsafe {
+                    mallopt(param, value);
+                }
+            }
+        });
+    }
+}
+
 /// A standard normal number (Box–Muller), from the course's seeded generator.
 fn normal(rng: &mut Rng) -> f64 {
     let u = rng.next_f64().max(f64::MIN_POSITIVE);
@@ -318,9 +350,14 @@ fn normal(rng: &mut Rng) -> f64 {
     (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
 }
 
-/// `x · Wᵀ`: `[B, T, in] → [B, T, out]`.
+/// `x · Wᵀ`: `[B, T, in] → [B, T, out]`, as one `[B·T, in] × [in, out]` product (a broadcast
+/// product would copy W per window, and its gradient sum them back).
 fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    Ok(x.broadcast_matmul(&w.t()?)?)
+    let (b, t, i) = x.dims3()?;
+    let out = w.dim(0)?;
+    Ok(x.reshape((b * t, i))?
+        .matmul(&w.t()?)?
+        .reshape((b, t, out))?)
 }
 
 /// RMSNorm over the last dimension, `x / √(mean(x²) + ε) · g`.
@@ -453,6 +490,7 @@ pub struct Trainer {
 impl Trainer {
     /// AdamW at learning rate `lr` (nanoGPT's recipe: 1e-3, β₂ 0.99, weight decay 0.1).
     pub fn new(model: TinyGpt, lr: f64) -> Result<Self> {
+        keep_freed_memory();
         let params = ParamsAdamW {
             lr,
             beta1: 0.9,
