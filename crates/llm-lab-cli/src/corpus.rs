@@ -26,6 +26,7 @@ const VALIDATION_EVERY: usize = 10;
 /// The openings, taken in turn; story `i` starts with opening `i % len` and is sampled with
 /// seed `i`.
 pub const OPENINGS: &[&str] = &[
+    // The lecture's own example sentence, kept as it is.
     "Certa vez, ele resolveu que não seria",
     "Era uma vez uma menina que morava perto do rio e",
     "Naquela manhã de inverno, o velho pescador",
@@ -37,7 +38,7 @@ pub const OPENINGS: &[&str] = &[
     "O trem atrasou três horas, e por isso",
     "Depois de muitos anos longe de casa, Pedro voltou e",
     "A padaria da esquina abria antes do sol, e o padeiro",
-    "Certa noite, um barulho estranho veio do quintal:",
+    "No meio da noite, um barulho estranho veio do quintal, e",
     "O menino guardava numa caixa de sapatos",
     "Todos os sábados, a família se reunia para",
     "A professora escreveu uma única palavra no quadro:",
@@ -51,14 +52,14 @@ pub const OPENINGS: &[&str] = &[
     "Certa vez, um rei muito vaidoso mandou que",
     "Quando a luz acabou na cidade inteira,",
     "O jardineiro plantou uma semente diferente e",
-    "Ela abriu a janela e viu que a rua",
+    "Marina abriu a janela e viu que a rua",
     "Meu irmão mais novo jurava que tinha visto",
     "No fundo da gaveta, havia uma fotografia antiga:",
     "O circo chegou à cidade numa terça-feira, e",
     "Foi numa tarde quente de janeiro que",
-    "O sapateiro consertava sapatos e ouvia histórias:",
+    "Enquanto consertava sapatos, o velho sapateiro ouvia as histórias dos fregueses, e",
     "A biblioteca fechava às seis, mas naquele dia",
-    "Os dois amigos apostaram quem chegaria primeiro ao topo da serra, e",
+    "Os dois amigos apostaram para ver quem chegaria primeiro ao topo da serra, e",
     "Ninguém acreditou quando a galinha",
     "Depois da tempestade, a praia amanheceu coberta de",
     "O médico da vila atendia a todos, mesmo quando",

@@ -42,26 +42,31 @@ pub mod hints {
     pub const TOP_P_RULE: &str =
         "ordene por probabilidade decrescente e acumule até a soma chegar a p.";
 
-    pub const LOSS_NO_SHIFT: &str = "a linha i dos logits foi calculada lendo os tokens até i e \
-        prevê o token seguinte: compare cada linha com o token uma posição à frente, não com o \
-        que ela acabou de ler.";
-    pub const LOSS_NOT_FINITE: &str = "apareceu NaN ou infinito: com logits grandes exp estoura, \
-        e uma probabilidade minúscula vira 0 no f32 (log 0 = −∞). Não passe pela probabilidade: \
-        log softmax(z)_t = z_t − log Σ_j exp(z_j), e log Σ exp fica estável se você subtrair o \
-        maior logit antes.";
-    pub const LOSS_SUM: &str = "esse valor é a soma das perdas das posições; a perda de um texto \
-        é a média, que não cresce com o comprimento do texto.";
-    pub const LOSS_LAST_POSITION: &str = "a última linha dos logits prevê um token que o texto \
-        não tem: ela não entra na conta, e a média é sobre as outras posições.";
-    pub const LOSS_WRONG_AXIS: &str = "o softmax foi feito na dimensão errada: cada linha (uma \
-        posição) é uma distribuição sobre o vocabulário, então normalize ao longo das colunas.";
-    pub const LOSS_PROBABILITY: &str = "você usou a probabilidade do token certo; a perda é o \
-        logaritmo dela, com o sinal que a deixa positiva.";
-    pub const LOSS_SIGN: &str = "o sinal está trocado: log p é negativo (p < 1), e uma perda \
-        mede o erro, então é positiva.";
-    pub const LOSS_LOG_BASE: &str = "use o logaritmo natural (ln), o mesmo e^x do softmax.";
-    pub const LOSS_FORMULA: &str = "releia a definição: a média, sobre as posições que têm um \
-        próximo token, de −log da probabilidade que o modelo deu a esse próximo token.";
+    // The loss hints start with a capital: the report puts them after a full sentence.
+    pub const LOSS_NO_SHIFT: &str = "Você comparou a linha i com o token i. Essa linha foi \
+        calculada lendo os tokens até i e prevê o seguinte: compare-a com o token da posição \
+        seguinte, não com o que ela acabou de ler.";
+    pub const LOSS_NOT_FINITE: &str = "Apareceu NaN ou infinito: exp de logits grandes estoura o \
+        f32, e uma probabilidade minúscula vira 0 (log 0 = −∞). Calcule o log direto, \
+        log softmax(z)_t = z_t − log Σ_j exp(z_j), depois de subtrair de z o maior logit da \
+        linha (nada muda).";
+    pub const LOSS_SUM: &str = "Esse valor é a soma das perdas de todas as posições; a perda do \
+        texto é a média, que não cresce com o comprimento.";
+    pub const LOSS_LAST_POSITION: &str = "Conte quantas perdas você somou: a última linha dos \
+        logits não tem próximo token no texto, então ela não entra nem na soma nem na contagem \
+        da média.";
+    pub const LOSS_WRONG_AXIS: &str = "O softmax foi feito na dimensão errada: cada linha (uma \
+        posição) deve virar uma distribuição sobre o vocabulário. Normalize dentro de cada \
+        linha (a última dimensão), não entre posições.";
+    pub const LOSS_PROBABILITY: &str = "Você usou a probabilidade do próximo token (ou 1 − p) \
+        como perda; a perda é o logaritmo dessa probabilidade, com o sinal que a deixa positiva.";
+    pub const LOSS_SIGN: &str = "O sinal está trocado: log p ≤ 0 (pois p ≤ 1), e a perda mede o \
+        erro, então não pode ser negativa.";
+    pub const LOSS_LOG_BASE: &str = "A base do logaritmo está errada (2 ou 10?): use o \
+        logaritmo natural (ln, base e), o inverso da exp usada no softmax.";
+    pub const LOSS_FORMULA: &str = "Releia a definição: para cada posição que tem um próximo \
+        token, calcule −log da probabilidade que o modelo deu a esse token; a perda é a média \
+        desses valores.";
 }
 
 /// Exercise: the next-token loss (cross-entropy) of logits `[seq, V]` computed on `tokens`
@@ -157,7 +162,7 @@ fn loss_case(
     if same(&got, &want) {
         return Outcome::Ok;
     }
-    let shown = format!("{seq} posições, vocabulário de {vocab}: obtido {got:.4}.");
+    let shown = format!("{seq} posições, vocabulário de {vocab} tokens: obtido {got:.4}.");
     if !got.is_finite() {
         return Outcome::Wrong(format!("{shown} {}", hints::LOSS_NOT_FINITE));
     }
