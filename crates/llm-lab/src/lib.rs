@@ -66,8 +66,7 @@ pub mod prelude {
     pub use crate::plot::{self, Figure};
     pub use crate::rng::Rng;
     pub use crate::sampling::{Sampler, SamplerConfig};
-    pub use crate::scratch::{self, HeadWeights};
+    pub use crate::scratch::{self, softmax_last_dim, HeadWeights};
     pub use crate::tokenizer::Tokenizer;
     pub use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
-    pub use candle_nn::ops::softmax_last_dim;
 }

@@ -8,6 +8,24 @@ use candle_core::{DType, Device, Tensor, D};
 
 use crate::error::{Error, Result};
 
+/// Softmax over the last dimension, `exp(x_i − max) / Σ_j exp(x_j − max)` per row, for a tensor
+/// of any layout: candle's kernel (`candle_nn::ops::softmax_last_dim`) refuses a transposed or
+/// sliced tensor ("input has to be contiguous"), a message that says nothing about the maths; this
+/// one makes the rows contiguous first. The prelude exports this one.
+///
+/// ```
+/// use llm_lab::prelude::*;
+/// let scores = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &Device::Cpu)?;
+/// let by_columns = softmax_last_dim(&scores.t()?)?; // a transposed view: rows are columns
+/// let rows = by_columns.to_vec2::<f32>()?;
+/// assert!((rows[0][0] + rows[0][1] - 1.0).abs() < 1e-6);
+/// assert!(rows[0][1] > rows[0][0]); // exp(3) > exp(1)
+/// # Ok::<(), llm_lab::Error>(())
+/// ```
+pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
+    candle_nn::ops::softmax_last_dim(&x.contiguous()?)
+}
+
 /// Attention weights `softmax(Q Kᵀ / √d)`: `[n, d] × [m, d] → [n, m]`, each row sums to 1.
 /// With `causal`, query `i` only sees keys `0..=i` (the future gets weight 0).
 pub fn attention_weights(q: &Tensor, k: &Tensor, causal: bool) -> Result<Tensor> {
@@ -30,7 +48,7 @@ pub fn attention_weights(q: &Tensor, k: &Tensor, causal: bool) -> Result<Tensor>
     } else {
         scores
     };
-    Ok(candle_nn::ops::softmax_last_dim(&scores)?)
+    Ok(softmax_last_dim(&scores)?)
 }
 
 /// Scaled dot-product attention `softmax(Q Kᵀ / √d) V`: `[n, d], [m, d], [m, dv] → [n, dv]`.

@@ -617,3 +617,19 @@ fn positional_encoding_check_names_each_mistake() {
         "forma",
     );
 }
+
+/// A correct attention that computes its scores as `(K Qᵀ)ᵀ` hands a transposed view to the
+/// prelude's `softmax_last_dim`: it passes, instead of failing with candle's "input has to be
+/// contiguous", which names no mistake of the student's.
+#[test]
+fn attention_with_a_transposed_score_matrix_passes() {
+    use llm_lab::prelude::softmax_last_dim;
+    assert_passed(check::attention(|q, k, v| {
+        let scores = (k.matmul(&q.t()?)?.t()? / sqrt_d(q))?; // a view, not contiguous
+        Ok(softmax_last_dim(&scores)?.matmul(v)?)
+    }));
+    // candle's own kernel refuses that view: the reason the prelude has its own.
+    let q = Tensor::new(&[[1f32, 0.0], [0.0, 1.0]], &Device::Cpu).unwrap();
+    let view = q.matmul(&q.t().unwrap()).unwrap().t().unwrap();
+    assert!(candle_nn::ops::softmax_last_dim(&view).is_err());
+}
