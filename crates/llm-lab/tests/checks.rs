@@ -372,12 +372,11 @@ fn temperature_loop_check() {
         check::temperature_loop(|m, p, n, _, s| sampled_loop(m, p, n, 0.0, s, |z, _| z)),
         "argmax",
     );
-    // Ignores the seed (a fresh random seed every call).
+    // Ignores the seed (a different seed every call). A counter, not the clock: two calls in
+    // the same clock tick would get the same seed and pass as seeded.
+    let calls = std::sync::atomic::AtomicU64::new(1);
     let unseeded = |m: &dyn LanguageModel, p: &[u32], n: usize, t: f32, _s: u64| {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
+        let seed = calls.fetch_add(7_919, std::sync::atomic::Ordering::Relaxed);
         sampled_loop(m, p, n, t, seed, |z, t| z / t)
     };
     assert_rejected(check::temperature_loop(unseeded), "semente");
