@@ -121,7 +121,7 @@ fn quantized_llama(path: &std::path::Path) -> Result<Run> {
 
 /// The machine's load averages over 1, 5 and 15 minutes (`/proc/loadavg`), as `uptime` prints
 /// them: on a shared machine they say how much the numbers beside them can be trusted.
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))

@@ -12,6 +12,8 @@ use llm_lab::tokenizer::{Tokenizer, END_OF_TEXT};
 use llm_lab::train::{Batches, TinyGpt, TinyGptSpec, Trainer};
 use llm_lab_shared::args::BenchTrainArgs;
 
+use crate::bench::load_average;
+
 /// The peer's script, written next to the run's data.
 const JAX_SCRIPT: &str = include_str!("bench_train_jax.py");
 /// nanoGPT's CPU recipe.
@@ -220,7 +222,7 @@ pub fn bench_train(args: &BenchTrainArgs) -> Result<()> {
         );
     }
     println!(
-        "MFU: model FLOPs ({:.1} MFLOP per step) per second over {} threads × {} MHz × 32 f32 FLOP per cycle; load average {load_before:.2} before, {load_after:.2} after",
+        "MFU: model FLOPs ({:.1} MFLOP per step) per second over {} threads × {} MHz × 32 f32 FLOP per cycle; load average {load_before} before, {load_after} after",
         flops / 1e6,
         args.threads,
         mhz.map_or("?".into(), |m| format!("{m:.0}"))
@@ -279,12 +281,4 @@ fn run_jax(python: &Path, script: &Path, run: &Path, threads: usize) -> Result<R
         valid_loss: num("valid_loss")?,
         setup_s: num("compile_s")?,
     })
-}
-
-/// The 1-minute load average, to tell a quiet machine from a busy one.
-fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(f64::NAN)
 }

@@ -155,20 +155,10 @@ impl Tokenizer {
         if tokens.iter().any(String::is_empty) {
             return cannot("its ids are not 0..vocabulary size");
         }
-        let merges: Vec<Value> = match &model["merges"] {
-            serde_json::Value::Array(a) => a
-                .iter()
-                .filter_map(|m| match m {
-                    serde_json::Value::String(s) => Some(s.clone()),
-                    serde_json::Value::Array(p) => {
-                        Some(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?))
-                    }
-                    _ => None,
-                })
-                .map(Value::String)
-                .collect(),
-            _ => vec![],
-        };
+        let merges: Vec<Value> = bpe_merges(&json)
+            .into_iter()
+            .map(|(a, b)| Value::String(format!("{a} {b}")))
+            .collect();
         let special: std::collections::HashSet<u32> = hf
             .get_added_tokens_decoder()
             .into_iter()
@@ -418,6 +408,27 @@ impl Tokenizer {
         inner.with_decoder(Some(ByteLevelDecoder::default()));
         Tokenizer::hf(inner)
     }
+}
+
+/// The merges of a BPE tokenizer's JSON (`model.merges`), first to last: written `"a b"` by
+/// older tokenizers, `["a", "b"]` by newer ones.
+fn bpe_merges(json: &serde_json::Value) -> Vec<(String, String)> {
+    json["model"]["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| match m {
+            serde_json::Value::String(s) => {
+                let (a, b) = s.split_once(' ')?;
+                Some((a.to_string(), b.to_string()))
+            }
+            serde_json::Value::Array(p) => Some((
+                p.first()?.as_str()?.to_string(),
+                p.get(1)?.as_str()?.to_string(),
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The pre-tokenizer llama.cpp uses for a given `tokenizer.ggml.pre`.

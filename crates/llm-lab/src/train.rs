@@ -129,9 +129,7 @@ struct Params(HashMap<String, Tensor>);
 
 impl Params {
     fn get(&self, slot: Slot, layer: Option<usize>, config: &Config) -> Result<&Tensor> {
-        let spec = schema::tensors(config.architecture)
-            .iter()
-            .find(|t| t.slot == slot)
+        let spec = schema::find(config.architecture, slot)
             .ok_or_else(|| Error::invalid(format!("the table has no {slot:?}")))?;
         let name = spec.gguf_name(layer);
         self.0

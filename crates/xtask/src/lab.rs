@@ -287,6 +287,35 @@ pub fn timed<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 /// `cargo xtask setup`: idempotent; each step says what it did and how long it took.
+/// `pip install` of pinned `packages` (with `options`) into the environment of `python`,
+/// unless `stamp` says this very list is installed; the list is written to `stamp` after.
+pub fn pip_install_pinned(
+    python: &Path,
+    packages: &[&str],
+    options: &[&str],
+    stamp: &Path,
+) -> Result<()> {
+    if std::fs::read_to_string(stamp).is_ok_and(|s| s == packages.join("\n")) {
+        eprintln!("    already installed");
+        return Ok(());
+    }
+    run_step(
+        "pip install",
+        Command::new(python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--quiet",
+            ])
+            .args(options)
+            .args(packages),
+    )?;
+    std::fs::write(stamp, packages.join("\n"))?;
+    Ok(())
+}
+
 pub fn setup() -> Result<()> {
     let lab = Lab::new();
     let total = Instant::now();
@@ -301,24 +330,7 @@ pub fn setup() -> Result<()> {
         )
     })?;
     timed("JupyterLab, nbclient, nbconvert (pinned)", || {
-        if std::fs::read_to_string(lab.stamp()).is_ok_and(|s| s == PYTHON_PACKAGES.join("\n")) {
-            eprintln!("    already installed");
-            return Ok(());
-        }
-        run_step(
-            "pip install",
-            Command::new(lab.python())
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--disable-pip-version-check",
-                    "--quiet",
-                ])
-                .args(PYTHON_PACKAGES),
-        )?;
-        std::fs::write(lab.stamp(), PYTHON_PACKAGES.join("\n"))?;
-        Ok(())
+        pip_install_pinned(&lab.python(), PYTHON_PACKAGES, &[], &lab.stamp())
     })?;
     let evcxr = install_evcxr()?;
     timed(

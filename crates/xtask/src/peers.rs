@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use crate::lab::{timed, Lab};
+use crate::lab::{pip_install_pinned, timed, Lab};
 use crate::test::run_step;
 
 /// JAX on the CPU and optax (AdamW), pinned.
@@ -19,32 +19,13 @@ pub fn jax_python() -> Result<PathBuf> {
     let python = venv.join("bin").join("python");
     let stamp = venv.join("llm-lab-packages");
     timed("JAX peer (.venv-jax, pinned wheels from PyPI)", || {
-        if std::fs::read_to_string(&stamp).is_ok_and(|s| s == JAX_PACKAGES.join("\n")) {
-            eprintln!("    already installed");
-            return Ok(());
-        }
         if !python.exists() {
             run_step(
                 "python3 -m venv",
                 Command::new("python3").args(["-m", "venv"]).arg(&venv),
             )?;
         }
-        run_step(
-            "pip install",
-            Command::new(&python)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--disable-pip-version-check",
-                    "--quiet",
-                    "--only-binary",
-                    ":all:",
-                ])
-                .args(JAX_PACKAGES),
-        )?;
-        std::fs::write(&stamp, JAX_PACKAGES.join("\n"))?;
-        Ok(())
+        pip_install_pinned(&python, JAX_PACKAGES, &["--only-binary", ":all:"], &stamp)
     })?;
     Ok(python)
 }

@@ -588,70 +588,40 @@ pub(crate) struct GgufKeys {
     n_layers: usize,
     #[serde(rename = "attention.head_count")]
     n_heads: usize,
-    #[serde(
-        rename = "attention.head_count_kv",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "attention.head_count_kv")]
     n_kv_heads: Option<usize>,
-    #[serde(
-        rename = "attention.key_length",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "attention.key_length")]
     key_length: Option<usize>,
-    #[serde(
-        rename = "attention.value_length",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "attention.value_length")]
     value_length: Option<usize>,
-    #[serde(
-        rename = "rope.dimension_count",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "rope.dimension_count")]
     rope_dimension_count: Option<usize>,
     #[serde(rename = "embedding_length")]
     d_model: usize,
     #[serde(rename = "feed_forward_length")]
     d_mlp: usize,
-    #[serde(rename = "vocab_size", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "vocab_size")]
     vocab_size: Option<usize>,
-    #[serde(rename = "context_length", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "context_length")]
     n_ctx: Option<usize>,
-    #[serde(rename = "rope.freq_base", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "rope.freq_base")]
     rope_freq_base: Option<f32>,
-    #[serde(rename = "rope.freq_base_swa", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "rope.freq_base_swa")]
     rope_freq_base_swa: Option<f32>,
-    #[serde(
-        rename = "attention.sliding_window",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "attention.sliding_window")]
     sliding_window: Option<usize>,
-    #[serde(
-        rename = "attention.sliding_window_pattern",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "attention.sliding_window_pattern")]
     sliding_window_pattern: Option<usize>,
-    #[serde(
-        rename = "attention.layer_norm_rms_epsilon",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "attention.layer_norm_rms_epsilon")]
     rms_norm_eps: Option<f32>,
     /// Not implemented: refused unless 0.
-    #[serde(
-        rename = "final_logit_softcapping",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "final_logit_softcapping")]
     final_logit_softcapping: Option<f32>,
     /// Not implemented: refused unless 0.
-    #[serde(
-        rename = "attn_logit_softcapping",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "attn_logit_softcapping")]
     attn_logit_softcapping: Option<f32>,
     /// Not implemented: refused unless 1.
-    #[serde(
-        rename = "rope.scaling.factor",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "rope.scaling.factor")]
     rope_scaling_factor: Option<f32>,
 }
 
@@ -680,7 +650,8 @@ impl GgufKeys {
     }
 
     /// `general.architecture` and the `{arch}.*` keys of `c`, as GGUF metadata (integers as
-    /// u32 where they fit, floats as f32, as llama.cpp's converter writes them).
+    /// u32 where they fit, floats as f32, as llama.cpp's converter writes them; a key the config
+    /// leaves unset serialises as null and is not written).
     pub(crate) fn metadata(c: &Config) -> Result<Vec<(String, Value)>> {
         let arch = c.architecture.gguf_name();
         let json = serde_json::to_value(Self::of_config(c))

@@ -7,9 +7,9 @@
 //! third architecture is a third table (and the forward pass that reads its slots).
 //!
 //! ```
-//! use llm_lab::model::schema::{tensors, Slot};
+//! use llm_lab::model::schema::{find, Slot};
 //! use llm_lab::model::Architecture;
-//! let q = tensors(Architecture::Llama).iter().find(|t| t.slot == Slot::Wq).unwrap();
+//! let q = find(Architecture::Llama, Slot::Wq).unwrap();
 //! assert_eq!(q.gguf_name(Some(3)), "blk.3.attn_q.weight");
 //! assert_eq!(q.hf_name(Some(3)), "model.layers.3.self_attn.q_proj.weight");
 //! let c = llm_lab::Config::llama_3_2_1b();
@@ -228,6 +228,11 @@ pub fn tensors(architecture: Architecture) -> &'static [TensorSpec] {
         Architecture::Llama => LLAMA,
         Architecture::Gemma3 => GEMMA3,
     }
+}
+
+/// The entry of `architecture`'s table that fills `slot`, if it has one.
+pub fn find(architecture: Architecture, slot: Slot) -> Option<&'static TensorSpec> {
+    tensors(architecture).iter().find(|t| t.slot == slot)
 }
 
 /// Every tensor a model with `config` holds: `(spec, layer)`, in file order (blocks in turn).

@@ -84,7 +84,7 @@ impl Model {
                 .map(|t| leaf(t, Some(0)))
                 .collect()
         };
-        let top = |slot: schema::Slot| table.iter().find(|t| t.slot == slot);
+        let top = |slot: schema::Slot| schema::find(c.architecture, slot);
 
         writeln!(f, "{p}ForCausalLM(  # {}", c.name)?;
         writeln!(f, "  (model): {}(", k.inner_model)?;

@@ -459,10 +459,7 @@ impl Weights {
         let mut top = HashMap::new();
         let mut blocks = Vec::with_capacity(config.n_layers);
         let mut read = |t: &TensorSpec, l: Option<usize>| -> Result<Option<Loaded>> {
-            let name = match naming {
-                Naming::Gguf => t.gguf_name(l),
-                Naming::HuggingFace => t.hf_name(l),
-            };
+            let name = naming.name(t, l);
             match read(t, &name)? {
                 None if !t.optional => Err(Error::model_file(
                     path,
@@ -546,29 +543,9 @@ impl Weights {
     /// Weights from f32 tensors named as in GGUF (`blk.0.attn_q.weight`, …), shapes checked
     /// against `config`: what a model trained in a notebook becomes. Q and K rows are in GGUF's
     /// interleaved pairing.
-    pub(crate) fn from_tensors(
-        config: &Config,
-        mut tensors: HashMap<String, Tensor>,
-    ) -> Result<Self> {
+    pub(crate) fn from_tensors(config: &Config, tensors: HashMap<String, Tensor>) -> Result<Self> {
         let here = Path::new("(tensors in memory)");
-        check_shapes_by_name(here, config, Naming::Gguf, |name| {
-            tensors.get(name).map(|t| t.dims().to_vec())
-        })?;
-        Self::from_table(
-            config,
-            here,
-            Naming::Gguf,
-            RopeStyle::Interleaved,
-            |t, name| {
-                let Some(x) = tensors.remove(name) else {
-                    return Ok(None);
-                };
-                Ok(Some(match t.kind {
-                    Kind::Matrix => Loaded::Matrix(Linear::from_tensor(x)?),
-                    Kind::Gain => Loaded::Gain(x.to_dtype(DType::F32)?),
-                }))
-            },
-        )
+        Self::from_map(config, here, Naming::Gguf, RopeStyle::Interleaved, tensors)
     }
 
     pub(crate) fn from_safetensors(
@@ -591,24 +568,30 @@ impl Weights {
             .first()
             .and_then(|f| f.parent())
             .unwrap_or(Path::new("."));
-        check_shapes_by_name(dir, config, Naming::HuggingFace, |name| {
-            all.get(name).map(|t| t.dims().to_vec())
+        Self::from_map(config, dir, Naming::HuggingFace, RopeStyle::HalfSplit, all)
+    }
+
+    /// Weights from unquantized tensors by name (`path` names where they came from in errors):
+    /// shapes checked by name, then each taken into its slot.
+    fn from_map(
+        config: &Config,
+        path: &Path,
+        naming: Naming,
+        rope_style: RopeStyle,
+        mut tensors: HashMap<String, Tensor>,
+    ) -> Result<Self> {
+        check_shapes_by_name(path, config, naming, |name| {
+            tensors.get(name).map(|t| t.dims().to_vec())
         })?;
-        Self::from_table(
-            config,
-            dir,
-            Naming::HuggingFace,
-            RopeStyle::HalfSplit,
-            |t, name| {
-                let Some(x) = all.remove(name) else {
-                    return Ok(None);
-                };
-                Ok(Some(match t.kind {
-                    Kind::Matrix => Loaded::Matrix(Linear::from_tensor(x)?),
-                    Kind::Gain => Loaded::Gain(x.to_dtype(DType::F32)?),
-                }))
-            },
-        )
+        Self::from_table(config, path, naming, rope_style, |t, name| {
+            let Some(x) = tensors.remove(name) else {
+                return Ok(None);
+            };
+            Ok(Some(match t.kind {
+                Kind::Matrix => Loaded::Matrix(Linear::from_tensor(x)?),
+                Kind::Gain => Loaded::Gain(x.to_dtype(DType::F32)?),
+            }))
+        })
     }
 
     /// Converts every matrix to `format`.
@@ -639,6 +622,16 @@ enum Naming {
     HuggingFace,
 }
 
+impl Naming {
+    /// The name of `t`'s copy in block `layer` (`None` outside the blocks).
+    fn name(self, t: &TensorSpec, layer: Option<usize>) -> String {
+        match self {
+            Naming::Gguf => t.gguf_name(layer),
+            Naming::HuggingFace => t.hf_name(layer),
+        }
+    }
+}
+
 /// Compares every tensor's shape (`found`, before any product runs) with the one the config
 /// implies, so a corrupt file is refused by name instead of failing inside a product. A missing
 /// tensor is left to the loader, which names it.
@@ -650,10 +643,7 @@ fn check_shapes_by_name(
 ) -> Result<()> {
     for t in schema::tensors(c.architecture) {
         for l in t.layers(c.n_layers) {
-            let name = match naming {
-                Naming::Gguf => t.gguf_name(l),
-                Naming::HuggingFace => t.hf_name(l),
-            };
+            let name = naming.name(t, l);
             let Some(found) = found(&name) else { continue };
             let want = t.shape(c);
             if found != want {

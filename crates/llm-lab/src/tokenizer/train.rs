@@ -75,21 +75,6 @@ impl Tokenizer {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&json) else {
             return vec![];
         };
-        v["model"]["merges"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|m| match m {
-                serde_json::Value::String(s) => {
-                    let (a, b) = s.split_once(' ')?;
-                    Some((a.to_string(), b.to_string()))
-                }
-                serde_json::Value::Array(p) => Some((
-                    p.first()?.as_str()?.to_string(),
-                    p.get(1)?.as_str()?.to_string(),
-                )),
-                _ => None,
-            })
-            .collect()
+        super::bpe_merges(&v)
     }
 }
